@@ -1,0 +1,203 @@
+"""The study-file schema, owned here for every stage.
+
+A study file has a `name`, `defaults` and a list of `experiments`. Each experiment overrides fields of the
+defaults and declares its axes under `sweep:` (a product) and `zip:` (axes that vary together). Expanding
+them gives cells; one cell is a `CellConfig`: everything one run of the pipeline needs (data → prompt →
+train → evaluate → serve → load test). Every section rejects unknown keys, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Task = Literal["classification", "summarization"]
+Method = Literal["zero_shot", "few_shot", "lora", "qlora", "full"]
+PROMPT_METHODS = ("zero_shot", "few_shot")
+ADAPTER_METHODS = ("lora", "qlora")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct", description="preset name, Hugging Face id or local path")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    random_weights: bool = Field(False, description="build the architecture from its config, no download")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class CleaningConfig(Section):
+    strip_headers: bool = False
+    strip_footers: bool = False
+    strip_quotes: bool = False
+    normalize_whitespace: bool = True
+    max_input_tokens: int | None = Field(None, gt=0, description="truncate inputs (never labels) to this")
+
+
+class DataConfig(Section):
+    source: str = "builtin:classification"
+    task: Task = "classification"
+    train_split: str = "train"
+    eval_split: str = "test"
+    validation_split: str | None = Field(None, description="taken from the source; else carved from train")
+    validation_size: float = Field(0.1, gt=0, lt=1)
+    columns: dict[str, str] = Field(default_factory=dict, description="tunebench name -> source column")
+    train_fraction: float | None = Field(None, gt=0, le=1)
+    train_count: int | None = Field(None, gt=0)
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_size(self) -> DataConfig:
+        if self.train_fraction is not None and self.train_count is not None:
+            raise ValueError("give data.train_fraction or data.train_count, not both")
+        return self
+
+
+class PromptConfig(Section):
+    style: Literal["original"] = Field("original", description="template preset")
+    zero_shot: str | None = Field(None, description="custom zero-shot template")
+    few_shot: str | None = None
+    finetune: str | None = Field(None, description="custom fine-tuning template; its inference twin ends at the answer")
+    few_shot_examples: int | None = Field(None, ge=1, description="None: one per class / 3 dialogues")
+    chat_template: bool | None = Field(None, description="None: use it when the model preset is instruct")
+    context_policy: Literal["truncate", "skip"] = "truncate"
+    answer_tokens: int = Field(64, ge=1, description="room left for the answer in the context window")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="None: the preset's")
+    options: dict[str, Any] = Field(default_factory=dict, description="other peft.LoraConfig fields (use_dora...)")
+
+
+class TrainingConfig(Section):
+    recipe: Literal["fast", "original"] = "fast"
+    epochs: int | None = Field(None, ge=1, description="None: the recipe's (original: 5 classification, 1 summ.)")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="rows per step; None: the recipe's")
+    tokens_per_batch: int | None = Field(None, ge=1, description="token budget per step (fast recipe)")
+    gradient_accumulation: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=8)
+    packing: Literal["none", "padding_free", "concat", "length_grouped"] | None = None
+    gradient_checkpointing: bool | None = None
+    loss_on: Literal["completion", "full"] = "completion"
+    max_grad_norm: float | None = Field(None, gt=0)
+    optimizer: str | None = None
+    eval_each_epoch: bool = True
+    best_metric: str = "eval_loss"
+    save_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    split: str | None = Field(None, description="None: data.eval_split")
+    limit: int | None = Field(None, ge=1)
+    scoring: Literal["constrained", "generate", "loglik"] = "constrained"
+    max_new_tokens: int | None = Field(None, ge=1, description="None: 8 for classification, 96 for summaries")
+    batch_size: int = Field(16, ge=1)
+    bootstrap: int = Field(1000, ge=0)
+
+
+class CostConfig(Section):
+    instance: str | None = Field(None, description="price-table entry; None: match the device")
+    price_per_hour: float | None = Field(None, gt=0)
+
+
+class ServeConfig(Section):
+    engine: Literal["batched", "naive"] = "batched"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    merge: bool = False
+    max_concurrency: int = Field(32, ge=1)
+    max_queue: int = Field(256, ge=1)
+    max_input_tokens: int = Field(2048, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class LoadtestConfig(Section):
+    enabled: bool = False
+    engines: list[Literal["batched", "naive"]] = Field(default_factory=lambda: ["naive", "batched"])
+    rates: list[float] | None = None
+    sweep: str | None = Field(None, description="START:STOP:STEP or START:STOP:xFACTOR")
+    duration: float = Field(30.0, gt=0)
+    warmup: float = Field(5.0, ge=0)
+    repeat: int = Field(3, ge=1)
+    arrival: Literal["constant", "poisson"] = "constant"
+    max_new_tokens: int = Field(64, ge=1)
+    ignore_eos: bool = False
+    stream: bool = False
+    timeout: float = Field(60.0, gt=0)
+    slo: str = "p90<=2s"
+
+    @field_validator("rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[float] | None) -> list[float] | None:
+        if rates is not None and any(r <= 0 for r in rates):
+            raise ValueError("every rate must be > 0 requests/s")
+        return rates
+
+
+class CellConfig(Section):
+    """Everything one cell of a study needs, fully resolved."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    method: Method = "zero_shot"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig)
+
+    def normalized(self) -> CellConfig:
+        """Reset what cannot affect this method's results, so equal work gets one cell id.
+
+        A zero-shot evaluation does not depend on LoRA settings or the training-set size; full fine-tuning
+        does not depend on LoRA settings.
+        """
+        update: dict[str, Any] = {}
+        if self.method in PROMPT_METHODS:
+            data = self.data.model_copy(update={"train_fraction": None, "train_count": None})
+            update |= {"lora": LoraConfig(), "training": TrainingConfig(), "data": data}
+        elif self.method == "full":
+            update["lora"] = LoraConfig()
+        return self.model_copy(update=update)
+
+
+class Experiment(BaseModel):
+    """One block of a study: overrides of the defaults plus its axes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def zip_groups(self) -> list[dict[str, list[Any]]]:
+        groups = self.zip if isinstance(self.zip, list) else [self.zip]
+        return [g for g in groups if g]
+
+
+class StudyConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    experiments: list[Experiment] = Field(default_factory=lambda: [Experiment()])
