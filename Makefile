@@ -21,8 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tunebench models
-	$(VENV)/bin/tunebench run --dry-run studies/demo.yaml
+	$(VENV)/bin/tunebench demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

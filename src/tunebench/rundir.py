@@ -86,6 +86,7 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared and read
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -1,0 +1,234 @@
+"""From a `data:` section to a task's examples: read, map columns, drop bad rows, clean, sample, split.
+
+    source ──read──> raw splits ──map columns, drop bad rows, clean──> LoadedSource
+           ──carve validation, sample train, pick the eval split──> TaskData
+
+Bad rows (a missing, empty or non-string field; a label outside the training split's label set) are
+dropped and counted by reason, never silently; a split left empty is an error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunebench.data.cleaning import clean_input, clean_target, truncate_texts
+from tunebench.data.records import COMMON_FIELDS, Example, LoadReport, TaskData, data_hash, task_fields
+from tunebench.data.sampling import (
+    carve_validation,
+    in_source_order,
+    permuted_strata,
+    sample_count,
+    sample_fraction,
+)
+from tunebench.data.sources import FILE_SUFFIXES, RawSplit, missing_column, read_source
+from tunebench.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from tunebench.config.schema import DataConfig
+
+LABEL_NOT_IN_SET = "label not in label set"
+
+
+@dataclass
+class LoadedSource:
+    """Every split of a source after mapping, dropping and cleaning, before sampling."""
+
+    source: str
+    task: str
+    splits: dict[str, list[Example]]
+    labels: list[str] | None
+    origins: dict[str, str] = field(default_factory=dict)  # split -> where its rows came from
+    dropped: Counter[str] = field(default_factory=Counter)
+    dropped_by_split: dict[str, Counter[str]] = field(default_factory=dict)
+    truncated_inputs: int = 0
+
+    def split(self, name: str, role: str) -> list[Example]:
+        if name not in self.splits:
+            raise UserError(f"{self.source}: no split '{name}' (given as {role})",
+                            f"{did_you_mean(name, list(self.splits))}; set {role} to one of them")
+        return self.splits[name]
+
+
+def column_mapping(task: str, columns: dict[str, str]) -> dict[str, str]:
+    """tunebench field -> source column, defaults filled in (each field reads the column of its own name)."""
+    allowed = (*task_fields(task), *COMMON_FIELDS)
+    for name in columns:
+        if name not in allowed:
+            raise UserError(f"data.columns: '{name}' is not a field of the {task} task",
+                            f"{did_you_mean(name, list(allowed))}; map tunebench names to source columns, "
+                            f"e.g. columns: {{{allowed[0]}: body}}")
+    return {name: columns.get(name, name) for name in allowed}
+
+
+def split_files(cfg: DataConfig, eval_split: str | None) -> tuple[str, ...]:
+    names = (cfg.eval_split, eval_split, cfg.validation_split)
+    return tuple(dict.fromkeys(n for n in names if n and Path(n).suffix.lower() in FILE_SUFFIXES))
+
+
+def read_raw(cfg: DataConfig, eval_split: str | None = None, limit: int | None = None) -> dict[str, RawSplit]:
+    """The source's splits as raw rows; `limit` keeps the first rows of each split (for a quick look)."""
+    columns = column_mapping(cfg.task, cfg.columns)
+    return read_source(cfg.source, split_column=columns["split"], split_column_required="split" in cfg.columns,
+                       split_files=split_files(cfg, eval_split), limit=limit)
+
+
+def load_source(cfg: DataConfig, tokenizer: Any = None, *, eval_split: str | None = None, limit: int | None = None,
+                raw: dict[str, RawSplit] | None = None) -> LoadedSource:
+    """Every split of `cfg.source` mapped, cleaned and checked (`raw`: splits already read by `read_raw`)."""
+    columns = column_mapping(cfg.task, cfg.columns)
+    raw = raw if raw is not None else read_raw(cfg, eval_split, limit)
+    loaded = LoadedSource(cfg.source, cfg.task, {}, None)
+    for name, table in raw.items():
+        loaded.origins[name] = table.origin
+        loaded.splits[name] = examples_of(table, name, columns, cfg, loaded)
+    if cfg.task == "classification":
+        loaded.labels = label_set(loaded, cfg.train_split)
+        keep_known_labels(loaded, cfg.train_split)
+    if cfg.cleaning.max_input_tokens is not None:
+        truncate_inputs(loaded, tokenizer, cfg.cleaning.max_input_tokens)
+    return loaded
+
+
+def examples_of(table: RawSplit, split: str, columns: dict[str, str], cfg: DataConfig,
+                loaded: LoadedSource) -> list[Example]:
+    input_field, target_field = task_fields(cfg.task)
+    for name in (input_field, target_field) + (("id",) if "id" in cfg.columns else ()):
+        if columns[name] not in table.columns:
+            raise missing_column(table, columns[name], name)
+    dropped: Counter[str] = Counter()
+    examples = [ex for index, row in enumerate(table.rows)
+                if (ex := example_of(row, f"{split}-{index}", columns, cfg, dropped)) is not None]
+    record_drops(loaded, split, dropped)
+    if not examples:
+        reasons = "; ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items()))
+        raise UserError(f"{table.origin}: no usable rows left after dropping bad rows ({reasons})",
+                        f"check the data, and that data.columns maps {input_field} -> '{columns[input_field]}' "
+                        f"and {target_field} -> '{columns[target_field]}' to the right columns")
+    return examples
+
+
+def example_of(row: dict[str, Any], default_id: str, columns: dict[str, str], cfg: DataConfig,
+               dropped: Counter[str]) -> Example | None:
+    """The row as a cleaned example, or None with the reason counted in `dropped`."""
+    input_field, target_field = task_fields(cfg.task)
+    text = field_value(row, columns[input_field], input_field, dropped)
+    target = field_value(row, columns[target_field], target_field, dropped) if text is not None else None
+    if text is None or target is None:
+        return None
+    text, target = clean_input(text, cfg.cleaning), clean_target(target, cfg.cleaning)
+    if not text or not target:
+        dropped[f"empty {input_field if not text else target_field}"] += 1
+        return None
+    row_id = row.get(columns["id"])
+    return Example(str(row_id) if row_id not in (None, "") else default_id, text, target)
+
+
+def field_value(row: dict[str, Any], column: str, name: str, dropped: Counter[str]) -> str | None:
+    value = row.get(column)
+    if value is None:
+        dropped[f"missing {name}"] += 1
+        return None
+    if not isinstance(value, str):
+        dropped[f"non-string {name}"] += 1
+        return None
+    return value
+
+
+def record_drops(loaded: LoadedSource, split: str, dropped: Counter[str]) -> None:
+    loaded.dropped.update(dropped)
+    loaded.dropped_by_split.setdefault(split, Counter()).update(dropped)
+
+
+def label_set(loaded: LoadedSource, train_split: str) -> list[str]:
+    labels = sorted({ex.target for ex in loaded.split(train_split, "data.train_split")})
+    if len(labels) < 2:
+        raise UserError(f"{loaded.origins[train_split]}: the training split has a single label {labels[0]!r}",
+                        "classification needs at least two classes; check that data.columns.label maps the "
+                        "label column")
+    return labels
+
+
+def keep_known_labels(loaded: LoadedSource, train_split: str) -> None:
+    known = set(loaded.labels or ())
+    for name, examples in loaded.splits.items():
+        if name == train_split:
+            continue
+        kept = [ex for ex in examples if ex.target in known]
+        if len(kept) < len(examples):
+            record_drops(loaded, name, Counter({LABEL_NOT_IN_SET: len(examples) - len(kept)}))
+        if not kept:
+            raise UserError(f"{loaded.origins[name]}: none of its labels occur in the training split",
+                            f"the label set comes from the training split: {', '.join(sorted(known))}")
+        loaded.splits[name] = kept
+
+
+def truncate_inputs(loaded: LoadedSource, tokenizer: Any, max_tokens: int) -> None:
+    if tokenizer is None:
+        raise ValueError("data.cleaning.max_input_tokens is set: pass the model's tokenizer to count tokens")
+    for name, examples in loaded.splits.items():
+        texts, cut = truncate_texts(tokenizer, [ex.input for ex in examples], max_tokens)
+        loaded.splits[name] = [Example(ex.id, text, ex.target) for ex, text in zip(examples, texts, strict=True)]
+        loaded.truncated_inputs += sum(cut)
+
+
+# ---------------------------------------------------------------- the task's data
+
+
+def load_task_data(cfg: DataConfig, tokenizer: Any = None, eval_split: str | None = None) -> TaskData:
+    """The examples one cell uses: the sampled training set, validation, and the eval split.
+
+    `eval_split` (eval.split) overrides data.eval_split. Validation is data.validation_split when given,
+    else the source's 'validation' split when it has one, else carved from the training split. Evaluating
+    on 'validation' when the source has none evaluates on the carved split.
+    """
+    return task_data(load_source(cfg, tokenizer, eval_split=eval_split), cfg, eval_split)
+
+
+def task_data(loaded: LoadedSource, cfg: DataConfig, eval_split: str | None = None) -> TaskData:
+    """Validation, the sampled training set and the eval split, from splits already loaded."""
+    train_all = loaded.split(cfg.train_split, "data.train_split")
+    stratum = (lambda ex: ex.target) if cfg.task == "classification" else (lambda ex: "")
+    strata = permuted_strata(train_all, stratum, cfg.seed)
+    validation_name = validation_split_name(loaded, cfg)
+    if validation_name is not None:
+        validation = loaded.split(validation_name, "data.validation_split")
+        remaining, validation_from = strata, f"source split '{validation_name}'"
+    else:
+        carved, remaining = carve_validation(strata, cfg.validation_size)
+        validation, validation_from = in_source_order(carved, train_all), "carved from train"
+    train = in_source_order(sampled(remaining, cfg, carved=len(train_all) - sum(map(len, remaining.values()))),
+                            train_all)
+    test = eval_examples(loaded, eval_split or cfg.eval_split, validation_name, validation)
+    used = {"train": len(train), "validation": len(validation), "test": len(test)}
+    report = LoadReport(loaded.source, {name: len(split) for name, split in loaded.splits.items()},
+                        dict(loaded.dropped), loaded.truncated_inputs, used, validation_from)
+    return TaskData(cfg.task, loaded.labels, train, validation, test, report, data_hash(train, validation, test))
+
+
+def validation_split_name(loaded: LoadedSource, cfg: DataConfig) -> str | None:
+    if cfg.validation_split is not None:
+        return cfg.validation_split
+    return "validation" if "validation" in loaded.splits and cfg.train_split != "validation" else None
+
+
+def sampled(strata: dict[str, list[Example]], cfg: DataConfig, *, carved: int) -> list[Example]:
+    if cfg.train_fraction is not None:
+        return sample_fraction(strata, cfg.train_fraction)
+    if cfg.train_count is not None:
+        note = f" after carving {carved} for validation" if carved else ""
+        return sample_count(strata, cfg.train_count, note)
+    return [ex for members in strata.values() for ex in members]
+
+
+def eval_examples(loaded: LoadedSource, name: str, validation_name: str | None,
+                  validation: list[Example]) -> list[Example]:
+    if name in loaded.splits:
+        return loaded.splits[name]
+    if name == (validation_name or "validation"):
+        return validation
+    raise UserError(f"{loaded.source}: no split '{name}' to evaluate on (splits: {', '.join(loaded.splits)})",
+                    f"{did_you_mean(name, [*loaded.splits, 'validation'])}; set data.eval_split (or eval.split); "
+                    "'validation' evaluates on the validation split carved from train")

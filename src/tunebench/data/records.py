@@ -1,0 +1,60 @@
+"""The records every stage passes around: one example, what the loader did, and a task's data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+# The tunebench names of a task's two fields (input, target); data.columns maps them to source columns.
+TASK_FIELDS = {"classification": ("text", "label"), "summarization": ("dialogue", "summary")}
+# Fields every task may map besides its own: a row id and, in a single file, the split it belongs to.
+COMMON_FIELDS = ("id", "split")
+
+
+def task_fields(task: str) -> tuple[str, str]:
+    return TASK_FIELDS[task]
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    input: str  # classification: the text; summarization: the dialogue
+    target: str  # classification: the label; summarization: the reference summary
+
+
+@dataclass
+class LoadReport:
+    source: str
+    rows: dict[str, int]  # split name in the source -> rows kept after dropping bad rows
+    dropped: dict[str, int]  # reason ("empty dialogue", "label not in label set", ...) -> rows dropped
+    truncated_inputs: int  # inputs cut to cleaning.max_input_tokens (among the rows used)
+    used: dict[str, int] = field(default_factory=dict)  # "train" / "validation" / "test" -> rows a cell uses
+    validation_from: str = ""  # "source split 'validation'" or "carved from train"
+
+    def summary(self) -> str:
+        used = ", ".join(f"{name} {n}" for name, n in self.used.items())
+        dropped = sum(self.dropped.values())
+        reasons = "; ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items()))
+        return (f"{self.source}: {used} (validation {self.validation_from}); dropped {dropped}"
+                + (f" ({reasons})" if reasons else "") + f"; truncated inputs {self.truncated_inputs}")
+
+
+@dataclass
+class TaskData:
+    task: str  # "classification" | "summarization"
+    labels: list[str] | None  # sorted label set from the training split (classification)
+    train: list[Example]  # after sampling (nested, stratified)
+    validation: list[Example]  # from the source, else carved from train (never overlapping train)
+    test: list[Example]  # the eval split
+    report: LoadReport
+    data_hash: str  # sha256 over ids and contents of train/validation/test, first 16 hex digits
+
+
+def data_hash(train: list[Example], validation: list[Example], test: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for name, examples in (("train", train), ("validation", validation), ("test", test)):
+        for ex in examples:
+            digest.update(json.dumps([name, ex.id, ex.input, ex.target]).encode())
+            digest.update(b"\n")
+    return digest.hexdigest()[:16]
