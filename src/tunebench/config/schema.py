@@ -81,7 +81,7 @@ class LoraConfig(Section):
 class TrainingConfig(Section):
     recipe: Literal["fast", "original"] = "fast"
     epochs: int | None = Field(None, ge=1, description="None: the recipe's (original: 5 classification, 1 summ.)")
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float | None = Field(None, gt=0, description="None: 2e-4 for LoRA/QLoRA, 2e-5 for full")
     lr_scheduler: str = "constant_with_warmup"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -125,6 +125,7 @@ class ServeConfig(Section):
     max_queue: int = Field(256, ge=1)
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(256, ge=1)
+    request_timeout: float = Field(300.0, gt=0, description="seconds a request may take, queueing included")
 
 
 class LoadtestConfig(Section):
@@ -141,6 +142,11 @@ class LoadtestConfig(Section):
     stream: bool = False
     timeout: float = Field(60.0, gt=0)
     slo: str = "p90<=2s"
+    api: Literal["tgi", "openai", "naive"] = "tgi"
+    prompts: str | None = Field(None, description="prompt file (one per line, or JSONL); None: the built-in set")
+    bisect: int = Field(3, ge=0, description="bisection steps between the last passing and first failing rate")
+    max_requests: int = Field(1_000_000, ge=1, description="refuse a plan that could send more requests")
+    seed: int = 0
 
     @field_validator("rates")
     @classmethod

@@ -1,0 +1,106 @@
+"""Per-rate metrics from request records, and mean ± std over repetitions.
+
+Definitions (all over the measured requests, warm-up excluded):
+- offered_rps: the rate asked for. sent_rps: the rate requests actually left at (the tool's own check).
+- achieved_rps: the rate requests *completed* at, (n - 1) / (last end - first end). A server that keeps up
+  completes requests as fast as they arrive; a saturated one completes them at its capacity, so achieved
+  falls below offered while its queue grows.
+- throughput_rps: successful requests per second, achieved_rps × success_ratio.
+- latency, TTFT and TPOT statistics are over successful requests, from the scheduled send time; the
+  inter-token latency pools every gap between consecutive streamed tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from tunebench.loadtest.engine import Record
+
+STATS = {"mean": None, "p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}
+COUNT_KEYS = ("status_counts", "error_counts")
+
+
+def describe(values: list[float], prefix: str) -> dict[str, float | None]:
+    """mean, p50, p90, p95, p99, max of `values` (linear interpolation), keyed `<prefix>_<stat>_s`."""
+    if not values:
+        return {f"{prefix}_{stat}_s": None for stat in STATS}
+    array = np.asarray(values, dtype=float)
+    out: dict[str, float | None] = {}
+    for stat, q in STATS.items():
+        out[f"{prefix}_{stat}_s"] = float(array.mean() if q is None else np.percentile(array, q))
+    return out
+
+
+def rate_from_times(times: list[float]) -> float | None:
+    if len(times) < 2:
+        return None
+    span = max(times) - min(times)
+    return (len(times) - 1) / span if span > 0 else None
+
+
+def mean_or_none(values: list[int | float]) -> float | None:
+    return float(statistics.fmean(values)) if values else None
+
+
+def summarize(records: list[Record], offered_rps: float) -> dict[str, Any]:
+    """Metrics of one repetition at one rate."""
+    ok = [r for r in records if r.ok]
+    n = len(records)
+    sent_rps = rate_from_times([r.scheduled + r.lateness for r in records])
+    achieved = rate_from_times([r.end for r in records])
+    if achieved is None and ok:  # a single completion has no span: it kept up if it took under 1/offered
+        achieved = min(offered_rps, 1.0 / max(max(r.latency for r in ok), 1e-9))
+    success_ratio = len(ok) / n if n else 0.0
+    in_tokens = [r.input_tokens for r in ok if r.input_tokens is not None]
+    out_tokens = [r.output_tokens for r in ok if r.output_tokens is not None]
+    lateness_ms = np.asarray([r.lateness * 1000 for r in records if not math.isnan(r.lateness)] or [math.nan])
+    metrics: dict[str, Any] = {
+        "offered_rps": offered_rps,
+        "sent_rps": sent_rps,
+        "achieved_rps": achieved or 0.0,
+        "throughput_rps": (achieved or 0.0) * success_ratio,
+        "requests": n,
+        "successes": len(ok),
+        "success_ratio": success_ratio,
+        **describe([r.latency for r in ok], "latency"),
+        **describe([r.ttft for r in ok if r.ttft is not None], "ttft"),
+        **describe([r.tpot for r in ok if r.tpot is not None], "tpot"),
+        **describe([gap for r in ok if r.itl for gap in r.itl], "itl"),
+        "input_tokens_mean": mean_or_none(in_tokens),
+        "output_tokens_mean": mean_or_none(out_tokens),
+        "send_lateness_p50_ms": float(np.nanpercentile(lateness_ms, 50)) if n else None,
+        "send_lateness_p99_ms": float(np.nanpercentile(lateness_ms, 99)) if n else None,
+        "send_lateness_max_ms": float(np.nanmax(lateness_ms)) if n else None,
+        "status_counts": dict(sorted(Counter(str(r.status) if r.status else "none" for r in records).items())),
+        "error_counts": dict(sorted(Counter(r.error for r in records if r.error).items())),
+    }
+    tokens = (metrics["input_tokens_mean"] or 0.0) + (metrics["output_tokens_mean"] or 0.0)
+    metrics["tokens_per_request_mean"] = tokens or None
+    metrics["output_tokens_per_s"] = metrics["throughput_rps"] * (metrics["output_tokens_mean"] or 0.0)
+    return metrics
+
+
+def aggregate(repetitions: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """(mean, std) over repetitions: numbers are averaged (std with n - 1), counts are summed."""
+    mean: dict[str, Any] = {}
+    std: dict[str, float] = {}
+    for key in repetitions[0]:
+        if key in COUNT_KEYS:
+            total: Counter[str] = Counter()
+            for rep in repetitions:
+                total.update(rep[key])
+            mean[key] = dict(sorted(total.items()))
+            continue
+        values = [rep[key] for rep in repetitions if rep.get(key) is not None]
+        mean[key] = float(statistics.fmean(values)) if values else None
+        if values:
+            std[key] = float(statistics.stdev(values)) if len(values) > 1 else 0.0
+    for key in ("requests", "successes"):
+        mean[key] = int(sum(rep[key] for rep in repetitions))
+    mean["success_ratio"] = mean["successes"] / mean["requests"] if mean["requests"] else 0.0
+    return mean, std

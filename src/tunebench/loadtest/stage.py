@@ -1,0 +1,59 @@
+"""The serve + load-test stage of a study cell, for the studies runner.
+
+    run_serve_loadtest(cell, run, model_ref) -> dict
+
+starts `tunebench serve` for `model_ref` once per engine in `cell.loadtest.engines`, sweeps it with the
+cell's `loadtest` settings, stops it, writes everything under `run.serve` (`<engine>/loadtest.json`, the
+comparison and plots), and returns a flat dict per engine for the results store: the numbers the report's
+inference tables need (max sustainable rate, throughput, p90, cost per 1K tokens and per 1K requests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tunebench.config.schema import CellConfig
+from tunebench.cost import resolve_price
+from tunebench.errors import UserError
+from tunebench.loadtest.bench import BenchPlan, bench_engines
+from tunebench.loadtest.inference_cost import local_device
+from tunebench.loadtest.prompt_sets import builtin_prompts, load_counter, read_prompt_file
+from tunebench.rundir import RunDir
+
+
+def serve_options(cell: CellConfig) -> list[str]:
+    """The cell's `serve:` section as `tunebench serve` options (the engine and port are set per run)."""
+    s = cell.serve
+    if cell.loadtest.max_new_tokens > s.max_new_tokens:
+        raise UserError(f"loadtest.max_new_tokens {cell.loadtest.max_new_tokens} is above serve.max_new_tokens "
+                        f"{s.max_new_tokens}, so every request would be refused",
+                        "lower loadtest.max_new_tokens or raise serve.max_new_tokens")
+    options = ["--max-concurrency", str(s.max_concurrency), "--max-queue", str(s.max_queue),
+               "--max-input-tokens", str(s.max_input_tokens), "--max-new-tokens", str(s.max_new_tokens),
+               "--timeout", f"{s.request_timeout:g}"]
+    return [*options, "--merge"] if s.merge else options
+
+
+def model_arguments(cell: CellConfig, model_ref: str) -> list[str]:
+    """A cell directory is served with --run (model, adapter, prompt format); anything else is a model name."""
+    if (Path(model_ref) / "resolved-config.yaml").exists():
+        return ["--run", model_ref]
+    return [model_ref, "--random-weights"] if cell.model.random_weights else [model_ref]
+
+
+def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progress: bool = True) -> dict[str, Any]:
+    """Serve and load-test each engine of the cell; results under run.serve; a dict for the results store."""
+    cfg = cell.loadtest
+    prompts = read_prompt_file(Path(cfg.prompts)) if cfg.prompts else builtin_prompts()
+    price = resolve_price(cell.cost.instance, cell.cost.price_per_hour, local_device())
+    plan = BenchPlan(serve_args=[*model_arguments(cell, model_ref), *serve_options(cell)], engines=list(cfg.engines),
+                     cfg=cfg, prompts=prompts, out=run.serve, counter=load_counter(cell.model.name, cell.model),
+                     price=price, host=cell.serve.host, title=cell.model.name)
+    comparison = bench_engines(plan, console=Console(), progress=progress)
+    engines = {row["engine"]: {**row, "loadtest": str(run.serve / row["loadtest"])} for row in comparison["engines"]}
+    return {"engines": engines, "comparison": str(run.serve / "comparison.json"),
+            "plots": {name: str(run.serve / file) for name, file in comparison["plots"].items()},
+            "slo": cfg.slo, "api": cfg.api}
