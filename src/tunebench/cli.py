@@ -27,8 +27,8 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 # Stages that contribute commands, in the order they appear in --help.
-STAGES = ["tunebench.config.commands", "tunebench.models.commands", "tunebench.data.commands", "tunebench.demo",
-          "tunebench.loadtest.commands"]
+STAGES = ["tunebench.config.commands", "tunebench.models.commands", "tunebench.data.commands", "tunebench.train.commands",
+          "tunebench.demo", "tunebench.loadtest.commands"]
 
 
 @app.callback()
