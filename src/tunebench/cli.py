@@ -28,7 +28,7 @@ err_console = Console(stderr=True)
 
 # Stages that contribute commands, in the order they appear in --help.
 STAGES = ["tunebench.config.commands", "tunebench.models.commands", "tunebench.data.commands", "tunebench.train.commands",
-          "tunebench.demo", "tunebench.loadtest.commands"]
+          "tunebench.evaluate.commands", "tunebench.demo", "tunebench.loadtest.commands", "tunebench.serve.commands"]
 
 
 @app.callback()

@@ -1,0 +1,194 @@
+"""Batched text generation: the one generation path of tunebench (evaluation and the server both use it).
+
+Never one example at a time: prompts are tokenized once, sorted by length (so a batch wastes little
+padding), left-padded, and generated together with the KV cache. Results come back in the caller's order.
+Greedy decoding gives the same text batched and unbatched (tested in fp32).
+
+Stopping: at EOS, or when the decoded text contains one of `stop` (transformers' stop-string criterion;
+the text is cut before the stop string). `finish_reason` follows the OpenAI convention: "stop" for EOS or a
+stop string, "length" when `max_new_tokens` ran out.
+
+Engines: "padded" is `model.generate` on padded batches (any device, causal or seq2seq). "continuous" is
+transformers' continuous batching (`generate_batch`, CUDA and causal models only; stop strings are applied
+after generation there). "auto" picks "padded" everywhere for now: continuous batching is only worth it
+where it measures faster, so it stays a switch until the GPU benchmark says otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Engine = Literal["auto", "padded", "continuous"]
+ENGINES = ("auto", "padded", "continuous")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # the generated text, cut before a stop string; special tokens removed
+    n_tokens: int  # generated tokens, up to and including the one that ended generation
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int = 0
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt; a text that already starts with the BOS token (chat templates) gets no second one."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+
+def is_seq2seq(model: Any) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token that ends a sequence: the tokenizer's EOS and the generation config's EOS id(s)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids |= set(configured) if isinstance(configured, list | tuple) else {configured}
+    return ids
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_padded(batch: list[list[int]], pad: int, device: Any) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) with every row padded on the left to the longest."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        if ids:
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (an out-of-memory shows up at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def generation_config(model: Any, tokenizer: Any, *, max_new_tokens: int, do_sample: bool, temperature: float,
+                      top_p: float, **extra: Any) -> Any:
+    """A fresh config: the model's own defaults (sampling flags, odd max lengths) never leak into a run."""
+    from transformers import GenerationConfig
+
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1,
+                            pad_token_id=pad_id(tokenizer), eos_token_id=sorted(end_token_ids(model, tokenizer)),
+                            decoder_start_token_id=getattr(model.generation_config, "decoder_start_token_id", None),
+                            **sampling, **extra)
+
+
+def finish(tokenizer: Any, generated: Sequence[int], *, ends: set[int], pad: int | None, stop: Sequence[str],
+           max_new_tokens: int, prompt_tokens: int) -> Generation:
+    """Turn one row of generated ids into a Generation: cut at the end token, then at the first stop string.
+
+    `pad` is the id that fills a row after it stopped early on a stop string (when it is not an end token).
+    """
+    ids = list(generated)
+    end = next((i for i, t in enumerate(ids) if t in ends), None)
+    if end is not None:
+        text = tokenizer.decode(ids[:end], skip_special_tokens=True)
+        return Generation(cut_at_stop(text, stop)[0], end + 1, "stop", prompt_tokens)
+    if pad is not None and pad in ids:
+        ids = ids[:ids.index(pad)]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text, stopped = cut_at_stop(text, stop)
+    reason = "stop" if stopped or len(ids) < max_new_tokens else "length"
+    return Generation(text, len(ids), reason, prompt_tokens)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    hits = [text.find(s) for s in stop if s and s in text]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def resolve_engine(engine: Engine, model: Any) -> str:
+    from tunebench.errors import UserError
+
+    if engine not in ENGINES:
+        raise UserError(f"generation engine {engine!r} is unknown", f"allowed: {', '.join(ENGINES)}")
+    if engine == "continuous":
+        on_cuda = model.device.type == "cuda"
+        if not on_cuda or is_seq2seq(model) or not hasattr(model, "generate_batch"):
+            raise UserError("continuous batching needs a causal model on a CUDA GPU",
+                            "use eval.engine=padded (or auto) here")
+        return "continuous"
+    return "padded"
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] = (),
+             batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int | None = None, engine: Engine = "auto",
+             on_progress: Callable[[int], None] | None = None) -> list[Generation]:
+    """Generate a continuation for every prompt, in the order given.
+
+    `on_progress(n)` is called after each batch with the number of prompts it finished (for progress bars).
+    """
+    import torch
+
+    if not prompts:
+        return []
+    if seed is not None:
+        torch.manual_seed(seed)
+    encoded = [encode(tokenizer, p) for p in prompts]
+    continuous = resolve_engine(engine, model) == "continuous"
+    # Stop strings are a criterion of the padded path; continuous batching applies them afterwards.
+    stop_strings = {"stop_strings": list(stop)} if stop and not continuous else {}
+    config = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                               temperature=temperature, top_p=top_p, **stop_strings)
+    if continuous:
+        return generate_continuous(model, tokenizer, encoded, config, stop=stop, on_progress=on_progress)
+    results: list[Generation | None] = [None] * len(prompts)
+    ends = end_token_ids(model, tokenizer)
+    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+        rows = generate_padded(model, tokenizer, [encoded[i] for i in batch], config)
+        for i, generated in zip(batch, rows, strict=True):
+            results[i] = finish(tokenizer, generated, ends=ends, pad=pad_id(tokenizer), stop=stop,
+                                max_new_tokens=max_new_tokens, prompt_tokens=len(encoded[i]))
+        if on_progress:
+            on_progress(len(batch))
+    return [r for r in results if r is not None]
+
+
+def generate_padded(model: Any, tokenizer: Any, batch: list[list[int]], config: Any) -> list[list[int]]:
+    """One padded batch through `model.generate`; returns the generated ids of each row (padding included)."""
+    import torch
+
+    input_ids, mask = left_padded(batch, pad_id(tokenizer), model.device)
+    with torch.inference_mode():
+        # The tokenizer is only read by the stop-string criterion.
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer)
+    # A causal model returns prompt + continuation; a seq2seq model returns the decoder start + continuation.
+    start = 1 if is_seq2seq(model) else input_ids.shape[1]
+    return out[:, start:].tolist()
+
+
+def generate_continuous(model: Any, tokenizer: Any, encoded: list[list[int]], config: Any, *, stop: Sequence[str],
+                        on_progress: Callable[[int], None] | None) -> list[Generation]:
+    """transformers' continuous batching (CUDA); outputs come back keyed by request id ("req_<n>", numbered
+    in input order), so they are put back in input order by that number whatever order the dict has."""
+    import torch
+
+    with torch.inference_mode():
+        outputs = model.generate_batch(inputs=encoded, generation_config=config, progress_bar=False)
+    ordered = sorted(outputs.values(), key=lambda out: int(re.sub(r"\D", "", out.request_id) or 0))
+    if len(ordered) != len(encoded):
+        raise RuntimeError(f"continuous batching returned {len(ordered)} results for {len(encoded)} prompts")
+    ends = end_token_ids(model, tokenizer)
+    results = [finish(tokenizer, out.generated_tokens, ends=ends, pad=None, stop=stop,
+                      max_new_tokens=config.max_new_tokens, prompt_tokens=len(ids))
+               for out, ids in zip(ordered, encoded, strict=True)]
+    if on_progress:
+        on_progress(len(encoded))
+    return results

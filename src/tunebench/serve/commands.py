@@ -1,0 +1,145 @@
+"""`tunebench serve` and `tunebench export`.
+
+Only typer is imported here: the CLI imports this module for every command, so the server's heavy
+dependencies (torch, transformers, FastAPI, uvicorn) load inside the commands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tunebench.errors import UserError
+
+ADAPTER_HELP = "a LoRA adapter to serve as NAME=DIR (repeatable); requests pick it by name"
+TARGETS = ("vllm", "tgi")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def model_options(model: str | None, run: Path | None, adapters: list[str], merge: bool, random_weights: bool,
+                  tokenizer: str | None, dtype: str, device: str | None) -> Any:
+    from tunebench.serve.options import ModelOptions, parse_adapter
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype '{dtype}' is not a dtype", f"allowed: {', '.join(DTYPES)}")
+    return ModelOptions(model=model, run=run, adapters=tuple(parse_adapter(a) for a in adapters), merge=merge,
+                        random_weights=random_weights, tokenizer=tokenizer, dtype=dtype, device=device)
+
+
+def serve_defaults(run: Path | None) -> Any:
+    """The serve section of the run's config (its study file's settings), else the schema's defaults."""
+    from tunebench.config.schema import ServeConfig
+    from tunebench.rundir import RunDir
+
+    return RunDir(run).read_config().serve if run is not None else ServeConfig()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        model: str | None = typer.Argument(None, help="preset, hub id or local model directory"),
+        run: Path | None = typer.Option(None, "--run", help="a run directory: its model, adapter, labels, prompt"),
+        adapter: list[str] = typer.Option([], "--adapter", help=ADAPTER_HELP),
+        merge: bool = typer.Option(False, "--merge", help="merge the (single) adapter into the weights"),
+        engine: str | None = typer.Option(None, "--engine", help="batched (continuous batching) or naive"),
+        host: str | None = typer.Option(None, "--host", help="address to bind (default 127.0.0.1)"),
+        port: int | None = typer.Option(None, "--port", help="port (default 8080; 0 picks a free one)"),
+        api_key: str | None = typer.Option(None, "--api-key", envvar="TUNEBENCH_API_KEY",
+                                           help="require 'Authorization: Bearer KEY'"),
+        max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="sequences decoded together"),
+        max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503"),
+        max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
+        max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="most tokens one request may ask"),
+        timeout: float | None = typer.Option(None, "--timeout", help="seconds a request may take, queue included"),
+        random_weights: bool = typer.Option(False, "--random-weights", help="the architecture without weights"),
+        tokenizer: str | None = typer.Option(None, "--tokenizer", help="a tokenizer directory to use instead"),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU), float32, bfloat16, float16"),
+        device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if present)"),
+    ) -> None:
+        """Serve a model over HTTP with TGI's and OpenAI's APIs (continuous batching, LoRA adapters, auth)."""
+        import logging
+
+        from rich.console import Console
+
+        from tunebench.serve.options import ServerOptions
+
+        cfg = serve_defaults(run)
+        options = ServerOptions(
+            engine=engine or cfg.engine, host=host or cfg.host, port=cfg.port if port is None else port,
+            api_key=api_key or None, max_concurrency=max_concurrency or cfg.max_concurrency,
+            max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
+            max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout)
+        check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout))
+        opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        console = Console(stderr=True)
+        if not is_loopback(options.host) and not options.api_key:
+            console.print(f"[yellow]warning:[/] listening on {options.host} without an API key: anyone who can "
+                          "reach this port can use the model (set --api-key or TUNEBENCH_API_KEY)")
+        run_server(opts, options, console)
+
+    @app.command()
+    def export(
+        model: str | None = typer.Argument(None, help="preset, hub id or local model directory"),
+        run: Path | None = typer.Option(None, "--run", help="a run directory: its model and adapter"),
+        target: str = typer.Option(..., "--target", help="vllm or tgi"),
+        out: Path = typer.Option(..., "--out", help="directory to write (must be empty or absent)"),
+        adapter: list[str] = typer.Option([], "--adapter", help="a LoRA adapter to export as NAME=DIR"),
+        merge: bool = typer.Option(False, "--merge", help="vllm: merge the adapter instead of serving it as LoRA"),
+        random_weights: bool = typer.Option(False, "--random-weights", help="the architecture without weights"),
+        tokenizer: str | None = typer.Option(None, "--tokenizer", help="a tokenizer directory to use instead"),
+        dtype: str = typer.Option("bf16", "--dtype", help="weights written: bf16, fp16 or fp32"),
+    ) -> None:
+        """Write what vLLM or TGI needs to serve a model (merged, or base + LoRA for vLLM) and the launch command."""
+        from rich.console import Console
+
+        from tunebench.serve.export import export_model
+
+        if target not in TARGETS:
+            raise UserError(f"--target '{target}' is not supported", f"allowed: {', '.join(TARGETS)}")
+        opts = model_options(model, run, adapter, merge, random_weights, tokenizer, "auto", "cpu")
+        manifest = export_model(opts, target, out, dtype)
+        Console().print(f"exported for {target} to {out}\nlaunch: {manifest['command']}")
+
+
+def check_server_options(options: Any, given: tuple) -> None:
+    from tunebench.serve.engine import ENGINES
+
+    if options.engine not in ENGINES:
+        raise UserError(f"--engine '{options.engine}' is not an engine", f"allowed: {', '.join(ENGINES)}")
+    names = ("--max-concurrency", "--max-queue", "--max-input-tokens", "--max-new-tokens", "--timeout")
+    for name, value in zip(names, given, strict=True):
+        if value is not None and value <= 0:
+            raise UserError(f"{name} must be > 0, got {value}", f"give a positive {name}")
+    if not 0 <= options.port <= 65535:
+        raise UserError(f"--port {options.port} is not a port", "give 0..65535 (0 picks a free port)")
+
+
+def run_server(opts: Any, options: Any, console: Any) -> None:
+    from tunebench.serve.app import build_state
+    from tunebench.serve.loading import load_served
+    from tunebench.serve.server import serve_forever
+
+    name = opts.model or str(opts.run)
+    console.print(f"loading {name} ...")
+    served = load_served(opts)
+    state = build_state(served, options)
+    adapters = f", adapters: {', '.join(served.adapters)}" if served.adapters else ""
+    merged = f", merged adapter: {served.merged}" if served.merged else ""
+
+    def announce(url: str) -> None:
+        console.print(f"serving {served.model_id} ({options.engine} engine, {served.device}{adapters}{merged}) on "
+                      f"{url}\n  TGI: {url}/generate  OpenAI: {url}/v1  metrics: {url}/metrics  "
+                      f"docs: {url}/docs", highlight=False, soft_wrap=True)
+
+    serve_forever(state, options.host, options.port, announce)

@@ -1,0 +1,85 @@
+"""The original study's naive route (POST /predict) and a fine-tuned run's task routes (/classify, /summarize).
+
+/classify runs evaluation's constrained classification (the answer is always one of the run's labels) on
+the run's fine-tuning prompt format; /summarize generates with that format through the engine and stops at
+its field separator, exactly as evaluation does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tunebench.serve.schemas import ClassifyRequest, PredictRequest, SummarizeRequest
+from tunebench.serve.state import ServerState
+from tunebench.serve.validate import ApiError, invalid
+
+PREDICT_TOKENS = 64
+
+
+def task_of(state: ServerState, task: str, route: str) -> Any:
+    endpoint = state.served.task
+    if endpoint is None or endpoint.task != task:
+        serving = f"a {endpoint.task} run" if endpoint else "no fine-tuned run"
+        raise ApiError(404, "not_found", f"{route} needs a fine-tuned {task} run and this server has {serving}; "
+                                         f"start it with 'tunebench serve --run DIR' for a {task} run")
+    return endpoint
+
+
+def finetune_prompt(endpoint: Any, text: str, field: str) -> str:
+    from tunebench.data import Example
+
+    prompt = endpoint.builder.finetune(Example(id="request", input=text, target=""))
+    if prompt.skipped:
+        raise invalid(f"{field} does not fit the model's context with the prompt format")
+    return prompt.text
+
+
+def classify_now(state: ServerState, prompt: str, endpoint: Any) -> Any:
+    """Runs in the engine's thread, between decode steps."""
+    from tunebench.evaluate.classify import constrained_classify
+
+    served = state.served
+    if served.adapters:
+        served.model.set_adapter(endpoint.adapter or next(iter(served.adapters)))
+    return constrained_classify(served.model, served.tokenizer, [prompt], endpoint.labels, batch_size=1)[0]
+
+
+def finite(scores: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no infinity: a label the model gives zero probability scores null."""
+    return {label: value if math.isfinite(value) else None for label, value in scores.items()}
+
+
+def router(state: ServerState, dependencies: list[Any]) -> Any:
+    api = APIRouter(tags=["tasks"], dependencies=dependencies)
+
+    @api.post("/predict", summary="The original study's naive route: a prompt in, the generated text out")
+    async def predict(body: PredictRequest, request: Request) -> dict[str, str]:
+        served = state.served
+        endpoint = served.task
+        stop = endpoint.stop if endpoint else []
+        wanted = body.max_new_tokens or min(PREDICT_TOKENS, state.builder.limits.max_new_tokens)
+        generation = state.builder.plain(body.prompt, wanted, stop, served.default_adapter)
+        completion = await state.complete(request, state.submit(generation))
+        return {"prediction": completion.trimmed_text}
+
+    @api.post("/classify", summary="Classify a text with a fine-tuned run's labels (constrained decoding)")
+    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+        endpoint = task_of(state, "classification", "/classify")
+        prompt = finetune_prompt(endpoint, body.text, "text")
+        state.builder.encode(prompt, field="text")  # the same input limit as generation
+        result = await state.call(lambda: classify_now(state, prompt, endpoint))
+        return {"label": result.label, "scores": finite(result.scores)}
+
+    @api.post("/summarize", summary="Summarize a dialogue with a fine-tuned summarization run")
+    async def summarize(body: SummarizeRequest, request: Request) -> dict[str, str]:
+        endpoint = task_of(state, "summarization", "/summarize")
+        prompt = finetune_prompt(endpoint, body.dialogue, "dialogue")
+        wanted = body.max_new_tokens or min(endpoint.max_new_tokens, state.builder.limits.max_new_tokens)
+        generation = state.builder.plain(prompt, wanted, endpoint.stop, endpoint.adapter, field="dialogue")
+        completion = await state.complete(request, state.submit(generation))
+        return {"summary": completion.trimmed_text.strip()}
+
+    return api
