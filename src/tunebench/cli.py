@@ -27,8 +27,9 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 # Stages that contribute commands, in the order they appear in --help.
-STAGES = ["tunebench.config.commands", "tunebench.models.commands", "tunebench.data.commands", "tunebench.train.commands",
-          "tunebench.evaluate.commands", "tunebench.demo", "tunebench.loadtest.commands", "tunebench.serve.commands"]
+STAGES = ["tunebench.study.commands", "tunebench.models.commands", "tunebench.data.commands",
+          "tunebench.train.commands", "tunebench.evaluate.commands", "tunebench.demo", "tunebench.loadtest.commands",
+          "tunebench.serve.commands"]
 
 
 @app.callback()

@@ -1,24 +1,31 @@
-"""`tunebench demo`: the stages that exist so far, end to end on the embedded model and the built-in samples.
+"""`tunebench demo`: the demo study end to end on the embedded model and the built-in samples, then its report.
 
-For a few test examples of each task it shows the rendered zero-shot prompt (chat template included) and the
-model's greedy answer beside the reference. Generation here is a plain `model.generate`; the evaluation stage
-replaces it with its batched generation and constrained classification.
+It runs `studies/demo.yaml` through the studies runner (zero-shot, few-shot and LoRA on both tasks, a small
+sample-efficiency sweep, time and cost), writes the four-pillar report as Markdown and self-contained HTML,
+and prints the headline tables. A second run reuses every finished cell. `--examples N` is a quick look
+instead: N rendered zero-shot prompts per task with the model's greedy answer beside the reference.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
+
+from tunebench.errors import UserError
 
 TASKS = ("classification", "summarization")
 MAX_NEW_TOKENS = {"classification": 8, "summarization": 48}
+DEMO_STUDY = Path("studies") / "demo.yaml"
 
 
 @dataclass
@@ -29,6 +36,9 @@ class DemoItem:
     n_tokens: int
     reference: str
     output: str = ""
+
+
+# ---------------------------------------------------------------- a look at the prompts (--examples N)
 
 
 def prepare(n_examples: int, tokenizer: Any, source: Any) -> list[DemoItem]:
@@ -90,8 +100,68 @@ def run_demo(n_examples: int, console: Console) -> list[DemoItem]:
     return items
 
 
+# ---------------------------------------------------------------- the demo study and its report
+
+
+def demo_study_file() -> Path:
+    """studies/demo.yaml of this checkout (or of the current directory)."""
+    import tunebench
+
+    for root in (Path(tunebench.__file__).resolve().parents[2], Path.cwd()):
+        if (root / DEMO_STUDY).exists():
+            return root / DEMO_STUDY
+    raise UserError(f"the demo study {DEMO_STUDY} is not in this checkout or the current directory",
+                    "run from a clone of the tunebench repository, or give the study with --study FILE")
+
+
+def rich_table(table: Any) -> Table:
+    """A report table (tunebench.study.report.Table) for the terminal."""
+    out = Table(title=table.caption, title_justify="left")
+    for header in table.headers:
+        out.add_column(header, overflow="fold")
+    for row in table.rows:
+        out.add_row(*row)
+    return out
+
+
+def run_demo_study(study_file: Path, out: Path | None, console: Console) -> bool:
+    from tunebench.config.study import load_study
+    from tunebench.study.commands import print_outcome
+    from tunebench.study.report import save_report, study_report
+    from tunebench.study.runner import run_study
+
+    start = time.perf_counter()
+    study = load_study(study_file)
+    outcome = run_study(study, out or Path("runs") / study.name, console=console)
+    print_outcome(outcome, console)
+    md = outcome.study_dir / "report.md"
+    report = study_report(outcome.study_dir, outcome.study_dir / "report-plots")
+    save_report(report, "md", md)
+    html = save_report(report, "html", outcome.study_dir / "report.html")
+    for table in report.headline:
+        console.print(rich_table(table))
+    console.print(f"report: {md} (and {html}, one self-contained page) · demo took "
+                  f"{time.perf_counter() - start:.0f} s; run it again to reuse every finished cell")
+    return outcome.ok
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def demo(examples: int = typer.Option(3, "--examples", min=1, max=20, help="test examples per task")) -> None:
-        """Show zero-shot prompts and the embedded model's answers on the built-in samples (offline)."""
-        run_demo(examples, Console())
+    def demo(
+        examples: int = typer.Option(0, "--examples", min=0, max=20,
+                                     help="only show N zero-shot prompts per task with the model's answers"),
+        out: Path | None = typer.Option(None, "--out", help="study directory (default: runs/demo)"),
+        study: Path | None = typer.Option(None, "--study", help="another study file to run as the demo"),
+    ) -> None:
+        """Run the demo study on the embedded model (offline), then write and show its four-pillar report."""
+        console = Console()
+        if examples:
+            run_demo(examples, console)
+            return
+        try:
+            ok = run_demo_study(study or demo_study_file(), out, console)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]: run it again to continue; finished cells are kept")
+            sys.exit(130)
+        if not ok:
+            sys.exit(1)

@@ -1,15 +1,10 @@
-"""`tunebench run`: expand a study into cells (and, with the studies runner, run them)."""
+"""The dry-run table of a study's cells (`tunebench run --dry-run`; the command lives in tunebench.study)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
-from rich.console import Console
 from rich.table import Table
 
-from tunebench.config.study import Study, load_study
-from tunebench.errors import UserError
+from tunebench.config.study import Study
 
 SET_HELP = "set any study field for every cell, e.g. --set lora.r=4 (repeatable)"
 
@@ -30,17 +25,3 @@ def cells_table(study: Study) -> Table:
                       else "-", ", ".join(cell.experiments))
     return table
 
-
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def run(
-        study_file: Path = typer.Argument(..., help="the study YAML file"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded cells and stop"),
-        sets: list[str] = typer.Option([], "--set", help=SET_HELP),
-    ) -> None:
-        """Expand a study into cells and run them."""
-        study = load_study(study_file, sets)
-        if not dry_run:
-            raise UserError("running studies is not available in this version; only --dry-run is",
-                            f"use 'tunebench run --dry-run {study_file}' to see the cells")
-        Console().print(cells_table(study))

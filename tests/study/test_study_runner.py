@@ -1,0 +1,122 @@
+"""The runner on real stages and a tiny model: failure isolation (out of memory included), retries, Ctrl-C,
+recovery from the files when the store was moved aside, and cells run concurrently in worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from tinystudy import stage_rows, tiny_study, write_study
+
+from tunebench.config.study import load_study
+from tunebench.study.runner import run_study
+from tunebench.study.stages import StageFunctions, real_stages
+
+EXPERIMENTS = """  - method: zero_shot
+  - method: lora
+  - method: zero_shot
+    data: {source: "builtin:summarization", task: summarization}
+"""
+
+
+class Counting:
+    """Real stages that count their calls; `fail` makes the training of matching cells raise."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.real = real_stages()
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def stages(self) -> StageFunctions:
+        return StageFunctions(train=self.train, evaluate=self.evaluate)
+
+    def train(self, cfg, run, **kwargs):
+        self.calls.append(f"train {run.path.name}")
+        if self.fail is not None:
+            raise self.fail
+        return self.real.train(cfg, run, **kwargs)
+
+    def evaluate(self, cfg, run, **kwargs):
+        self.calls.append(f"eval {run.path.name}")
+        return self.real.evaluate(cfg, run, **kwargs)
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+@pytest.fixture
+def study(tmp_path, tiny_llama_dir):
+    return load_study(write_study(tmp_path, tiny_study(tiny_llama_dir, EXPERIMENTS)))
+
+
+def test_out_of_memory_in_one_cell_is_recorded_and_the_study_goes_on(tmp_path, study):
+    out = tmp_path / "runs"
+    oom = Counting(fail=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
+    outcome = run_study(study, out, stages=oom.stages(), console=quiet())
+    rows = stage_rows(out / "results.db")
+    lora = next(c.id for c in study.cells if c.config.method == "lora")
+    assert rows[(lora, "train")]["status"] == "failed"
+    assert rows[(lora, "train")]["error"].startswith("out of memory (OutOfMemoryError: CUDA out of memory")
+    assert (out / lora / "train-error.log").read_text().count("OutOfMemoryError") >= 1
+    assert rows[(lora, "eval")]["status"] == "failed" and "training failed" in rows[(lora, "eval")]["error"]
+    others = [k for k in rows if k[0] != lora]
+    assert len(others) == 2 and all(rows[k]["status"] == "done" for k in others)
+    assert not outcome.ok and len(outcome.tally.failed) == 2
+
+    again = Counting()
+    outcome = run_study(study, out, stages=again.stages(), console=quiet())
+    assert again.calls == [] and outcome.tally.reused == 2 and not outcome.ok
+
+    outcome = run_study(study, out, stages=again.stages(), console=quiet(), retry_failed=True)
+    assert again.calls == [f"train {lora}", f"eval {lora}"] and outcome.ok
+    assert all(row["status"] == "done" for row in stage_rows(out / "results.db").values())
+    assert stage_rows(out / "results.db")[(lora, "train")]["attempts"] == 2
+
+
+def test_a_real_failure_is_recorded_with_its_message(tmp_path, tiny_llama_dir):
+    # QLoRA needs CUDA and bitsandbytes: on this machine the real training stage refuses it
+    text = tiny_study(tiny_llama_dir, "  - method: qlora\n  - method: zero_shot\n")
+    outcome = run_study(load_study(write_study(tmp_path, text)), tmp_path / "runs", console=quiet())
+    failed = {stage: error for _, stage, error in outcome.tally.failed}
+    assert set(failed) == {"train", "eval"} and "qlora" in failed["train"]
+    assert outcome.statuses == {"pending": 0, "running": 0, "done": 1, "failed": 2}
+
+
+def test_ctrl_c_puts_the_stage_back_to_pending(tmp_path, study):
+    out = tmp_path / "runs"
+    interrupted = Counting(fail=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, out, stages=interrupted.stages(), console=quiet())
+    rows = stage_rows(out / "results.db")
+    lora = next(c.id for c in study.cells if c.config.method == "lora")
+    assert rows[(lora, "train")]["status"] == "pending" and rows[(lora, "train")]["error"] == "interrupted"
+    assert sum(r["status"] == "done" for r in rows.values()) == 1   # the zero-shot cell before it
+    assert run_study(study, out, stages=Counting().stages(), console=quiet()).ok
+
+
+def test_a_store_moved_aside_is_rebuilt_from_the_files(tmp_path, study):
+    out = tmp_path / "runs"
+    assert run_study(study, out, console=quiet()).ok
+    before = {k: r["status"] for k, r in stage_rows(out / "results.db").items()}
+    (out / "results.db").rename(out / "results.db.bad")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{out / 'results.db'}{suffix}").unlink(missing_ok=True)
+    counting = Counting()
+    outcome = run_study(study, out, stages=counting.stages(), console=quiet())
+    assert counting.calls == [] and outcome.tally.recovered == len(before) and outcome.ok
+    assert {k: r["status"] for k, r in stage_rows(out / "results.db").items()} == before
+
+
+def test_units_run_concurrently_in_worker_processes(tmp_path, tiny_llama_dir):
+    text = tiny_study(tiny_llama_dir, "  - method: zero_shot\n  - method: few_shot\n", limit=4)
+    study = load_study(write_study(tmp_path, text))
+    out = tmp_path / "runs"
+    outcome = run_study(study, out, gpus=["0", "1"], console=quiet())   # on a CPU-only machine: two CPU workers
+    assert outcome.ok and outcome.tally.ran == 2
+    rows = stage_rows(out / "results.db")
+    pids = {r["pid"] for r in rows.values()}
+    assert len(pids) == 2 and None not in pids
+    assert len(list((out / "logs").glob("*.log"))) == 2
