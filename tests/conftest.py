@@ -139,6 +139,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
+    """The real CLI in a subprocess; session-scoped so module-scoped fixtures can drive it too."""
     return run_cli

@@ -29,12 +29,10 @@ EXPERIMENTS = """  - sweep: {method: [zero_shot, few_shot]}
 
 
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory, tiny_llama_dir):
-    from conftest import run_cli
-
+def finished_study(tmp_path_factory, tiny_llama_dir, cli):
     root = tmp_path_factory.mktemp("e2e")
     study = write_study(root, tiny_study(tiny_llama_dir, EXPERIMENTS, name="e2e"))
-    result = run_cli("demo", "--study", str(study), "--out", str(root / "runs"), env={"OMP_NUM_THREADS": "1"})
+    result = cli("demo", "--study", str(study), "--out", str(root / "runs"), env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     return root / "runs", result
 
