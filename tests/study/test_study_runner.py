@@ -3,6 +3,7 @@ recovery from the files when the store was moved aside, and cells run concurrent
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,15 @@ class Counting:
     def evaluate(self, cfg, run, **kwargs):
         self.calls.append(f"eval {run.path.name}")
         return self.real.evaluate(cfg, run, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine they only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def quiet() -> Console:
@@ -120,3 +130,22 @@ def test_units_run_concurrently_in_worker_processes(tmp_path, tiny_llama_dir):
     pids = {r["pid"] for r in rows.values()}
     assert len(pids) == 2 and None not in pids
     assert len(list((out / "logs").glob("*.log"))) == 2
+
+
+def test_the_serve_and_loadtest_stage_fills_the_inference_tables(tmp_path, tiny_llama_dir):
+    from tunebench.study.report import study_report, to_markdown
+
+    text = tiny_study(tiny_llama_dir, """  - method: lora
+    training: {epochs: 1}
+    loadtest: {enabled: true, engines: [batched], rates: [2], duration: 1, warmup: 0, repeat: 1, bisect: 0,
+               max_new_tokens: 4, slo: "p90<=10s"}
+    cost: {instance: cpu-2core}
+""")
+    out = tmp_path / "runs"
+    assert run_study(load_study(write_study(tmp_path, text)), out, console=quiet()).ok
+    with sqlite3.connect(out / "results.db") as conn:
+        rows = conn.execute("SELECT engine, max_rps, usd_per_1k_tokens, result FROM inference").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "batched" and rows[0][1] == 2 and rows[0][2] > 0
+    assert (out / rows[0][3]).exists()
+    report = to_markdown(study_report(out, tmp_path / "plots"), out)
+    assert "| batched | 2.00 |" in report and "No load-test results" not in report

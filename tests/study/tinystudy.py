@@ -14,7 +14,7 @@ name: {name}
 defaults:
   model: {{name: "{model_dir}"}}
   data: {{source: "builtin:classification", task: classification, train_count: 16}}
-  eval: {{limit: {limit}, bootstrap: 50}}
+  eval: {{limit: {limit}, bootstrap: 50, max_new_tokens: 16}}
   training: {{save_steps: 1000}}
 experiments:
 {experiments}

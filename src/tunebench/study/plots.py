@@ -47,8 +47,13 @@ def lines(path: Path, series: list[Series], *, title: str, xlabel: str, ylabel: 
             ax.fill_between(s.x, s.low, s.high, alpha=0.2, color=line.get_color())
     for i, (label, level) in enumerate((references or {}).items()):
         ax.axhline(level, linestyle="--", linewidth=1, color=f"C{len(series) + i}", label=label)
-    if log_x:
+    if log_x:  # ticks at the measured sizes, written plainly (8, 16, 32 rather than 10^1)
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ticks = sorted({x for s in series for x in s.x})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -560,6 +560,9 @@ def overview(results: StudyResults, report: Report) -> None:
     report.add(Para(f"{description}\n\n" if description else ""),
                Para(f"**{len(results.cells)} cells**; stages: " + ", ".join(f"{n} {s}" for s, n in sorted(
                    statuses.items())) + "."))
+    if results.left_out:
+        report.add(Para(f"{results.left_out} more cell(s) in the store are no longer in the study file and are left "
+                        "out of this report (their results stay in results.db)."))
     notes = sorted({c.stages["eval"]["detail"] for c in results.cells
                     if c.stages.get("eval", {}).get("detail")})
     for note in notes:

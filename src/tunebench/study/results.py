@@ -151,6 +151,7 @@ class StudyResults:
     cells: list[CellResult]
     inference: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
+    left_out: int = 0     # cells in the store that the study file no longer has
 
     def tasks(self) -> list[str]:
         return sorted({c.task for c in self.cells}, key=lambda t: list(PRIMARY).index(t) if t in PRIMARY else 9)
@@ -178,7 +179,7 @@ class StudyResults:
 def load_results(store: Store) -> StudyResults:
     study = (store.rows("SELECT * FROM study") or [{"name": store.study_dir.name, "description": ""}])[0]
     cells: dict[str, CellResult] = {}
-    for row in store.rows("SELECT * FROM cells ORDER BY added, rowid"):
+    for row in store.rows("SELECT * FROM cells WHERE in_study = 1 ORDER BY added, rowid"):
         axes = {k: row[k] for k in ("model", "method", "task", "fraction", "count", "lora_r", "lora_alpha",
                                     "lora_dropout", "epochs", "seed")}
         cells[row["cell_id"]] = CellResult(row["cell_id"], axes, json.loads(row["params"]), row["train_run"],
@@ -193,5 +194,6 @@ def load_results(store: Store) -> StudyResults:
     for row in store.rows("SELECT * FROM costs"):
         if row["cell_id"] in cells:
             cells[row["cell_id"]].costs[row["stage"]] = row
+    left_out = store.rows("SELECT COUNT(*) AS n FROM cells WHERE in_study = 0")[0]["n"]
     return StudyResults(study, list(cells.values()), store.rows("SELECT * FROM inference"),
-                        store.rows("SELECT * FROM provenance"))
+                        [p for p in store.rows("SELECT * FROM provenance") if p["cell_id"] in cells], left_out)

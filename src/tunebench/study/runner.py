@@ -60,7 +60,6 @@ class Tally:
 @dataclass
 class StudyOutcome:
     study_dir: Path
-    cells: list[str]
     tally: Tally
     statuses: dict[str, int]
 
@@ -365,6 +364,7 @@ def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_f
                            study.config.model_dump(mode="json"))
         rows, stage_names = cell_rows(units)
         store.record_cells(rows, stage_names)
+        store.mark_current([cell.id for cell in study.cells])
         for cell in unique_cells(units):
             write_config_if_changed(cell, RunDir.for_cell(study_dir, cell.id))
         options = RunOptions(retry_failed=retry_failed)
@@ -378,4 +378,4 @@ def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_f
                 runner.run_unit(unit, position=f"[{i}/{len(units)}]")
             tally = runner.tally
         ids = [row["cell_id"] for row in rows]
-        return StudyOutcome(study_dir, ids, tally, store.status_counts(ids))
+        return StudyOutcome(study_dir, tally, store.status_counts(ids))

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS cells (
     epoch        INTEGER,                   -- the checkpoint epoch it evaluates when it shares a training run
     experiments  TEXT NOT NULL,             -- JSON list of the experiments that produced the cell
     params       TEXT NOT NULL,             -- the full resolved CellConfig as JSON
+    in_study     INTEGER NOT NULL DEFAULT 1, -- 1 when the study file, as last run, still has this cell
     added        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cells_by_task_model_method ON cells (task, model, method);
@@ -302,6 +303,12 @@ class Store:
                 for stage in stages[row["cell_id"]]:
                     tx.execute("INSERT OR IGNORE INTO stages (cell_id, stage, status) VALUES (?, ?, 'pending')",
                                (row["cell_id"], stage))
+
+    def mark_current(self, cell_ids: list[str]) -> None:
+        """Flag the cells of the study file as last run; results of cells since removed from it are kept."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE cells SET in_study = 0")
+            tx.executemany("UPDATE cells SET in_study = 1 WHERE cell_id = ?", [(cid,) for cid in cell_ids])
 
     # ------------------------------------------------------------ stage status
 
