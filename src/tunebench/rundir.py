@@ -67,6 +67,9 @@ class RunDir:
         return self.path / "serve"
 
     def eval_dir(self, split: str, method: str) -> Path:
+        """A split given as a file path (data/test.jsonl) is named by its stem, so results stay in the run."""
+        if "/" in split or "\\" in split or Path(split).suffix:
+            split = Path(split).stem
         return self.path / "eval" / f"{split}-{method}"
 
     def write_config(self, cfg: CellConfig) -> None:

