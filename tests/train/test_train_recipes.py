@@ -38,14 +38,22 @@ def test_original_recipe_on_cpu_records_what_it_replaced():
 def test_fast_recipe_defaults():
     gpu = resolve_plan(cell(), "causal", GPU, 2048)
     assert (gpu.packing, gpu.tokens_per_batch, gpu.precision, gpu.optimizer) == (
-        "padding_free", 2048, "bf16", "adamw_torch_fused")
+        "length_grouped", 16384, "bf16", "adamw_torch_fused")
+    assert gpu.size_to_memory and not gpu.attention_mask  # budget fitted once loaded; unmasked causal rows
     assert gpu.gradient_checkpointing is None  # decided from the memory estimate
+    assert not gpu.fused_loss  # liger-kernel not reported importable by this Device
+    assert resolve_plan(cell(), "causal", Device(cuda=True, bf16=True, liger=True), 2048).fused_loss
     assert (gpu.learning_rate, gpu.lr_scheduler, gpu.max_grad_norm) == (2e-4, "constant_with_warmup", 0.3)
     cpu = resolve_plan(cell(), "causal", CPU, 8192)
     assert (cpu.precision, cpu.optimizer, cpu.gradient_checkpointing) == ("fp32", "adamw_torch", False)
-    assert cpu.packing == "length_grouped" and "padding_free" in cpu.notes[0]
+    assert cpu.packing == "length_grouped" and not cpu.size_to_memory and not cpu.fused_loss
     assert cpu.batch_size is None and cpu.tokens_per_batch == 2048  # the token budget alone sizes a batch
-    assert resolve_plan(cell(), "seq2seq", CPU, 512).packing == "length_grouped"
+    assert resolve_plan(cell(), "seq2seq", CPU, 512).attention_mask  # only causal rows go unmasked
+    encoder = resolve_plan(cell(method="full"), "encoder", GPU, 512)
+    assert (encoder.tokens_per_batch, encoder.size_to_memory) == (2048, False)  # large budgets: causal only
+    assert resolve_plan(cell(training={"packing": "padding_free"}), "causal", GPU, 2048).attention_mask
+    original = resolve_plan(cell(method="qlora", training={"recipe": "original"}), "causal", GPU, 2048)
+    assert original.attention_mask and not original.fused_loss and not original.size_to_memory
 
 
 def test_fields_set_in_the_cell_win_and_full_uses_a_lower_rate():

@@ -187,6 +187,7 @@ def build_state(served: Any, options: Any) -> ServerState:
 
     metrics = ServeMetrics(options.engine)
     limits = EngineLimits(max_batch=options.max_concurrency, max_queue=options.max_queue,
-                          request_timeout=options.request_timeout)
+                          request_timeout=options.request_timeout,
+                          max_sequence_tokens=options.max_input_tokens + options.max_new_tokens)
     engine = create_engine(options.engine, served, limits, metrics)
     return ServerState(served, engine, metrics, options, RequestBuilder(served, Limits.of(served, options)))

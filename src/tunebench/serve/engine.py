@@ -8,15 +8,14 @@ step, whatever the batch size.
 `naive` takes one request at a time through `model.generate`, exactly as the original FastAPI server did.
 
 `batched` keeps a running batch and a queue. Between decode steps it drops finished, cancelled and expired
-sequences and admits waiting ones (each prefilled alone, up to a prefill token budget per iteration, so a
-long prompt does not stall the running batch for long); `step()` then decodes one token for every running
-sequence in a single forward pass. The batch's KV cache is one transformers `DynamicCache` whose rows are
-left-padded to a common length: a new sequence's cache is padded (or the batch's is) and concatenated along
-the batch dimension, a leaving sequence is index-selected out, and columns that became padding in every
-row are trimmed. Several LoRA adapters share a batch through peft's mixed-batch `adapter_names` argument.
-
-The seam for the GPU work is `RunningBatch` (the KV layout) and `BatchedEngine.step` (one decode step): a
-static or paged cache with CUDA graphs replaces those two without touching the scheduler or the HTTP side.
+sequences and admits waiting ones (prefilled together in one left-padded pass, up to a prefill token budget
+per iteration, so a burst does not stall the running batch for long); `step()` then decodes one token for
+every running sequence in a single forward pass. The KV cache is preallocated (`tunebench.serve.kvcache`):
+one slot per sequence, each with its own length, sized to free device memory, so joining and leaving copy
+nothing but a leaving row's replacement. Decode steps run over fixed shape buckets and, on CUDA, replay
+CUDA graphs (`tunebench.serve.graphs`) with the greedy choice made on the device: one host sync per step.
+Several LoRA adapters share a batch through peft's mixed-batch `adapter_names` argument (such steps run
+eagerly); a batch whose rows all use one adapter, or none, runs in a graph.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -40,6 +40,10 @@ log = logging.getLogger("tunebench.serve")
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 ENGINES = ("batched", "naive")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+# Device memory kept free beside the batched engine's KV cache: prefill activations, logits, CUDA graphs' pool.
+ACTIVATION_RESERVE_BYTES = 6 * 2**30
+PREFILL_GROUP = 16  # waiting requests that trigger a prefill at once, whatever their wait
+GIL_SWITCH_S = 0.001
 
 
 class Overloaded(Exception):
@@ -90,6 +94,10 @@ class EngineLimits:
     max_queue: int = 256  # requests waiting for a slot before the server answers 503
     request_timeout: float = 300.0  # seconds from arrival to the last token
     prefill_budget: int = 4096  # prompt tokens prefilled per scheduler iteration (at least one prompt)
+    max_sequence_tokens: int = 0  # prompt + generated tokens one KV-cache slot holds; 0: the model's context
+    # While sequences decode, a waiting request is held back up to this long (or until PREFILL_GROUP wait) so
+    # prompts are prefilled in groups: each eager prefill pass stalls every running sequence for its duration.
+    prefill_delay: float = 0.03
 
 
 class RequestHandle:
@@ -477,114 +485,137 @@ class FrequencyPresence:
 # ==================================================================== batched
 
 
-class RunningBatch:
-    """The running sequences and their shared, left-padded KV cache.
+class SlotBatch:
+    """The running sequences, in slots 0..n-1 of the slot cache (row i holds `seqs[i]`).
 
-    Row i of every tensor belongs to `seqs[i]`. `next_tokens` holds each row's last sampled token, which is
-    not in the cache yet; `positions` its position id (the count of real tokens before it).
+    `lengths[i]` counts the tokens of row i already in the cache, which is also the position of its next
+    token `next_tokens[i]` (sampled, not yet fed). When sequences leave, the last rows move into the holes,
+    so the occupied rows stay contiguous and a decode step reads no idle row it does not have to.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
         self.seqs: list[Sequence] = []
-        self.cache: Any = None
-        self.mask: Any = None  # (rows, cached columns) 1 = real token, 0 = padding
-        self.positions: Any = None
-        self.next_tokens: Any = None
+        self.lengths: list[int] = []
+        self.next_tokens: list[int] = []
 
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def add(self, seq: Sequence, cache: Any, first_token: int) -> None:
-        import torch
-
-        length = kv_length(cache)
-        device = self.device_of(cache)
-        mask = torch.ones((1, length), dtype=torch.long, device=device)
-        position = torch.tensor([length], device=device)
-        token = torch.tensor([first_token], device=device)
-        if not self.seqs:
-            self.cache, self.mask, self.positions, self.next_tokens = cache, mask, position, token
-        else:
-            width = max(self.mask.shape[1], length)
-            mine, theirs = width - self.mask.shape[1], width - length
-            for layer, other in zip(cache_layers(self.cache), cache_layers(cache), strict=True):
-                layer.keys = torch.cat([left_pad(layer.keys, mine), left_pad(other.keys, theirs)])
-                layer.values = torch.cat([left_pad(layer.values, mine), left_pad(other.values, theirs)])
-            self.mask = torch.cat([left_pad_2d(self.mask, mine), left_pad_2d(mask, theirs)])
-            self.positions = torch.cat([self.positions, position])
-            self.next_tokens = torch.cat([self.next_tokens, token])
+    def add(self, seq: Sequence, length: int, first_token: int) -> None:
         self.seqs.append(seq)
+        self.lengths.append(length)
+        self.next_tokens.append(first_token)
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (in order); trim columns that are padding in every remaining row."""
-        import torch
-
+        """Keep only `rows`; move kept rows from the tail into the holes the others leave."""
         if len(rows) == len(self.seqs):
             return
-        if not rows:
-            self.__init__()
-            return
-        index = torch.tensor(rows, device=self.mask.device)
-        self.mask = self.mask[index]
-        first = int((self.mask.sum(dim=0) > 0).nonzero()[0])
-        self.mask = self.mask[:, first:]
-        for layer in cache_layers(self.cache):
-            layer.keys = layer.keys[index, :, first:]
-            layer.values = layer.values[index, :, first:]
-        self.positions = self.positions[index]
-        self.next_tokens = self.next_tokens[index]
-        self.seqs = [self.seqs[i] for i in rows]
-
-    @staticmethod
-    def device_of(cache: Any) -> Any:
-        return cache_layers(cache)[0].keys.device
+        size = len(rows)
+        kept = set(rows)
+        holes = [i for i in range(size) if i not in kept]
+        movers = [i for i in rows if i >= size]
+        for src, dst in zip(movers, holes, strict=True):
+            self.cache.move(src, dst, self.lengths[src])
+            self.seqs[dst], self.lengths[dst], self.next_tokens[dst] = (self.seqs[src], self.lengths[src],
+                                                                        self.next_tokens[src])
+        del self.seqs[size:], self.lengths[size:], self.next_tokens[size:]
 
 
-def cache_layers(cache: Any) -> list[Any]:
-    return cache.layers
+class StepProfile:
+    """Where the model thread's time goes, logged every `every` seconds while there is traffic."""
 
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.started = time.monotonic()
+        self.reset()
 
-def kv_length(cache: Any) -> int:
-    return cache_layers(cache)[0].keys.shape[-2]
+    def reset(self) -> None:
+        self.steps = self.rows = self.prefills = self.prefilled = 0
+        self.device_s = self.host_s = self.prefill_s = self.sampling_s = self.iteration_s = 0.0
+        self.window = time.monotonic()
 
+    @property
+    def scheduling_s(self) -> float:
+        """Iteration time outside the measured parts: admission, pruning, buffers, Python."""
+        return max(0.0, self.iteration_s - self.device_s - self.host_s - self.sampling_s - self.prefill_s)
 
-def left_pad(tensor: Any, n: int) -> Any:
-    """Pad a (batch, heads, time, dim) cache tensor with n zero columns on the left of the time axis."""
-    import torch.nn.functional as F
-
-    return F.pad(tensor, (0, 0, n, 0)) if n else tensor
-
-
-def left_pad_2d(mask: Any, n: int) -> Any:
-    import torch.nn.functional as F
-
-    return F.pad(mask, (n, 0)) if n else mask
+    def report(self) -> str | None:
+        now = time.monotonic()
+        if now - self.window < self.every or not (self.steps or self.prefills):
+            return None
+        wall = now - self.window
+        steps = max(self.steps, 1)
+        busy = self.iteration_s
+        line = (f"profile: {self.steps / wall:.0f} steps/s, {self.rows / steps:.1f} rows/step, "
+                f"{self.rows / wall:.0f} tok/s; per step: device {1e3 * self.device_s / steps:.2f} ms, "
+                f"sampling {1e3 * self.sampling_s / steps:.2f} ms, "
+                f"tokens/streaming {1e3 * self.host_s / steps:.2f} ms, "
+                f"scheduling {1e3 * self.scheduling_s / steps:.2f} ms; "
+                f"prefill {self.prefills} batches ({self.prefilled} prompts) "
+                f"{1e3 * self.prefill_s / max(self.prefills, 1):.1f} ms each; "
+                f"busy {100 * busy / wall:.0f}% of {wall:.1f} s")
+        self.reset()
+        return line
 
 
 class BatchedEngine(Engine):
-    """Continuous batching: sequences join and leave the running batch between decode steps."""
+    """Continuous batching over a slot-based static KV cache (see `tunebench.serve.kvcache`).
+
+    Between decode steps, finished, cancelled and expired sequences leave and waiting ones are prefilled
+    together in one left-padded forward pass (up to a token budget per iteration) straight into their slots;
+    while others decode, waiting requests are held up to `prefill_delay` so prefills come in groups.
+    A decode step runs every occupied row at once with per-row positions; on CUDA it replays a CUDA graph
+    captured per (batch bucket, width bucket, adapter) and the greedy choice happens on the device, so a step
+    costs one host sync. Rows that sample or carry penalties go through `choose_tokens` on the step's logits.
+    """
 
     kind = "batched"
 
     def __init__(self, served: Any, limits: EngineLimits, metrics: Any) -> None:
+        import os
+
         from tunebench.evaluate.classify import cache_argument
+        from tunebench.serve.graphs import DecodeRunner
+        from tunebench.serve.kvcache import SlotCache, bytes_per_slot, kv_geometry, slots_that_fit
 
         super().__init__(served, limits, metrics)
-        self.slots = limits.max_batch
-        self.batch = RunningBatch()
         self.cache_arg = cache_argument(served.model)
-        self.check_cache()
+        layers, heads, head_dim, dtype = kv_geometry(self.check_cache())
+        longest = min(served.context_length, limits.max_sequence_tokens or served.context_length)
+        max_len = longest + 1  # + the scratch column
+        per_slot = bytes_per_slot(layers, heads, head_dim, max_len, dtype)
+        self.slots = slots_that_fit(limits.max_batch, per_slot, self.device, ACTIVATION_RESERVE_BYTES)
+        if self.slots < limits.max_batch:
+            log.warning("KV cache: %d slots of %d tokens fit in free device memory (asked for %d)", self.slots,
+                        longest, limits.max_batch)
+        self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device)
+        use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
+        self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
+        self.batch = SlotBatch(self.cache)
+        self.profile = StepProfile()
+        log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache), CUDA graphs %s", self.slots, longest,
+                 self.slots * per_slot / 2**30, "on" if use_graphs else "off")
 
     def _has_work(self) -> bool:
         return bool(self._waiting) or bool(self.batch.seqs)
 
-    def check_cache(self) -> None:
-        """The batch cache is built by padding and concatenating per-layer tensors: full attention only."""
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The event loop and this engine's thread share the GIL; by default a thread that wants it waits up to
+        # 5 ms while the other runs Python (an eager prefill is ~20 ms of it), which shows in every stream.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
+        super().start(loop)
+
+    def check_cache(self) -> Any:
+        """Every layer must be full attention (one position per column); return a one-token probe cache."""
         import torch
         from transformers.cache_utils import DynamicLayer
 
         with torch.inference_mode():
-            cache, _ = self._prefill_ids([self.tokenizer.eos_token_id or 0], None)
+            ids = torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device)
+            extra = {"adapter_names": [BASE]} if self.mixed_adapters else {}
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
+        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             kinds = sorted({type(layer).__name__ for layer in layers or []})
@@ -592,14 +623,20 @@ class BatchedEngine(Engine):
 
             raise UserError(f"the batched engine needs full attention in every layer; this model's cache has "
                             f"{kinds or 'no layers'}", "serve it with --engine naive")
+        return cache
 
     def _iteration(self) -> None:
+        started = time.perf_counter()
         self._prune_waiting()
         self._prune_running()
         self._admit()
         if self.batch.seqs:
             self.step()
         self.metrics.running.set(len(self.batch))
+        self.profile.iteration_s += time.perf_counter() - started
+        line = self.profile.report()
+        if line:
+            log.info(line)
 
     def _prune_running(self) -> None:
         now = time.monotonic()
@@ -612,66 +649,121 @@ class BatchedEngine(Engine):
                 keep.append(row)
         self.batch.keep(keep)
 
+    def _prefill_due(self) -> bool:
+        if not self._waiting or len(self.batch) >= self.slots:
+            return False
+        if not self.batch.seqs or len(self._waiting) >= PREFILL_GROUP:
+            return True
+        return time.monotonic() - self._waiting[0].arrival >= self.limits.prefill_delay
+
     def _admit(self) -> None:
-        budget = self.limits.prefill_budget
-        while self._waiting and len(self.batch) < self.slots:
+        """Take waiting requests into free slots while the padded prefill fits the token budget (at least one)."""
+        if not self._prefill_due():
+            return
+        chosen: list[Sequence] = []
+        longest = 0
+        while self._waiting and len(self.batch) + len(chosen) < self.slots:
             seq = self._waiting[0]
-            if budget < len(seq.request.prompt_ids) and budget < self.limits.prefill_budget:
+            width = max(longest, len(seq.request.prompt_ids))
+            if chosen and width * (len(chosen) + 1) > self.limits.prefill_budget:
                 break  # this iteration's prefill is spent; the running batch decodes first
             self._waiting.popleft()
-            budget -= len(seq.request.prompt_ids)
+            if len(seq.request.prompt_ids) + seq.params.max_new_tokens > self.cache.usable + 1:
+                self._fail(seq, GenerationFailed("internal", f"the request needs more than the {self.cache.usable} "
+                                                 "tokens a KV-cache slot holds"))
+                continue
+            longest = width
             self._admitted(seq)
-            try:
-                self._prefill(seq)
-            except Exception as err:  # this request alone fails; the running batch is untouched
-                log.exception("prefill failed")
+            chosen.append(seq)
+        if not chosen:
+            return
+        try:
+            self._prefill(chosen)
+        except Exception as err:  # these requests fail; the running batch is untouched
+            log.exception("prefill failed")
+            for seq in chosen:
                 self._fail(seq, GenerationFailed("internal", f"generation failed: {type(err).__name__}: {err}"))
 
-    def _prefill_ids(self, prompt_ids: list[int], seq: Sequence | None) -> tuple[Any, Any]:
-        """Run one prompt alone (no padding, so its numbers match the naive engine); return (cache, last logits)."""
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Prefill `seqs` together (left-padded) into the slots after the running rows; take their first tokens."""
         import torch
 
-        ids = torch.tensor([prompt_ids], device=self.device)
-        extra = self._adapter_kwargs([seq]) if seq is not None else (
-            {"adapter_names": [BASE]} if self.mixed_adapters else {})
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                         position_ids=torch.arange(len(prompt_ids), device=self.device)[None],
-                         logits_to_keep=1, **extra)
-        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-        return cache, out.logits[:, -1]
+        started = time.perf_counter()
+        first, count = len(self.batch), len(seqs)
+        rows, width = self.runner.prefill_shape(count, max(len(s.request.prompt_ids) for s in seqs))
+        ids, positions, columns = [], [], []
+        for seq in seqs:
+            prompt = seq.request.prompt_ids
+            pad = width - len(prompt)
+            ids.append([0] * pad + list(prompt))
+            positions.append([0] * pad + list(range(len(prompt))))
+            columns.append([self.cache.scratch] * pad + list(range(len(prompt))))
+        idle = rows - count  # shape-filling rows: they write the scratch column of slot 0 and are ignored
+        host = torch.tensor([ids + [[0] * width] * idle, positions + [[0] * width] * idle,
+                             columns + [[self.cache.scratch] * width] * idle], dtype=torch.long)
+        adapter, extra = self._adapter_choice(seqs, rows)
+        out = self.runner.prefill(host, list(range(first, first + count)) + [0] * idle, adapter, extra)
+        states = [s.row for s in seqs]
+        if any(r.params.do_sample or r.params.penalized for r in states):
+            tokens, logprobs = choose_tokens(out.logits[:count], states)
+        else:
+            chosen = out.chosen[:, :count].to("cpu").tolist()
+            tokens, logprobs = [int(t) for t in chosen[0]], chosen[1]
+        self.profile.prefills += 1
+        self.profile.prefilled += count
+        self.profile.prefill_s += time.perf_counter() - started
+        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
+            self.batch.add(seq, len(seq.request.prompt_ids), token)
+            self._token(seq, token, logprob)
+        self.batch.keep([i for i, seq in enumerate(self.batch.seqs) if not seq.done])
 
-    def _prefill(self, seq: Sequence) -> None:
-        cache, logits = self._prefill_ids(seq.request.prompt_ids, seq)
-        assert seq.row is not None
-        tokens, logprobs = choose_tokens(logits, [seq.row])
-        self._token(seq, tokens[0], logprobs[0])
-        if not seq.done:
-            self.batch.add(seq, cache, tokens[0])
+    def _adapter_choice(self, seqs: list[Sequence], rows: int) -> tuple[str | None, dict[str, Any]]:
+        """The one adapter all `seqs` use (graph path), or peft's mixed-batch argument (eager path)."""
+        if not self.mixed_adapters:
+            return None, {}
+        names = [s.request.adapter or BASE for s in seqs]
+        if len(set(names)) == 1 and self.runner.use_graphs:
+            return names[0], {}
+        return None, {"adapter_names": names + [BASE] * (rows - len(names))}
 
     def step(self) -> None:
         """Decode one token for every running sequence, emit them, and let finished sequences leave."""
-        import torch
-
-        batch = self.batch
-        rows = len(batch)
-        self.metrics.observe_step(rows)
-        mask = torch.cat([batch.mask, torch.ones((rows, 1), dtype=batch.mask.dtype, device=batch.mask.device)], 1)
-        out = self.model(input_ids=batch.next_tokens[:, None], attention_mask=mask,
-                         position_ids=batch.positions[:, None], use_cache=True,
-                         **{self.cache_arg: batch.cache}, **self._adapter_kwargs(batch.seqs))
-        batch.mask = mask
-        batch.positions = batch.positions + 1
-        tokens, logprobs = choose_tokens(out.logits[:, -1], [s.row for s in batch.seqs])
-        batch.next_tokens = torch.tensor(tokens, device=batch.next_tokens.device)
-        for seq, token, logprob in zip(batch.seqs, tokens, logprobs, strict=True):
+        batch, runner, profile = self.batch, self.runner, self.profile
+        count = len(batch)
+        self.metrics.observe_step(count)
+        started = time.perf_counter()
+        longest = max(batch.lengths) + 1
+        rows, width = ((runner.batch_bucket(count), runner.width_bucket(longest)) if runner.bucketed
+                       else (count, longest))
+        runner.load(batch.next_tokens, batch.lengths, rows)
+        adapter, extra = self._adapter_choice(batch.seqs, rows)
+        out = runner.step(rows, width, adapter, extra)
+        states = [s.row for s in batch.seqs]
+        if any(r.params.do_sample or r.params.penalized for r in states):
+            profile.device_s += time.perf_counter() - started
+            sampled = time.perf_counter()
+            tokens, logprobs = choose_tokens(out.logits[:count], states)
+            profile.sampling_s += time.perf_counter() - sampled
+        else:
+            # The step's one host sync; `.to("cpu")` waits without the GIL, so the event loop runs meanwhile.
+            chosen = out.chosen[:, :count].to("cpu").tolist()
+            tokens, logprobs = [int(t) for t in chosen[0]], chosen[1]
+            profile.device_s += time.perf_counter() - started
+        handled = time.perf_counter()
+        for i, (seq, token, logprob) in enumerate(zip(batch.seqs, tokens, logprobs, strict=True)):
+            batch.lengths[i] += 1
+            batch.next_tokens[i] = token
             self._token(seq, token, logprob)
         batch.keep([i for i, seq in enumerate(batch.seqs) if not seq.done])
+        profile.steps += 1
+        profile.rows += count
+        profile.host_s += time.perf_counter() - handled
 
     def _fail_all(self, failure: GenerationFailed) -> None:
         super()._fail_all(failure)
         for seq in self.batch.seqs:
             self._fail(seq, failure)
-        self.batch = RunningBatch()
+        self.batch = SlotBatch(self.cache)
 
 
 def create_engine(kind: str, served: Any, limits: EngineLimits, metrics: Any) -> Engine:

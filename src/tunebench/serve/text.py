@@ -23,8 +23,15 @@ class IncrementalDetokenizer:
         self.prefix = 0  # start of the decoding window
         self.read = len(self.ids)  # tokens before this index have been emitted
         self.text = ""  # all generated text so far (special tokens skipped)
+        # Fast tokenizers: call the Rust decoder directly. transformers' decode() adds ~20 µs of Python per call,
+        # and the detokenizer calls it twice per token per running sequence (milliseconds per decode step at
+        # batch 200 on the H200); without clean-up it returns the same text.
+        backend = getattr(tokenizer, "_tokenizer", None)
+        self._backend_decode = getattr(backend, "decode", None)
 
     def decode(self, ids: Sequence[int]) -> str:
+        if self._backend_decode is not None:
+            return self._backend_decode(list(ids), skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def add(self, token_id: int) -> str:

@@ -8,7 +8,12 @@ Packing strategies (`training.packing`):
   concat          the original study's rows: examples concatenated and cut every `max_seq_len` tokens, with
                   attention across examples (see features.concat_rows); `batch_size` rows per micro-batch.
   length_grouped  padded batches of examples of similar length (little padding), up to `batch_size` rows and
-                  `tokens_per_batch` padded tokens.
+                  `tokens_per_batch` padded tokens. Causal rows may go without an attention mask
+                  (`Plan.attention_mask = False`): padding is on the right, and causal attention never lets a
+                  real token see a later position, so each example's loss is the same as alone while SDPA
+                  keeps its flash kernel (`is_causal`, no mask). Such rows are padded to a multiple of
+                  PAD_MULTIPLE (tensor-core friendly widths at a few tokens' cost), and carry their non-pad
+                  token count as `real_tokens` for metering (the Trainer removes it before the forward).
   none            padded batches of `batch_size` random examples.
 
 Batch samplers keep the number of batches fixed across epochs (the Trainer sizes its schedule from it): packed
@@ -26,6 +31,8 @@ from typing import Any
 from tunebench.train.features import IGNORE
 
 OPEN_BINS = 16  # padding-free first-fit looks at this many open rows: near-optimal fill, linear time
+PAD_MULTIPLE = 8  # unmasked causal rows are padded to a multiple of this width
+METERING_KEYS = ("real_tokens",)  # batch entries for the meter only, never given to the model
 
 
 class FixedBatches:
@@ -86,14 +93,17 @@ def pack_by_tokens(lengths: list[int], budget: int, seed: int) -> list[list[int]
     return closed + [members for _, members in open_bins]
 
 
-def group_by_length(lengths: list[int], rows: int | None, budget: int | None, seed: int) -> list[list[int]]:
-    """Padded batches of similar lengths: at most `rows` rows and `budget` tokens counting the padding."""
+def group_by_length(lengths: list[int], rows: int | None, budget: int | None, seed: int,
+                    multiple: int = 1) -> list[list[int]]:
+    """Padded batches of similar lengths: at most `rows` rows and `budget` tokens counting the padding (rows
+    padded to a multiple of `multiple`)."""
     rng = random.Random(seed)
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:  # ascending lengths: the newcomer is the longest of its batch
-        too_wide = budget is not None and lengths[i] * (len(current) + 1) > budget
+        width = -(-lengths[i] // multiple) * multiple
+        too_wide = budget is not None and width * (len(current) + 1) > budget
         if current and ((rows is not None and len(current) >= rows) or too_wide):
             batches.append(current)
             current = []
@@ -104,11 +114,11 @@ def group_by_length(lengths: list[int], rows: int | None, budget: int | None, se
 
 
 def batch_sampler(packing: str, lengths: list[int], *, batch_size: int | None, tokens: int | None, seed: int,
-                  shuffle: bool = True) -> FixedBatches:
+                  shuffle: bool = True, multiple: int = 1) -> FixedBatches:
     if packing == "padding_free":
         return FixedBatches(pack_by_tokens(lengths, tokens or max(lengths), seed), seed, shuffle)
     if packing == "length_grouped":
-        return FixedBatches(group_by_length(lengths, batch_size, tokens, seed), seed, shuffle)
+        return FixedBatches(group_by_length(lengths, batch_size, tokens, seed, multiple), seed, shuffle)
     batch_size = batch_size or 1
     if not shuffle:
         n = len(lengths)
@@ -137,21 +147,29 @@ class PaddingFreeCollator:
 
 
 class PaddedCollator:
-    """Right-pads rows to the longest in the batch; labels are padded with -100 by length, never by token id."""
+    """Right-pads rows to the longest in the batch; labels are padded with -100 by length, never by token id.
 
-    def __init__(self, pad_id: int, seq2seq: bool = False) -> None:
+    `causal_unmasked`: no attention mask (causal rows only, see the module docstring); widths rounded up to a
+    multiple of PAD_MULTIPLE and the non-pad token count in `real_tokens`.
+    """
+
+    def __init__(self, pad_id: int, seq2seq: bool = False, causal_unmasked: bool = False) -> None:
         self.pad_id = pad_id
         self.seq2seq = seq2seq
+        self.causal_unmasked = causal_unmasked
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         width = max(len(f["input_ids"]) for f in features)
+        if self.causal_unmasked:
+            width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
         rows = [(f["input_ids"], width - len(f["input_ids"])) for f in features]
-        batch = {
-            "input_ids": torch.tensor([ids + [self.pad_id] * gap for ids, gap in rows]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * gap for ids, gap in rows]),
-        }
+        batch = {"input_ids": torch.tensor([ids + [self.pad_id] * gap for ids, gap in rows])}
+        if self.causal_unmasked:
+            batch["real_tokens"] = torch.tensor(sum(len(ids) for ids, _ in rows))
+        else:
+            batch["attention_mask"] = torch.tensor([[1] * len(ids) + [0] * gap for ids, gap in rows])
         if isinstance(features[0]["labels"], int):
             batch["labels"] = torch.tensor([f["labels"] for f in features])
             return batch
@@ -160,5 +178,7 @@ class PaddedCollator:
         return batch
 
 
-def collator_for(packing: str, pad_id: int, kind: str) -> Any:
-    return PaddingFreeCollator() if packing == "padding_free" else PaddedCollator(pad_id, seq2seq=kind == "seq2seq")
+def collator_for(packing: str, pad_id: int, kind: str, attention_mask: bool = True) -> Any:
+    if packing == "padding_free":
+        return PaddingFreeCollator()
+    return PaddedCollator(pad_id, seq2seq=kind == "seq2seq", causal_unmasked=kind == "causal" and not attention_mask)

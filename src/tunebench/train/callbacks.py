@@ -31,7 +31,7 @@ class EpochCallback(TrainerCallback):
         if abs(state.epoch - round(state.epoch)) > 1e-6:
             return
         self.epoch_ended = round(state.epoch)
-        control.should_save = True
+        control.should_save = args.save_strategy != "no"  # a run without checkpoints (benchmarks) keeps none
         control.should_evaluate = self.evaluate
 
 

@@ -7,7 +7,12 @@
     ─> train/adapter | train/model, metrics.jsonl, summary.json
 
 The same function serves `tunebench train` and the studies runner. Under torchrun/accelerate each process
-runs it; only the main process writes the run directory's files.
+runs it; only the main process writes the run directory's files. Full fine-tuning on several GPUs shards the
+model with FSDP (accelerate's plugin through TrainingArguments: full_shard, auto-wrap by the decoder layer
+class, bf16 compute, activation checkpointing by FSDP); LoRA/QLoRA on several GPUs is data parallel (DDP).
+
+`RunOptions` are for benchmarks and tools, not studies: plan overrides (engine knobs that have no config field:
+attention_mask, fused_loss, compile), logging frequency, and skipping checkpoints and final weights.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ from tunebench.train.metering import Meter, cost_of, memory_kind, mfu, peak_memo
 from tunebench.train.recipes import Device, Plan, resolve_plan
 
 BEST_METRICS = {"eval_loss": "min", "eval_accuracy": "max"}
+FITTED_FIELDS = ("tokens_per_batch", "max_seq_len", "gradient_checkpointing")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    plan_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # Plan fields to replace
+    logging_steps: int | None = None  # None: about 20 logs per run, at most every 10 steps
+    save: bool = True                 # False: no checkpoints and no final weights (throughput benchmarks)
 
 
 class TrainingInterrupted(Exception):
@@ -42,7 +55,7 @@ class TrainingInterrupted(Exception):
 
 
 def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = False, progress: bool = True,
-               callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+               callbacks: Sequence[Any] = (), options: RunOptions | None = None) -> dict[str, Any]:
     """Train one cell (a CellConfig or a study Cell) into `run`; returns what summary.json holds."""
     from accelerate import PartialState
     from transformers import set_seed
@@ -61,30 +74,35 @@ def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = Fa
     source = resolve(cfg.model)
     tokenizer = load_tokenizer(source, cfg.model)
     context = context_length_of(source, cfg.model, tokenizer)
-    plan = resolve_plan(cfg, source.kind, device, context)
+    options = options or RunOptions()
+    plan = dataclasses.replace(resolve_plan(cfg, source.kind, device, context), **options.plan_overrides)
     report_to, report_callbacks = reporting(cfg.training.report_to, run)
     if force and state.is_main_process:
         ck.clear(run)
     state.wait_for_everyone()
     examples = load_examples(cfg, tokenizer, source)
-    inputs = build_inputs(source.kind, tokenizer, examples, plan, context=context, seed=cfg.training.seed)
     if state.is_main_process:
         run.write_config(cfg)
         run.write_provenance(cfg, examples.data_hash, device_name())
     set_seed(cfg.training.seed)
-    model, n_params, checkpointing = build_model(cfg, source, plan, inputs, device)
-    plan = dataclasses.replace(plan, gradient_checkpointing=checkpointing)
+    # The model comes first: the token budget (and so the batches) is sized to the memory it leaves.
+    fitted = run.train / ck.FITTED
+    earlier = json.loads(fitted.read_text()) if checkpoint is not None and fitted.exists() else None
+    model, n_params, plan = build_model(cfg, source, plan, examples.labels, device, state.num_processes, earlier)
+    if state.is_main_process and earlier is None:
+        write_json(fitted, {k: getattr(plan, k) for k in FITTED_FIELDS})
+    inputs = build_inputs(source.kind, tokenizer, examples, plan, context=context, seed=cfg.training.seed)
     meter = Meter(source.kind, tokenizer.eos_token_id)
     if checkpoint is not None and (checkpoint / ck.COUNTERS).exists():
         meter.load_state_dict(json.loads((checkpoint / ck.COUNTERS).read_text()))
     trainer, interrupt = build_trainer(cfg, run, plan, model, tokenizer, inputs, meter, state,
-                                       [*report_callbacks, *callbacks], report_to, progress)
+                                       [*report_callbacks, *callbacks], report_to, progress, options)
     output = run_training(trainer, cfg, plan, run, checkpoint)
     if interrupt.stopped_at is not None:
         raise TrainingInterrupted(interrupt.stopped_at, ck.latest_checkpoint(run.checkpoints))
     if inputs.eval_sampler is not None and trainer.last_eval.get("step") != trainer.state.global_step:
         trainer.evaluate()
-    weights = save_weights(trainer, run, plan, inputs, state)
+    weights = save_weights(trainer, run, plan, inputs, state) if options.save else None
     summary = summarize(cfg, cell_id, run, plan, trainer, output, inputs, meter, n_params, source.kind, weights,
                         checkpoint, state.num_processes)
     if state.is_main_process:
@@ -127,20 +145,41 @@ def out_of_memory_is_user_error(cfg: CellConfig, plan: Plan) -> Iterator[None]:
             "or use method: qlora (4-bit base weights)") from None
 
 
-def build_model(cfg: CellConfig, source: Any, plan: Plan, inputs: TrainInputs, device: Device) -> tuple[Any, int, bool]:
-    from tunebench.train.modeling import base_parameters, load_base, local_device, needs_checkpointing, prepare_model
+def build_model(cfg: CellConfig, source: Any, plan: Plan, labels: list[str] | None, device: Device,
+                processes: int, fitted: dict[str, Any] | None = None) -> tuple[Any, int, Plan]:
+    """The model ready to train, its base parameter count, and the plan with its memory-fitted budget (or the
+    `fitted` settings of the run being resumed, so its batches are the same)."""
+    from tunebench.train.modeling import base_parameters, fit_to_memory, load_base, local_device, prepare_model
 
     where = local_device(device.cuda)
-    labels = inputs.labels if source.kind == "encoder" else None
+    labels = labels if source.kind == "encoder" else None
     with out_of_memory_is_user_error(cfg, plan):
         model = load_base(cfg, source, plan, where, num_labels=len(labels) if labels else None)
         if labels:
             model.config.id2label = dict(enumerate(labels))
             model.config.label2id = {label: i for i, label in enumerate(labels)}
         n_params = base_parameters(model, source, cfg, plan)
-        checkpointing = needs_checkpointing(model, plan, where)
-        model = prepare_model(model, cfg, source, plan, checkpointing)
-    return model, n_params, checkpointing
+        plan = dataclasses.replace(plan, **fitted) if fitted else fit_to_memory(model, plan, where, processes)
+        by_transformers = plan.gradient_checkpointing and not uses_fsdp(plan, processes)
+        model = prepare_model(model, cfg, source, plan, bool(by_transformers))
+    return model, n_params, plan
+
+
+def uses_fsdp(plan: Plan, processes: int) -> bool:
+    """Full fine-tuning on several GPUs: the weights, gradients and optimizer states are sharded (FSDP)."""
+    return plan.method == "full" and processes > 1 and _cuda()
+
+
+def fsdp_arguments(model: Any, plan: Plan) -> dict[str, Any]:
+    layers = sorted(getattr(model, "_no_split_modules", None) or [])
+    if not layers:
+        raise UserError(f"full fine-tuning on several GPUs shards the model by decoder layer, but "
+                        f"{type(model).__name__} names no layer class (_no_split_modules)",
+                        "train on one GPU (--gpus 0), or use method: lora")
+    return {"fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": layers, "reshard_after_forward": True,
+                            "activation_checkpointing": bool(plan.gradient_checkpointing),
+                            "state_dict_type": "FULL_STATE_DICT"}}
 
 
 def steps_per_epoch(inputs: TrainInputs, plan: Plan, processes: int) -> int:
@@ -148,9 +187,11 @@ def steps_per_epoch(inputs: TrainInputs, plan: Plan, processes: int) -> int:
     return max(1, -(-batches // plan.gradient_accumulation))
 
 
-def training_arguments(cfg: CellConfig, plan: Plan, run: RunDir, total_steps: int, report_to: Any) -> Any:
+def training_arguments(cfg: CellConfig, plan: Plan, run: RunDir, total_steps: int, report_to: Any,
+                       options: RunOptions | None = None, fsdp: dict[str, Any] | None = None) -> Any:
     from transformers import TrainingArguments
 
+    options = options or RunOptions()
     return TrainingArguments(
         output_dir=str(run.checkpoints), num_train_epochs=plan.epochs, max_steps=cfg.training.max_steps or -1,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,
@@ -158,12 +199,14 @@ def training_arguments(cfg: CellConfig, plan: Plan, run: RunDir, total_steps: in
         lr_scheduler_type=plan.lr_scheduler, warmup_steps=plan.warmup_ratio, weight_decay=plan.weight_decay,
         max_grad_norm=plan.max_grad_norm, optim=plan.optimizer,
         bf16=plan.precision == "bf16", fp16=plan.precision == "fp16",
-        logging_steps=max(1, min(10, total_steps // 20)),
-        save_strategy="steps", save_steps=cfg.training.save_steps or max(1, -(-total_steps // 10)),
+        logging_steps=options.logging_steps or max(1, min(10, total_steps // 20)),
+        save_strategy="steps" if options.save else "no",
+        save_steps=cfg.training.save_steps or max(1, -(-total_steps // 10)), torch_compile=plan.compile,
         eval_strategy="no",  # EpochCallback asks for an evaluation at every epoch end
         report_to=report_to, seed=cfg.training.seed, data_seed=cfg.training.seed,
-        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=not _cuda(), ddp_find_unused_parameters=False,
+        disable_tqdm=True, remove_unused_columns=False,
+        dataloader_num_workers=2 if _cuda() else 0,  # collate the next batch while the GPU works on this one
+        use_cpu=not _cuda(), ddp_find_unused_parameters=False, **(fsdp or {}),
     )
 
 
@@ -174,7 +217,8 @@ def _cuda() -> bool:
 
 
 def build_trainer(cfg: CellConfig, run: RunDir, plan: Plan, model: Any, tokenizer: Any, inputs: TrainInputs,
-                  meter: Meter, state: Any, callbacks: list[Any], report_to: Any, progress: bool) -> tuple[Any, Any]:
+                  meter: Meter, state: Any, callbacks: list[Any], report_to: Any, progress: bool,
+                  options: RunOptions) -> tuple[Any, Any]:
     from transformers import PrinterCallback
     from transformers import ProgressCallback as TqdmCallback
 
@@ -189,7 +233,9 @@ def build_trainer(cfg: CellConfig, run: RunDir, plan: Plan, model: Any, tokenize
     if progress:
         ours.append(ProgressCallback("train"))
     trainer = TunebenchTrainer(
-        model=model, args=training_arguments(cfg, plan, run, total, report_to), train_dataset=inputs.train,
+        model=model, args=training_arguments(cfg, plan, run, total, report_to, options,
+                                             fsdp_arguments(model, plan) if uses_fsdp(plan, state.num_processes)
+                                             else None), train_dataset=inputs.train,
         eval_dataset=inputs.validation or None, data_collator=inputs.collator, processing_class=tokenizer,
         callbacks=[*ours, *callbacks], train_sampler=inputs.train_sampler, eval_sampler=inputs.eval_sampler,
         eval_collator=inputs.eval_collator, meter=meter, kind=plan.kind, labels=inputs.labels,
@@ -246,7 +292,7 @@ def best_epoch(run: RunDir, metric: str) -> dict[str, Any] | None:
 
 
 def summarize(cfg: CellConfig, cell_id: str, run: RunDir, plan: Plan, trainer: Any, output: Any,
-              inputs: TrainInputs, meter: Meter, n_params: int, kind: str, weights: Path,
+              inputs: TrainInputs, meter: Meter, n_params: int, kind: str, weights: Path | None,
               resumed_from: Path | None, processes: int) -> dict[str, Any]:
     trainer.meter.flush(trainer.accelerator)
     device = device_name()
@@ -275,7 +321,8 @@ def summarize(cfg: CellConfig, cell_id: str, run: RunDir, plan: Plan, trainer: A
         "price_per_hour": price.price_per_hour if price else None, "price_source": price.name if price else None,
         "cost_usd": cost_of(wall, price, processes if _cuda() else 1),
         "plan": dataclasses.asdict(plan), "notes": [*plan.notes, *([price_note] if price_note else [])],
-        "resumed_from": str(resumed_from) if resumed_from else None, "weights": str(weights),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "weights": str(weights) if weights else None,
     }
 
 

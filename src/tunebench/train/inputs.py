@@ -14,7 +14,7 @@ from typing import Any
 from tunebench.config.schema import CellConfig
 from tunebench.errors import UserError
 from tunebench.models.loading import ModelSource
-from tunebench.train.batching import FixedBatches, batch_sampler, collator_for
+from tunebench.train.batching import PAD_MULTIPLE, FixedBatches, batch_sampler, collator_for
 from tunebench.train.features import Encoded, concat_rows, encode_causal, encode_classifier, encode_seq2seq
 from tunebench.train.recipes import Plan
 
@@ -96,13 +96,15 @@ def build_inputs(kind: str, tokenizer: Any, examples: Examples, plan: Plan, *, c
     # Padded rows of similar lengths: contamination-free whatever the training packing, cheap on any device.
     eval_packing = "length_grouped"
     eval_tokens = max([plan.tokens_per_batch or 0, plan.max_seq_len, *validation.lengths])
+    multiple = 1 if plan.attention_mask else PAD_MULTIPLE
     return TrainInputs(
         train=train.features, validation=validation.features,
         train_sampler=batch_sampler(plan.packing, train.lengths, batch_size=plan.batch_size,
-                                    tokens=plan.tokens_per_batch, seed=seed),
+                                    tokens=plan.tokens_per_batch, seed=seed, multiple=multiple),
         eval_sampler=batch_sampler(eval_packing, validation.lengths, batch_size=EVAL_ROWS,
                                    tokens=eval_tokens, seed=seed, shuffle=False) if validation.features else None,
-        collator=collator_for(plan.packing, pad_id, kind), eval_collator=collator_for(eval_packing, pad_id, kind),
+        collator=collator_for(plan.packing, pad_id, kind, plan.attention_mask),
+        eval_collator=collator_for(eval_packing, pad_id, kind),
         labels=examples.labels, n_train=len(examples.train), n_validation=len(examples.validation),
         truncated=train.truncated,
     )

@@ -1,9 +1,9 @@
 """What a training run costs: tokens, time, memory, model FLOPs utilisation and money.
 
-Tokens are non-pad tokens (padding-free rows have none; padded rows count their attention mask; seq2seq adds
-the decoder's target tokens). Examples are counted by their trained EOS (every causal or seq2seq example ends
-with one; an encoder example is a row). Counts accumulate on the device and are read only when logging, so
-counting never stalls the GPU.
+Tokens are non-pad tokens (padding-free rows have none; padded rows count their attention mask, unmasked causal
+rows their `real_tokens`; seq2seq adds the decoder's target tokens). Examples are counted by their trained EOS
+(every causal or seq2seq example ends with one; an encoder example is a row). Counts accumulate on the device
+and are read only when logging, so counting never stalls the GPU.
 
 MFU = tokens/s × k × N / peak, with N the base model's parameters and k = 4 FLOPs per token for LoRA/QLoRA
 (forward 2N + backward through activations 2N; frozen weights need no weight gradients) and 6N for full
@@ -46,7 +46,10 @@ class Meter:
     def count(self, inputs: dict[str, Any]) -> None:
         labels = inputs["labels"]
         mask = inputs.get("attention_mask")
-        tokens = mask.sum() if mask is not None else inputs["input_ids"].numel()
+        if "real_tokens" in inputs:  # unmasked right-padded rows state their non-pad count
+            tokens = inputs["real_tokens"]
+        else:
+            tokens = mask.sum() if mask is not None else inputs["input_ids"].numel()
         if self.kind == "seq2seq":
             tokens = tokens + (labels != IGNORE).sum()
         examples = labels.shape[0] if self.kind == "encoder" else (labels == self.eos_id).sum()

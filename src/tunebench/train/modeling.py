@@ -3,7 +3,12 @@
 LoRA targets are the cell's `lora.target_modules`, else the preset's (the original study's GPT-NeoX layers,
 all-linear elsewhere); every target must name existing modules, and `lora.options` go to peft's LoraConfig
 as they are. Gradient checkpointing follows the plan; when the plan leaves it open (fast recipe on a GPU) it
-is switched on only if the estimated activations would not fit in the free GPU memory.
+is switched on only if the estimated activations would not fit in the free GPU memory, after the token budget
+was lowered as far as MIN_TOKENS_PER_BATCH (`fit_to_memory`). A per-process memory cap
+(torch.cuda.set_per_process_memory_fraction) counts as the GPU's size.
+
+With `Plan.fused_loss` the causal LM's forward computes its training loss with liger-kernel's fused linear
+cross-entropy on the last hidden states (`install_fused_loss`): the vocabulary logits are never materialised.
 """
 
 from __future__ import annotations
@@ -16,10 +21,16 @@ from typing import Any
 from tunebench.config.schema import CellConfig, ModelConfig
 from tunebench.errors import UserError
 from tunebench.models.loading import ModelSource, load_model, parameter_count
-from tunebench.train.recipes import Plan
+from tunebench.train.features import IGNORE
+from tunebench.train.recipes import MIN_TOKENS_PER_BATCH, Plan
 
 LINEAR_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")
-ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 34  # Korthikanti et al. 2022, 16-bit, memory-efficient attention
+# Saved activations per token, layer and hidden unit without checkpointing: 34 bytes for a plain 16-bit
+# transformer (Korthikanti et al. 2022) plus LoRA's dropout copies of each target's input; 48 fits what the
+# H200 runs showed (RedPajama-3B, 4 targets: 4 x 4096 tokens took 76 GiB, 2,048 tokens 14.5 GiB).
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 48
+CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN = 2  # each layer's 16-bit input, plus one layer recomputed at a time
+FULL_TRAINING_STATE_BYTES_PER_PARAM = 12  # fp32 gradient + AdamW's two moments
 MEMORY_HEADROOM = 0.8
 
 
@@ -81,7 +92,10 @@ def base_parameters(model: Any, source: ModelSource, cell: CellConfig, plan: Pla
 
 
 def prepare_model(model: Any, cell: CellConfig, source: ModelSource, plan: Plan, checkpointing: bool) -> Any:
+    """`checkpointing`: through transformers (False when FSDP checkpoints the layers itself)."""
     model.config.use_cache = False  # a KV cache turns off transformers' packed-sequence (block-diagonal) masks
+    if plan.fused_loss:
+        install_fused_loss(model)
     if plan.quantization is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -93,7 +107,21 @@ def prepare_model(model: Any, cell: CellConfig, source: ModelSource, plan: Plan,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if plan.adapter:
         model = wrap_lora(model, cell, source)
+        if plan.precision != "fp32" and plan.quantization is None:
+            keep_lora_inputs_in_compute_dtype(model)
     return model
+
+
+def keep_lora_inputs_in_compute_dtype(model: Any) -> None:
+    """peft casts every LoRA input to the adapter's fp32 before its dropout and matmuls; under the Trainer's
+    autocast that is a full-size copy per target module and back (the H200 profile: copies 18% of GPU time, and
+    dropout ran in fp32). Without the cast, autocast runs the small LoRA matmuls in bf16 on the bf16 activations
+    while the adapter weights, their gradients and the optimizer stay fp32 (same loss, checked on CPU)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def wrap_lora(model: Any, cell: CellConfig, source: ModelSource) -> Any:
@@ -132,23 +160,96 @@ def check_targets(model: Any, targets: list[str] | str, model_name: str) -> None
                         f"linear modules that exist: {', '.join(linear_module_names(model))} (or 'all-linear')")
 
 
-def needs_checkpointing(model: Any, plan: Plan, device: str) -> bool:
-    """The fast recipe's rule: checkpoint activations only when the estimate exceeds free GPU memory."""
-    if plan.gradient_checkpointing is not None:
-        return plan.gradient_checkpointing
+def gpu_memory_budget(device: str) -> int:
+    """Bytes this process may still allocate: free memory, or what a per-process cap leaves, whichever is less."""
     import torch
 
-    if not device.startswith("cuda"):
-        return False
+    index = torch.device(device).index or 0
+    free, total = torch.cuda.mem_get_info(index)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)  # torch >= 2.7
+    cap = fraction * total
+    return int(min(free, cap - torch.cuda.memory_reserved(index)))
+
+
+def training_memory(model: Any, plan: Plan, tokens: int, checkpointing: bool, processes: int = 1) -> int:
+    """Estimated bytes a micro-batch of `tokens` needs beyond the loaded weights."""
     config = model.config
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", 24)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", 1024)
     vocab = getattr(config, "vocab_size", 50_000)
+    per_unit = CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if checkpointing else ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+    activations = tokens * layers * hidden * per_unit
+    if checkpointing:
+        activations += tokens * hidden * ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN  # the layer being recomputed
+    logits = 0 if plan.fused_loss else tokens * vocab * (2 + 4 + 4)  # bf16 logits, fp32 upcast, its gradient
+    states = 0
+    if plan.method == "full":
+        states = FULL_TRAINING_STATE_BYTES_PER_PARAM * sum(p.numel() for p in model.parameters()) // processes
+    return activations + logits + states
+
+
+def largest_fitting_tokens(ceiling: int, need: Any, budget: float) -> int:
+    """`ceiling` halved until `need(tokens)` bytes fit `budget`, but never below MIN_TOKENS_PER_BATCH."""
+    tokens = ceiling
+    while tokens > MIN_TOKENS_PER_BATCH and need(tokens) > budget:
+        tokens //= 2
+    return tokens
+
+
+def fit_to_memory(model: Any, plan: Plan, device: str, processes: int = 1) -> Plan:
+    """The fast recipe's rule: the largest token budget (halving down to MIN_TOKENS_PER_BATCH) whose activations
+    fit the GPU; gradient checkpointing only when even that does not fit. Fixed choices are kept."""
+    if not device.startswith("cuda"):
+        return dataclasses.replace(plan, gradient_checkpointing=bool(plan.gradient_checkpointing))
+    if plan.gradient_checkpointing is not None and not plan.size_to_memory:
+        return plan
+    budget = MEMORY_HEADROOM * gpu_memory_budget(device)
     tokens = plan.tokens_per_batch or (plan.batch_size or 1) * plan.max_seq_len
-    activations = tokens * layers * hidden * ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
-    logits = tokens * vocab * (2 + 4 + 4)  # bf16 logits, their fp32 upcast and its gradient
-    free, _ = torch.cuda.mem_get_info()
-    return activations + logits > MEMORY_HEADROOM * free
+    fixed = plan.gradient_checkpointing is True  # asked for: size the budget for checkpointed activations
+    if plan.size_to_memory:
+        tokens = largest_fitting_tokens(tokens, lambda n: training_memory(model, plan, n, fixed, processes), budget)
+    checkpointing = plan.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = training_memory(model, plan, tokens, False, processes) > budget
+    note = (f"tokens_per_batch {tokens} and gradient_checkpointing {checkpointing}: fitted to "
+            f"{budget / 2**30:.1f} GiB ({MEMORY_HEADROOM:.0%} of what this GPU process may allocate)")
+    return dataclasses.replace(plan, tokens_per_batch=tokens, max_seq_len=min(plan.max_seq_len, tokens),
+                               gradient_checkpointing=checkpointing, notes=[*plan.notes, note])
+
+
+def liger_loss_sum() -> Any:
+    """Sum of token cross-entropies from hidden states and the output head, in chunks (liger-kernel, CUDA)."""
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+
+
+def install_fused_loss(model: Any, loss_sum: Any = None) -> Any:
+    """Make a causal LM's forward, when given labels, return only the loss computed by `loss_sum(head weight,
+    hidden [T, H], targets [T])`; the logits are left out. Normalisation is transformers' own: the sum over
+    `num_items_in_batch` when the Trainer passes it (gradient accumulation), else the mean over targets."""
+    import torch
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    loss_sum = loss_sum or liger_loss_sum()
+    plain_forward = model.forward
+
+    def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None, labels: Any = None,
+                num_items_in_batch: Any = None, inputs_embeds: Any = None, **kwargs: Any) -> Any:
+        if labels is None:
+            return plain_forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 inputs_embeds=inputs_embeds, **kwargs)
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
+        weight = model.get_output_embeddings().weight
+        targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[:, 1:]  # position t predicts t + 1
+        total = loss_sum(weight, hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype), targets.reshape(-1))
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
+        loss = total / (count.to(total.device) if torch.is_tensor(count) else count)
+        return CausalLMOutputWithPast(loss=loss)
+
+    model.forward = forward
+    return model
 
 
 def local_device(cuda: bool) -> str:

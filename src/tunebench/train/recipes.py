@@ -4,10 +4,29 @@
 dropout 0.1 on the preset targets, 512-token rows of concatenated examples with attention across them, batch 1
 × gradient accumulation 4, gradient checkpointing, paged AdamW 32-bit, constant LR 2e-4 after 3 % warmup, max
 grad norm 0.3, 5 epochs for classification and 1 for summarization). `fast` keeps the same LoRA settings,
-learning rate, schedule, clipping and epochs, and changes only how the work is done: bf16, padding-free packing
-without cross-example attention, token-budget batches, a fused optimizer, and gradient checkpointing only
-when memory needs it. Any field set in `training:` wins over the recipe. What a device cannot do (4-bit or
+learning rate, schedule, clipping and epochs, and changes only how the work is done: bf16, batches without
+cross-example attention, token-budget batches, a fused optimizer, and gradient checkpointing only when memory
+needs it. Any field set in `training:` wins over the recipe. What a device cannot do (4-bit or
 fp16 on CPU, paged optimizers without bitsandbytes) is replaced and written down in `Plan.notes`.
+
+`fast` for causal LMs on CUDA (measured on the H200 with benchmarks/train_throughput.py, see README):
+- batches of examples of similar length, right-padded, with NO attention mask: causal attention never lets a
+  real token see the padding to its right, so SDPA runs its flash kernel with `is_causal` instead of the
+  memory-efficient kernel over a dense block-diagonal mask, whose cost grows with the packed row squared.
+  Padding-free packing (position ids) stays available as `training.packing: padding_free`.
+- token budget: FAST_CUDA_TOKENS_PER_BATCH tokens per micro-batch (and optimizer step), lowered by halves
+  until the activation estimate fits the GPU's free memory (or a per-process memory cap), with gradient
+  checkpointing only when even MIN_TOKENS_PER_BATCH does not fit.
+- liger-kernel's fused linear cross-entropy when it is importable: the 50k-vocabulary logits are never
+  materialised (the head's matmul and the loss run in chunks).
+Learning dynamics: a larger budget means fewer optimizer steps for the same tokens (8x fewer than the
+original's 4 x 512 at 16k). LoRA targets, rank, alpha, dropout, learning rate, schedule and clipping stay the
+original's, so at equal *tokens* early in training `fast` may trail `original`; the benchmark reports the loss
+at equal token counts next to the throughput so the trade is visible, and the budget is a setting
+(`training.tokens_per_batch`) for anyone who prefers more, smaller steps. Length grouping also changes what a
+step averages over: a batch holds examples of one length class (many short ones or a few long ones) and its
+loss is the mean over its targets, as in transformers' own `group_by_length`; `packing: padding_free` mixes
+lengths in every batch instead, at the cost of masked attention.
 """
 
 from __future__ import annotations
@@ -20,6 +39,9 @@ from tunebench.errors import UserError
 
 ORIGINAL_ROW_TOKENS = 512
 FAST_TOKENS_PER_BATCH = 2048  # tokens per optimizer step, as the original (4 rows × 512)
+FAST_CUDA_TOKENS_PER_BATCH = 16384  # the ceiling on a GPU; lowered to fit memory (modeling.fit_to_memory)
+MIN_TOKENS_PER_BATCH = 2048
+PADDED_PACKINGS = ("length_grouped", "none")
 PADDED_BATCH_ROWS = 16
 LORA_LEARNING_RATE = 2e-4
 FULL_LEARNING_RATE = 2e-5
@@ -34,6 +56,7 @@ class Device:
     cuda: bool
     bf16: bool = False
     bitsandbytes: bool = False
+    liger: bool = False  # liger_kernel importable and CUDA present (its Triton kernels need a GPU)
 
     @classmethod
     def detect(cls) -> Device:
@@ -41,7 +64,19 @@ class Device:
 
         cuda = torch.cuda.is_available()
         return cls(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                   bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
+                   bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
+                   liger=cuda and liger_importable())
+
+
+def liger_importable() -> bool:
+    """liger-kernel's fused linear cross-entropy imports (it needs Triton and a compatible torch)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return False
+    try:
+        import liger_kernel.transformers.fused_linear_cross_entropy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,10 @@ class Plan:
     quantization: str | None        # "nf4" for QLoRA
     loss_on: str
     notes: list[str] = field(default_factory=list)
+    attention_mask: bool = True     # False: causal right-padded rows without a mask (SDPA flash, is_causal)
+    fused_loss: bool = False        # liger-kernel fused linear cross-entropy (CUDA, liger_kernel importable)
+    compile: bool = False           # torch.compile through the Trainer
+    size_to_memory: bool = False    # tokens_per_batch is a ceiling, lowered once the model is loaded
 
     @property
     def adapter(self) -> bool:
@@ -80,11 +119,14 @@ def resolve_plan(cell: CellConfig, kind: str, device: Device, context_length: in
     t = cell.training
     notes: list[str] = []
     original = t.recipe == "original"
-    packing = t.packing or default_packing(t.recipe, kind, device, notes)
+    packing = t.packing or default_packing(t.recipe, kind)
     if packing in CAUSAL_ONLY_PACKING and kind != "causal":
         raise UserError(f"training.packing = {packing!r} needs a causal language model; this one is {kind}",
                         "use training.packing: none or length_grouped for seq2seq and encoder models")
-    tokens = t.tokens_per_batch or (None if original else FAST_TOKENS_PER_BATCH)
+    # Only causal LMs were measured with large budgets; encoders and seq2seq keep the original's step size.
+    gpu_budget = not original and device.cuda and kind == "causal" and t.tokens_per_batch is None
+    tokens = t.tokens_per_batch or (None if original else FAST_CUDA_TOKENS_PER_BATCH if gpu_budget
+                                    else FAST_TOKENS_PER_BATCH)
     if packing == "padding_free" and tokens is None:
         tokens = (t.batch_size or 1) * ORIGINAL_ROW_TOKENS
     max_seq_len = sequence_limit(t.max_seq_len, original, packing, tokens, context_length)
@@ -105,6 +147,9 @@ def resolve_plan(cell: CellConfig, kind: str, device: Device, context_length: in
         precision=precision(original, device, notes),
         quantization="nf4" if cell.method == "qlora" else None,
         loss_on=t.loss_on, notes=notes,
+        attention_mask=original or kind != "causal" or packing not in PADDED_PACKINGS,
+        fused_loss=not original and kind == "causal" and device.liger,
+        size_to_memory=gpu_budget,
     )
 
 
@@ -139,17 +184,12 @@ def rows_per_batch(asked: int | None, packing: str, original: bool, tokens: int 
     return PADDED_BATCH_ROWS
 
 
-def default_packing(recipe: str, kind: str, device: Device, notes: list[str]) -> str:
+def default_packing(recipe: str, kind: str) -> str:
+    """Padded rows of similar lengths for `fast`: causal rows need no mask then (see the module docstring),
+    which keeps flash-class attention on a GPU and the cheap causal kernel on a CPU."""
     if recipe == "original":
         return "concat" if kind == "causal" else "none"
-    if kind != "causal":
-        return "length_grouped"
-    if not device.cuda:
-        # CPU attention with a block-diagonal mask falls back to the math kernel, which materialises
-        # (row tokens)² scores per head and layer: padded batches of similar lengths are far cheaper there.
-        notes.append("packing: length_grouped instead of padding_free (no CUDA: masked CPU attention is quadratic)")
-        return "length_grouped"
-    return "padding_free"
+    return "length_grouped"
 
 
 def default_optimizer(original: bool, device: Device, notes: list[str]) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from tunebench.train.batching import METERING_KEYS
 from tunebench.train.callbacks import EpochCallback
 from tunebench.train.checkpoints import COUNTERS, LABELS, latest_checkpoint, replace_dir, step_checkpoints
 from tunebench.train.features import IGNORE
@@ -57,7 +58,8 @@ class TunebenchTrainer(Trainer):
     def _loader(self, dataset: Any, sampler: Any, collator: Any) -> Any:
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=0,
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
+                            num_workers=self.args.dataloader_num_workers,
                             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available())
         return self.accelerator.prepare(loader)
 
@@ -68,6 +70,7 @@ class TunebenchTrainer(Trainer):
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         self.meter.count(inputs)
+        inputs = {k: v for k, v in inputs.items() if k not in METERING_KEYS}
         return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -1,0 +1,554 @@
+"""Serving throughput on the GPU (issue 10): naive vs batched `tunebench serve`, measured with `tunebench loadtest`.
+
+Every server is `tunebench serve redpajama-3b --random-weights` in a child process on a loopback port, driven
+over HTTP by the load tester (open loop, constant arrivals, `ignore_eos`, streaming, SLO p90 <= 2 s with
+>= 99% success). Two profiles: 100-token prompts / 64 new tokens, and classification-like 100 / 16. For each
+engine and profile one JSON line: max sustainable rate, achieved throughput there, output tokens/s at
+saturation (a closed-loop burst that fills every slot), TTFT and inter-token latency p50/p90 at the max rate,
+and the rates tried. Then the batched engine with a LoRA adapter served unmerged and merged (100/64), and
+a single-stream inter-token latency per engine. The inference-cost table (the original's Tables 6-9: server,
+$ per 1K tokens, max req/s, throughput, p90) is written by `tunebench bench serve`'s comparison code, priced
+with the price table's h200 entry.
+
+The rate ladder is chosen, not swept blindly, so the whole run fits one device call: a burst measures the
+saturation throughput C (requests/s), then the open-loop rates are fractions of C (BATCHED_FRACTIONS; naive's
+capacity is 1 / its single-request service time, NAIVE_FRACTIONS). A time plan is printed at the start,
+and parts that would overrun `--budget-s` are skipped (and say so).
+
+    device (one call; carry [".whl"]):
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
+        .whl/fastapi-*.whl .whl/starlette-*.whl .whl/uvicorn-*.whl .whl/pydantic-*.whl .whl/pydantic_core-*.whl \\
+        .whl/annotated_types-*.whl .whl/typing_inspection-*.whl .whl/opentelemetry_api-*.whl \\
+        .whl/importlib_metadata-*.whl && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && \\
+      python3 benchmarks/serve_throughput.py --out $OUT            # full, ~8.5 min
+      python3 benchmarks/serve_throughput.py --quick --out $OUT    # smoke, ~3 min: graph == eager, step profile
+
+Files in --out: results.jsonl (the JSON lines), cost_table.md (both profiles), engine_profile.log (the
+batched engine's step-time breakdown from the server logs), details.tar.gz (every loadtest.json, plot and
+server log; the per-request CSVs are left out for size). On a laptop with a tiny model:
+    python benchmarks/serve_throughput.py --quick --model DIR --tokenizer DIR --device cpu --slots 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+CORPUS = [
+    "The engine makes a rattling noise when the car idles at a red light.",
+    "Our pitcher threw a no-hitter in the ninth inning last night.",
+    "Simmer the onions in butter until golden, then add the garlic and a pinch of salt.",
+    "Solder the resistor to the board and check the voltage with a meter before powering it.",
+    "The city council voted to raise the budget for road repairs after a long debate.",
+    "The rocket reached orbit and deployed the satellite over the Pacific Ocean.",
+    "Anna: are we still on for lunch tomorrow? Ben: yes, 12:30 at the usual place.",
+]
+PROMPT_TOKENS = 100
+PROFILES = {"100in-64out": 64, "classify-100in-16out": 16}
+# Open-loop rates as fractions of the capacity estimate (batched: the saturation burst; naive: 1 / service time).
+BATCHED_FRACTIONS = {"100in-64out": (0.6, 0.85, 1.1), "classify-100in-16out": (0.7, 1.0)}
+NAIVE_FRACTIONS = {"100in-64out": (0.85, 1.1), "classify-100in-16out": (0.9,)}
+ADAPTER_RATE_S = 10.0
+SERVER_START_S = 35.0  # process start, imports, random weights on the GPU, first graphs (estimate for the plan)
+RATE_S = 3.0 + 30.0  # warm-up + measured seconds per rate
+SLO = "p90<=2s"
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="redpajama-3b", help="preset or model directory (random weights)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="~3 min smoke run: correctness and step profile")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per rate")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
+    parser.add_argument("--slots", type=int, default=256, help="--max-concurrency of the batched server")
+    parser.add_argument("--budget-s", type=float, default=510.0, help="skip parts that would run past this")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated subset of: "
+                        + ", ".join(PROFILES))
+    parser.add_argument("--check", action="store_true", help="full run: first check graph output == eager output")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train a BPE here)")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def build_tokenizer(out: Path) -> Path:
+    """A byte-level BPE trained in a second: random weights make any tokenizer equally good, and nothing is
+    downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    return out
+
+
+def prompt_texts(tokenizer_dir: Path, n: int = 256, tokens: int = PROMPT_TOKENS) -> list[str]:
+    """n different prompts of `tokens` tokens each (windows of a corpus, re-encoded to check the length)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer(" ".join(CORPUS * 200), add_special_tokens=False)["input_ids"]
+    texts = []
+    for i in range(n):
+        start = (i * 37) % (len(ids) - tokens)
+        text = tokenizer.decode(ids[start:start + tokens]).replace("\n", " ").strip()
+        texts.append(text)
+    return texts
+
+
+def make_adapter(model: str, out: Path) -> Path:
+    """A LoRA adapter (r=16 on the preset's LoRA targets, as training uses; random A and B) for the model,
+    built on the meta device so no 3B model is materialized here."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from tunebench.config.schema import ModelConfig
+    from tunebench.models.loading import architecture_config, resolve
+
+    cfg = ModelConfig(name=model, random_weights=True)
+    source = resolve(cfg)
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(architecture_config(source, cfg))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=source.lora_targets, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(base, lora)
+    generator = torch.Generator().manual_seed(0)
+    state = {name: torch.randn(t.shape, generator=generator, dtype=torch.float32) * 0.01
+             for name, t in get_peft_model_state_dict(peft_model).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    lora.base_model_name_or_path = None
+    lora.save_pretrained(out)
+    save_file(state, out / "adapter_model.safetensors")
+    return out
+
+
+# ---------------------------------------------------------------- plan and clock
+
+
+@dataclass
+class Clock:
+    budget_s: float
+    started: float = field(default_factory=time.monotonic)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def allows(self, part: str, cost_s: float) -> bool:
+        if self.elapsed + cost_s <= self.budget_s:
+            return True
+        self.skipped.append(f"{part} (needs ~{cost_s:.0f} s, {self.budget_s - self.elapsed:.0f} s left)")
+        log(f"SKIPPED {part}: needs ~{cost_s:.0f} s, {self.budget_s - self.elapsed:.0f} s of the budget left")
+        return False
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
+    rate_s = args.warmup + args.duration + 2
+    if args.quick:
+        short = args.warmup + 10 + 2
+        return [("graph vs eager check (in-process model load)", 40), ("batched server", SERVER_START_S),
+                ("burst + 2 rates + single stream", 10 + 2 * short + 8), ("naive server", SERVER_START_S),
+                ("naive single stream", 10)]
+    plan = [("batched server", SERVER_START_S)]
+    chosen = chosen_profiles(args)
+    plan += [(f"batched {p}: burst + {len(f)} rates", 6 + len(f) * rate_s) for p, f in BATCHED_FRACTIONS.items()
+             if p in chosen]
+    plan += [("batched single stream", 16), ("naive server + single stream", SERVER_START_S + 10)]
+    plan += [(f"naive {p}: {len(f)} rates", len(f) * rate_s) for p, f in NAIVE_FRACTIONS.items() if p in chosen]
+    adapter_s = SERVER_START_S + 8 + args.warmup + ADAPTER_RATE_S + 2
+    return [*plan, *((f"LoRA {mode}: server, burst, 1 rate", adapter_s) for mode in ("unmerged", "merged"))]
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def serve_args(args: argparse.Namespace, tokenizer: Path, engine: str, extra: list[str] | None = None) -> list[str]:
+    return [args.model, "--random-weights", "--tokenizer", str(tokenizer), "--device", args.device, "--engine",
+            engine, "--max-concurrency", str(args.slots if engine == "batched" else 1), "--max-queue", "2048",
+            "--max-input-tokens", "128", "--max-new-tokens", "128", "--timeout", "60", *(extra or [])]
+
+
+def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, out: Path, args: argparse.Namespace,
+             counter: Any, *, duration: float | None = None, bisect: int = 0, title: str = "", api: str = "tgi",
+             model: str | None = None) -> dict[str, Any]:
+    from rich.console import Console
+
+    from tunebench.config.schema import LoadtestConfig
+    from tunebench.loadtest.inference_cost import price_for
+    from tunebench.loadtest.prompt_sets import PromptSet
+    from tunebench.loadtest.runner import LoadtestJob, run_loadtest
+
+    cfg = LoadtestConfig(rates=[round(r, 3) for r in rates], duration=duration or args.duration, warmup=args.warmup,
+                         repeat=1, max_new_tokens=new_tokens, ignore_eos=True, stream=True, timeout=20.0, slo=SLO,
+                         api=api, bisect=bisect)
+    job = LoadtestJob(url, cfg, PromptSet(texts, "serve_throughput"), out, counter=counter,
+                      price=price_for("h200", None, local_server=True), title=title, model=model)
+    return run_loadtest(job, console=Console(stderr=True), progress=False)
+
+
+async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
+                 adapter: str | None) -> tuple[float, int, int]:
+    import aiohttp
+
+    parameters: dict[str, Any] = {"max_new_tokens": new_tokens, "ignore_eos": True, "details": True}
+    if adapter:
+        parameters["adapter_id"] = adapter
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        body = {"inputs": texts[i % len(texts)], "parameters": parameters}
+        async with session.post(f"{url}/generate", json=body) as response:
+            if response.status != 200:
+                return -1
+            return (await response.json())["details"]["generated_tokens"]
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        start = time.monotonic()
+        tokens = await asyncio.gather(*(one(session, i) for i in range(count)))
+        wall = time.monotonic() - start
+    return wall, sum(t for t in tokens if t > 0), sum(t > 0 for t in tokens)
+
+
+def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, float]:
+    """Closed loop: `count` requests at once (twice the slots keeps every slot busy); saturation throughput."""
+    wall, tokens, ok = asyncio.run(_burst(url, texts, count, new_tokens, adapter))
+    return {"requests": count, "ok": ok, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 2),
+            "output_tokens_per_s": round(tokens / wall, 1)}
+
+
+def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespace, counter: Any,
+                  new_tokens: int = 64, requests: int = 6) -> dict[str, Any]:
+    """Requests one after another (a rate far below capacity): inter-token latency of a lone sequence."""
+    rate = 0.5
+    summary = loadtest(url, texts, [rate], new_tokens, out, argparse.Namespace(**{**vars(args), "warmup": 2.0}),
+                       counter, duration=requests / rate, title="single stream")
+    mean = summary["rates"][0]["mean"]
+    return {key: _r(mean.get(f"{key}_s")) for key in ("tpot_p50", "itl_p50", "itl_p90", "ttft_p50", "latency_p50")}
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def result_line(engine: str, profile: str, summary: dict[str, Any], saturation: dict[str, Any] | None,
+                **extra: Any) -> dict[str, Any]:
+    best = summary["max_sustainable"]
+    at_best = next((e["mean"] for e in summary["rates"] if e["offered_rps"] == best["offered_rps"]), None)
+    at = at_best or {}
+    return {
+        "benchmark": "serve_throughput", "engine": engine, "profile": profile, **extra,
+        "max_sustainable_rps": best["offered_rps"],
+        "achieved_rps": _r(best.get("achieved_rps"), 3), "throughput_rps": _r(best.get("throughput_rps"), 3),
+        "output_tokens_per_s_at_max": _r(at.get("output_tokens_per_s"), 1),
+        "latency_p90_s": _r(best.get("latency_p90_s")),
+        "ttft_p50_s": _r(at.get("ttft_p50_s")), "ttft_p90_s": _r(at.get("ttft_p90_s")),
+        "itl_p50_s": _r(at.get("itl_p50_s")), "itl_p90_s": _r(at.get("itl_p90_s")),
+        "tpot_p50_s": _r(at.get("tpot_p50_s")), "tpot_p90_s": _r(at.get("tpot_p90_s")),
+        "saturation": saturation,
+        "rates": [{"rps": e["offered_rps"], "passed": e["passed"], "p90_s": _r(e["mean"].get("latency_p90_s")),
+                   "achieved_rps": _r(e["achieved_rps"], 3)} for e in summary["rates"]],
+        "first_failing_reasons": best.get("failure_reasons"),
+        "cost_per_1k_tokens": (summary.get("cost") or {}).get("cost_per_1k_tokens"),
+    }
+
+
+def emit(line: dict[str, Any], results: Path) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    with results.open("a") as f:
+        f.write(text + "\n")
+
+
+class Session:
+    """One server: start, measure, stop; the server log is kept for the profile lines."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, tokenizer: Path, engine: str, name: str,
+                 extra: list[str] | None = None) -> None:
+        from tunebench.loadtest.bench import ServerProcess, free_port
+
+        self.name = name
+        self.log = work / f"server-{name}.log"
+        self.server = ServerProcess(serve_args(args, tokenizer, engine, extra), host="127.0.0.1", port=free_port(),
+                                    log=self.log, startup_timeout=300)
+
+    def __enter__(self) -> str:
+        started = time.monotonic()
+        self.server.__enter__()
+        log(f"{self.name}: healthy after {time.monotonic() - started:.0f} s")
+        return self.server.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+def capacity_rates(saturation_rps: float, fractions: tuple[float, ...]) -> list[float]:
+    return [max(0.05, round(saturation_rps * f, 2)) for f in fractions]
+
+
+# ---------------------------------------------------------------- parts
+
+
+def run_batched(args, work, tokenizer, texts, counter, clock, results, summaries) -> None:
+    with Session(args, work, tokenizer, "batched", "batched") as url:
+        burst(url, texts, 32, 8)  # warm-up: graphs for the common buckets
+        for profile, new_tokens in chosen_profiles(args).items():
+            fractions = BATCHED_FRACTIONS[profile]
+            if not clock.allows(f"batched {profile}", 6 + len(fractions) * (args.warmup + args.duration + 2)):
+                continue
+            saturation = burst(url, texts, 2 * args.slots, new_tokens)
+            log(f"batched {profile} saturation: {saturation}")
+            rates = capacity_rates(saturation["requests_per_s"], fractions)
+            summary = loadtest(url, texts, rates, new_tokens, work / f"batched-{profile}", args, counter,
+                               title=f"batched {profile}")
+            summaries.setdefault(profile, {})["batched"] = summary
+            emit(result_line("batched", profile, summary, saturation), results)
+        if clock.allows("batched single stream", 15):
+            emit({"benchmark": "serve_throughput", "engine": "batched", "profile": "single-stream-64",
+                  **single_stream(url, texts, work / "batched-single", args, counter)}, results)
+
+
+def chosen_profiles(args: argparse.Namespace) -> dict[str, int]:
+    return {p: n for p, n in PROFILES.items() if p in args.profiles.split(",")}
+
+
+def run_naive(args, work, tokenizer, texts, counter, clock, results, summaries) -> None:
+    rate_s = args.warmup + args.duration + 2
+    with Session(args, work, tokenizer, "naive", "naive") as url:
+        alone = single_stream(url, texts, work / "naive-single", args, counter, requests=3)
+        emit({"benchmark": "serve_throughput", "engine": "naive", "profile": "single-stream-64", **alone}, results)
+        per_token = alone["tpot_p50"] or 0.03
+        for profile, new_tokens in chosen_profiles(args).items():
+            fractions = NAIVE_FRACTIONS[profile]
+            if not clock.allows(f"naive {profile}", len(fractions) * rate_s):
+                continue
+            service_s = (alone["ttft_p50"] or 0.05) + per_token * (new_tokens - 1)
+            rates = capacity_rates(1.0 / service_s, fractions)
+            summary = loadtest(url, texts, rates, new_tokens, work / f"naive-{profile}", args, counter,
+                               title=f"naive {profile}")
+            summaries.setdefault(profile, {})["naive"] = summary
+            emit(result_line("naive", profile, summary, None, service_s_estimate=round(service_s, 3)), results)
+
+
+def run_adapters(args, work, tokenizer, texts, counter, clock, results) -> None:
+    """The same 100/64 load through the OpenAI route, whose `model` field picks the adapter: unmerged (peft
+    LoRA layers in the forward pass) and merged into the weights."""
+    adapter = make_adapter(args.model, work / "lora-adapter")
+    profile, new_tokens = "100in-64out", PROFILES["100in-64out"]
+    for mode, extra, model in (("unmerged", ["--adapter", f"lora={adapter}"], "lora"),
+                               ("merged", ["--adapter", f"lora={adapter}", "--merge"], None)):
+        if not clock.allows(f"LoRA {mode}", SERVER_START_S + 8 + args.warmup + ADAPTER_RATE_S + 2):
+            continue
+        with Session(args, work, tokenizer, "batched", f"batched-lora-{mode}", extra) as url:
+            burst(url, texts, 64, 4, adapter=model)
+            saturation = burst(url, texts, 2 * args.slots, new_tokens, adapter=model)
+            log(f"LoRA {mode} saturation: {saturation}")
+            rates = capacity_rates(saturation["requests_per_s"], (0.7,))
+            summary = loadtest(url, texts, rates, new_tokens, work / f"lora-{mode}", args, counter,
+                               duration=ADAPTER_RATE_S,
+                               title=f"LoRA {mode}", api="openai", model=model)
+            note = f"one rate at 0.7 x saturation for {ADAPTER_RATE_S:g} s: a pass is a lower bound"
+            emit(result_line("batched", profile, summary, saturation, lora=mode, api="openai", note=note), results)
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else device
+
+
+def write_cost_tables(summaries: dict[str, dict[str, Any]], work: Path, out: Path, args: argparse.Namespace) -> None:
+    """The original's Tables 6-9 through `tunebench bench serve`'s comparison writer, one per profile."""
+    from tunebench.config.schema import LoadtestConfig
+    from tunebench.loadtest.bench import BenchPlan, write_comparison
+    from tunebench.loadtest.prompt_sets import PromptSet
+
+    parts = []
+    for profile, by_engine in summaries.items():
+        plan = BenchPlan([args.model, "--random-weights"], list(by_engine), LoadtestConfig(slo=SLO),
+                         PromptSet([], "serve_throughput"), work / f"cost-{profile}",
+                         title=f"{args.model} (random weights), {device_name(args.device)}, {profile}")
+        (work / f"cost-{profile}").mkdir(parents=True, exist_ok=True)
+        comparison = write_comparison(plan, by_engine)
+        table = (work / f"cost-{profile}" / "comparison.md").read_text().splitlines()
+        parts.append("\n".join(line for line in table if not line.startswith("![")))  # plots: in details.tar.gz
+        emit({"benchmark": "serve_throughput", "cost_table": profile, "rows": comparison["engines"]},
+             out / "results.jsonl")
+    (out / "cost_table.md").write_text("\n".join(parts))
+
+
+# ---------------------------------------------------------------- quick: graph == eager, step profile
+
+
+def graph_matches_eager(args: argparse.Namespace, tokenizer: Path, texts: list[str]) -> dict[str, Any]:
+    """The same prompts (a mixed-length batch, so rows of different lengths share steps) through the batched
+    engine with CUDA graphs and without; same batches and shape buckets, so the kernels and tokens must match."""
+    import os
+
+    from tunebench.serve.engine import EngineLimits, create_engine
+    from tunebench.serve.loading import load_served
+    from tunebench.serve.metrics import ServeMetrics
+    from tunebench.serve.options import ModelOptions
+
+    served = load_served(ModelOptions(model=args.model, random_weights=True, tokenizer=str(tokenizer),
+                                      device=args.device))
+    prompts = [served.tokenizer(t, add_special_tokens=False)["input_ids"][:n] for t, n in
+               zip(texts, (100, 7, 60, 33, 100, 12, 90, 48), strict=False)]
+    limits = EngineLimits(max_batch=16, max_sequence_tokens=256)
+    outputs, profiles = {}, {}
+    for mode, flag in (("eager", "0"), ("graphs", "1")):
+        os.environ["TUNEBENCH_CUDA_GRAPHS"] = flag
+        engine = create_engine("batched", served, limits, ServeMetrics("batched"))
+        started = time.monotonic()
+        outputs[mode] = asyncio.run(generate_with(engine, prompts, 48))
+        profiles[mode] = {"wall_s": round(time.monotonic() - started, 3), **step_breakdown(engine)}
+        del engine
+    os.environ.pop("TUNEBENCH_CUDA_GRAPHS", None)
+    same = [a == b for a, b in zip(outputs["eager"], outputs["graphs"], strict=True)]
+    first_diff = [next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+                  for a, b in zip(outputs["eager"], outputs["graphs"], strict=True)]
+    return {"check": "graph_vs_eager", "prompts": len(prompts), "identical": sum(same),
+            "first_difference_at": first_diff, "profiles": profiles}
+
+
+async def generate_with(engine: Any, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    from tunebench.serve.engine import GenerationRequest
+    from tunebench.serve.sampling import SamplingParams
+
+    engine.start(asyncio.get_running_loop())
+    try:
+        warm = engine.submit(GenerationRequest(prompts[0], SamplingParams(max_new_tokens=4, ignore_eos=True)))
+        await warm.result()
+        engine.profile.reset()
+        # All at once, so both runs see the same batches (one prefill group); different lengths make rows
+        # leave at different steps, so compaction and shrinking buckets are exercised.
+        handles = [engine.submit(GenerationRequest(ids, SamplingParams(max_new_tokens=new_tokens - 4 * i,
+                                                                       ignore_eos=True)))
+                   for i, ids in enumerate(prompts)]
+        results = [await h.result() for h in handles]
+    finally:
+        await asyncio.to_thread(engine.stop)
+    return [[t.id for t in r.tokens] for r in results]
+
+
+def step_breakdown(engine: Any) -> dict[str, Any]:
+    p = engine.profile
+    steps = max(p.steps, 1)
+    return {"steps": p.steps, "rows_per_step": round(p.rows / steps, 2),
+            "device_ms_per_step": round(1e3 * p.device_s / steps, 3),
+            "sampling_ms_per_step": round(1e3 * p.sampling_s / steps, 3),
+            "tokens_streaming_ms_per_step": round(1e3 * p.host_s / steps, 3),
+            "scheduling_ms_per_step": round(1e3 * p.scheduling_s / steps, 3),
+            "prefill_ms_each": round(1e3 * p.prefill_s / max(p.prefills, 1), 2), "prefills": p.prefills,
+            "graphs_captured": engine.runner.captures, "graphs_on_at_end": engine.runner.use_graphs}
+
+
+def check_graphs(args, tokenizer, texts, results) -> None:
+    """Graph output == eager output on the same batches (in-process), then free the GPU for the servers."""
+    import gc
+
+    import torch
+
+    emit(graph_matches_eager(args, tokenizer, texts), results)
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def run_quick(args, work, tokenizer, texts, counter, clock, results) -> None:
+    if args.device == "cuda":
+        check_graphs(args, tokenizer, texts, results)
+    short = argparse.Namespace(**{**vars(args), "duration": 10.0})
+    with Session(args, work, tokenizer, "batched", "batched") as url:
+        burst(url, texts, 32, 8)
+        saturation = burst(url, texts, 2 * args.slots, 64)
+        log(f"batched saturation: {saturation}")
+        rates = capacity_rates(saturation["requests_per_s"], (0.5, 0.9))
+        summary = loadtest(url, texts, rates, 64, work / "quick-batched", short, counter, title="quick batched")
+        emit(result_line("batched", "100in-64out (quick, 10 s per rate)", summary, saturation), results)
+        emit({"benchmark": "serve_throughput", "engine": "batched", "profile": "single-stream-64",
+              **single_stream(url, texts, work / "batched-single", args, counter)}, results)
+    if clock.allows("naive single stream", SERVER_START_S + 10):
+        with Session(args, work, tokenizer, "naive", "naive") as url:
+            emit({"benchmark": "serve_throughput", "engine": "naive", "profile": "single-stream-64",
+                  **single_stream(url, texts, work / "naive-single", args, counter, requests=3)}, results)
+
+
+# ---------------------------------------------------------------- main
+
+
+def collect_profiles(work: Path, out: Path) -> None:
+    """The batched engine's step-time breakdown lines (logged every 10 s under load) from every server log."""
+    lines = []
+    for path in sorted(work.glob("server-*.log")):
+        lines += [f"{path.stem}: {line.strip()}" for line in path.read_text(errors="replace").splitlines()
+                  if "profile:" in line or "batched engine:" in line or "captured" in line]
+    (out / "engine_profile.log").write_text("\n".join(lines) + "\n")
+    for line in lines[-12:]:
+        log(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="serve-throughput-"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="serve-throughput-work-"))
+    results = out / "results.jsonl"
+    results.unlink(missing_ok=True)
+    plan = time_plan(args)
+    clock = Clock(args.budget_s if not args.quick else min(args.budget_s, 240.0))
+    log("time plan: " + "; ".join(f"{part} ~{s:.0f} s" for part, s in plan) +
+        f"; total ~{sum(s for _, s in plan):.0f} s, budget {clock.budget_s:.0f} s")
+    from tunebench.loadtest.prompt_sets import load_counter
+
+    tokenizer = Path(args.tokenizer) if args.tokenizer else build_tokenizer(work / "tokenizer")
+    texts = prompt_texts(tokenizer)
+    counter = load_counter(str(tokenizer))
+    summaries: dict[str, dict[str, Any]] = {}
+    try:
+        if args.quick:
+            run_quick(args, work, tokenizer, texts, counter, clock, results)
+        else:
+            if args.check and args.device == "cuda":
+                check_graphs(args, tokenizer, texts, results)
+            run_batched(args, work, tokenizer, texts, counter, clock, results, summaries)
+            run_naive(args, work, tokenizer, texts, counter, clock, results, summaries)
+            write_cost_tables(summaries, work, out, args)
+            run_adapters(args, work, tokenizer, texts, counter, clock, results)
+    finally:
+        collect_profiles(work, out)
+        with tarfile.open(out / "details.tar.gz", "w:gz") as tar:
+            tar.add(work, arcname="serve-throughput", filter=lambda info: None if any(
+                part in info.name for part in ("tokenizer", "lora-adapter", "requests.csv")) else info)
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"done in {clock.elapsed:.0f} s; skipped: {clock.skipped or 'nothing'}; results in {out}")
+        if results.exists():  # again at the very end, where the device call's output tail keeps it
+            print("=== results.jsonl ===\n" + results.read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

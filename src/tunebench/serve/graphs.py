@@ -1,0 +1,202 @@
+"""One decode step over the slot cache: CUDA graphs per shape bucket on CUDA, the same code eagerly elsewhere.
+
+The step reads three static per-row buffers (the token to feed, its position, the column it writes to), runs
+the model for rows 0..b-1 with attention over columns 0..w-1, and leaves the last position's logits plus,
+computed on the device, each row's greedy token and its log-probability, so a step costs one host sync.
+Shapes come from buckets: b is a power of two up to 32, then a multiple of 32 (or all slots), covering the
+occupied rows; w a power of two (or a multiple of 64 between 128 and 512) covering the longest sequence, so a
+few dozen graphs serve every batch; rows past the occupied ones are idle (they write the scratch column and
+see column 0 only).
+
+Prefills of waiting prompts are graphs too (an eager forward of a 3B model costs ~40 ms of Python on the
+H200 host, whatever the batch, which stalled the running batch at every admission): the prompts are
+left-padded to a width bucket, the group to a power-of-two row bucket (up to PREFILL_ROWS x PREFILL_WIDTH;
+larger prefills run eagerly), and attention reads the group's slots through an index gather, since a graph
+cannot bake in where the rows start.
+
+A graph bakes in which LoRA adapter is active when it is captured, so it is keyed by the adapter too; a batch
+whose rows use different adapters (peft's mixed-batch `adapter_names`) runs eagerly instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("tunebench.serve")
+MIN_WIDTH = 32
+WIDTH_STEP = 64
+FINE_WIDTHS = (128, 512)
+WARMUP_RUNS = 2  # eager runs on a side stream before capture (cuBLAS handles, lazy allocations)
+BASE = "__base__"
+ROW_STEP = 32
+PREFILL_ROWS = 64  # largest prefill group a graph serves
+PREFILL_WIDTH = 1024  # longest padded prompt a graph serves
+
+
+def power_of_two_at_least(n: int, floor: int = 1) -> int:
+    size = floor
+    while size < n:
+        size *= 2
+    return size
+
+
+@dataclass
+class StepOutput:
+    logits: Any  # (b, vocab) float32, last position of every row
+    chosen: Any  # (2, b) float64: greedy token id, its log-probability
+
+
+class DecodeRunner:
+    def __init__(self, model: Any, cache: Any, cache_arg: str, use_graphs: bool) -> None:
+        import torch
+
+        self.model, self.cache, self.cache_arg = model, cache, cache_arg
+        device = cache.keys[0].device
+        slots = cache.slots
+        self.inputs = torch.zeros((3, slots), dtype=torch.long, device=device)  # token, position, column
+        self.rows = torch.arange(slots, device=device)
+        self.prefill_inputs = torch.zeros((3, PREFILL_ROWS, PREFILL_WIDTH), dtype=torch.long, device=device)
+        self.prefill_rows = torch.zeros(PREFILL_ROWS, dtype=torch.long, device=device)
+        self.use_graphs = use_graphs
+        # Shape buckets on CUDA even when eager, so an eager step runs the kernels a graph would replay.
+        self.bucketed = device.type == "cuda"
+        self.graphs: dict[tuple[str | None, int, int], tuple[Any, StepOutput]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        attn = getattr(model.config, "_attn_implementation", "sdpa")
+        self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
+        self.captures = 0
+
+    def batch_bucket(self, rows: int) -> int:
+        """Powers of two up to ROW_STEP rows, then multiples of ROW_STEP: idle rows still read `width` columns
+        of keys and values, and at 145 running rows a power of two would pay for 111 idle ones."""
+        bucket = power_of_two_at_least(rows) if rows <= ROW_STEP else -(-rows // ROW_STEP) * ROW_STEP
+        return min(bucket, self.cache.slots)
+
+    def width_bucket(self, longest: int) -> int:
+        """Powers of two, but steps of WIDTH_STEP between 128 and 512 columns: attention reads every column
+        of the bucket, and a power of two wastes up to half of them."""
+        width = power_of_two_at_least(longest, MIN_WIDTH)
+        if FINE_WIDTHS[0] < width <= FINE_WIDTHS[1]:
+            width = -(-longest // WIDTH_STEP) * WIDTH_STEP
+        return min(width, self.cache.usable)
+
+    def load(self, tokens: list[int], positions: list[int], rows: int) -> None:
+        """Fill the static buffers for `rows` rows: the occupied ones first, idle ones after."""
+        import torch
+
+        idle = rows - len(tokens)
+        host = torch.tensor([tokens + [0] * idle, positions + [0] * idle,
+                             positions + [self.cache.scratch] * idle], dtype=torch.long)
+        self.inputs[:, :rows].copy_(host, non_blocking=True)
+
+    def forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
+        """The step's body: model forward for rows 0..rows-1, then greedy choice on the device."""
+        tokens, positions, cols = self.inputs[0, :rows, None], self.inputs[1, :rows, None], self.inputs[2, :rows, None]
+        self.cache.bind(self.rows[:rows, None], cols, 0, rows, width)
+        return self._run(tokens, positions, width, extra)
+
+    def _run(self, tokens: Any, positions: Any, width: int, extra: dict[str, Any]) -> StepOutput:
+        import torch
+
+        from tunebench.serve.kvcache import visible_mask
+
+        mask = visible_mask(positions, width, self.additive_dtype)
+        out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+                         logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
+        logits = out.logits[:, -1].float()
+        greedy = logits.argmax(dim=-1)
+        logprob = torch.log_softmax(logits, dim=-1).gather(1, greedy[:, None])[:, 0]
+        return StepOutput(logits, torch.stack([greedy.double(), logprob.double()]))
+
+    def step(self, rows: int, width: int, adapter: str | None, extra: dict[str, Any]) -> StepOutput:
+        """Run one step; `adapter` is the one adapter every row uses (None: no adapters are loaded), and
+        `extra` the mixed-batch arguments when the rows disagree (then it runs eagerly)."""
+        return self._replay("decode", self.forward, rows, width, adapter, extra)
+
+    # ------------------------------------------------------------ prefill
+
+    def prefill_shape(self, count: int, longest: int) -> tuple[int, int]:
+        """(rows, width) a prefill of `count` prompts runs with: buckets on CUDA, exact elsewhere."""
+        if not self.bucketed:
+            return count, longest
+        return power_of_two_at_least(count), self.width_bucket(longest)
+
+    def prefill(self, host: Any, slot_rows: list[int], adapter: str | None, extra: dict[str, Any]) -> StepOutput:
+        """`host`: (3, rows, width) CPU tensor of left-padded tokens, positions and write columns (padding
+        writes the scratch column); `slot_rows`: the slot of each row (idle rows: any slot, they write scratch)."""
+        import torch
+
+        _, rows, width = host.shape
+        slots = torch.tensor(slot_rows, dtype=torch.long)
+        if rows > PREFILL_ROWS or width > PREFILL_WIDTH:  # too large for the static buffers: eagerly
+            inputs, slots = host.to(self.rows.device), slots.to(self.rows.device)
+            self.cache.bind(slots[:, None], inputs[2], 0, rows, width, gather=slots)
+            return self._run(inputs[0], inputs[1], width, extra)
+        self.prefill_inputs[:, :rows, :width].copy_(host, non_blocking=True)
+        self.prefill_rows[:rows].copy_(slots, non_blocking=True)
+        return self._replay("prefill", self.prefill_forward, rows, width, adapter, extra)
+
+    def prefill_forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
+        tokens, positions, cols = (self.prefill_inputs[i, :rows, :width] for i in range(3))
+        slots = self.prefill_rows[:rows]
+        self.cache.bind(slots[:, None], cols, 0, rows, width, gather=slots)
+        return self._run(tokens, positions, width, extra)
+
+    # ------------------------------------------------------------ graphs
+
+    def _replay(self, kind: str, forward: Any, rows: int, width: int, adapter: str | None,
+                extra: dict[str, Any]) -> StepOutput:
+        if not self.use_graphs or extra:
+            return forward(rows, width, extra)
+        key = (kind, adapter, rows, width)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self.capture(forward, rows, width, adapter)
+            except RuntimeError:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
+                log.exception("CUDA graph capture failed; running eagerly from now on")
+                self.use_graphs = False
+                return forward(rows, width, {"adapter_names": [adapter] * rows} if adapter else {})
+            log.info("captured a %s graph: %d rows, %d columns, adapter %s", kind, rows, width, adapter or "none")
+        graph, output = self.graphs[key]
+        graph.replay()
+        return output
+
+    def capture(self, forward: Any, rows: int, width: int, adapter: str | None) -> tuple[Any, StepOutput]:
+        """Warm up on a side stream, then capture. The warm-up runs write the same keys and values the real
+        step writes (same inputs), so running them is harmless."""
+        import torch
+
+        with adapter_scope(self.model, adapter):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(WARMUP_RUNS):
+                    forward(rows, width, {})
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                output = forward(rows, width, {})
+        self.captures += 1
+        return graph, output
+
+
+@contextlib.contextmanager
+def adapter_scope(model: Any, adapter: str | None) -> Iterator[None]:
+    """Make `adapter` the one peft applies (BASE: none) while a graph is captured, then restore."""
+    if adapter is None or not hasattr(model, "disable_adapter"):
+        yield
+        return
+    if adapter == BASE:
+        with model.disable_adapter():
+            yield
+        return
+    previous = model.active_adapter
+    model.set_adapter(adapter)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)

@@ -1,0 +1,116 @@
+"""A slot-based static KV cache for the batched engine.
+
+Every layer owns two preallocated tensors `[slots, kv_heads, max_len, head_dim]`. A running sequence owns one
+slot (a row) and its own length; position p of a sequence lives in column p of its row. A forward pass is
+bound to a contiguous range of rows and to per-token write columns: `update()` scatters the new keys and
+values to those columns and hands attention a view of the rows' first `width` columns, so sequences of
+different lengths decode together without padding, copying or concatenating caches. Which columns a token
+may see comes from an explicit 4-D mask built by `visible_mask` from per-token positions (position p sees
+columns 0..p of its own row).
+
+The last column of every row is scratch: tokens that only fill a shape (left padding in a prefill batch,
+idle rows of a decode bucket) write there, and no mask ever exposes it, since `width` stays below it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.cache_utils import Cache
+
+
+class SlotCache(Cache):
+    """Per-layer `[slots, kv_heads, max_len, head_dim]` keys and values; see the module docstring."""
+
+    def __init__(self, num_layers: int, slots: int, max_len: int, kv_heads: int, head_dim: int, dtype: Any,
+                 device: Any) -> None:
+        import torch
+
+        super().__init__(layers=[])
+        shape = (slots, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.slots, self.max_len = slots, max_len
+        self._rows: Any = None
+        self._cols: Any = None
+        self._gather: Any = None
+        self._lo, self._hi, self._width = 0, 0, 0
+
+    @property
+    def scratch(self) -> int:
+        """The column that shape-filling tokens write to; real tokens use columns below it."""
+        return self.max_len - 1
+
+    @property
+    def usable(self) -> int:
+        """The longest sequence (prompt + generated tokens) a slot holds."""
+        return self.max_len - 1
+
+    def bind(self, rows: Any, cols: Any, lo: int, hi: int, width: int, gather: Any = None) -> None:
+        """The next forward pass runs rows lo..hi-1 (`rows`: their indices as an (n, 1) tensor); its token t of
+        row i goes to column `cols[i, t]`; attention sees columns 0..width-1. With `gather` (a 1-D tensor of
+        row indices) attention reads those rows instead of the slice lo..hi: a prefill captured in a CUDA graph
+        cannot bake in where its rows start, so it copies them out (a few hundred MB per prefill, ~0.1 ms)."""
+        self._rows, self._cols, self._lo, self._hi, self._width = rows, cols, lo, hi, width
+        self._gather = gather
+
+    def update(self, key_states: Any, value_states: Any, layer_idx: int, cache_kwargs: Any = None,
+               **kwargs: Any) -> tuple[Any, Any]:
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        # (n, heads, t, dim) -> (n, t, heads, dim): advanced indices around a slice put their dims first.
+        keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
+        values[self._rows, :, self._cols] = value_states.transpose(1, 2).to(values.dtype)
+        if self._gather is not None:
+            return (keys.index_select(0, self._gather)[:, :, :self._width],
+                    values.index_select(0, self._gather)[:, :, :self._width])
+        return keys[self._lo:self._hi, :, :self._width], values[self._lo:self._hi, :, :self._width]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy a sequence's first `length` columns from slot src to slot dst (compaction after a leave)."""
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys[dst, :, :length] = keys[src, :, :length]
+            values[dst, :, :length] = values[src, :, :length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # every forward here passes explicit position ids and a 4-D mask; nothing asks
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.max_len
+
+
+def visible_mask(positions: Any, width: int, additive_dtype: Any = None) -> Any:
+    """(n, t) positions -> (n, 1, t, width) mask: position p sees columns 0..p of its row. Boolean (True =
+    attend) for SDPA; an additive float mask in `additive_dtype` for attention that adds its mask."""
+    import torch
+
+    columns = torch.arange(width, device=positions.device)
+    mask = (columns <= positions[..., None])[:, None]
+    if additive_dtype is None:
+        return mask
+    zero = torch.zeros((), dtype=additive_dtype, device=positions.device)
+    return torch.where(mask, zero, torch.finfo(additive_dtype).min)
+
+
+def kv_geometry(probe_cache: Any) -> tuple[int, int, int, Any]:
+    """(layers, kv heads, head dim, dtype) read from a one-token DynamicCache of the model."""
+    layers = probe_cache.layers
+    keys = layers[0].keys
+    return len(layers), keys.shape[1], keys.shape[-1], keys.dtype
+
+
+def bytes_per_slot(num_layers: int, kv_heads: int, head_dim: int, max_len: int, dtype: Any) -> int:
+    import torch
+
+    return 2 * num_layers * kv_heads * head_dim * max_len * torch.empty((), dtype=dtype).element_size()
+
+
+def slots_that_fit(wanted: int, per_slot: int, device: Any, reserve_bytes: int, fraction: float = 0.9) -> int:
+    """How many slots fit in the device's free memory after a reserve for activations (all of `wanted` on
+    the CPU, where memory is not the limit the tests care about)."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return wanted
+    free, _total = torch.cuda.mem_get_info(device)
+    room = int(free * fraction) - reserve_bytes
+    return max(1, min(wanted, room // per_slot))

@@ -1,0 +1,170 @@
+"""The batched engine's slot KV cache: per-row positions, joining mid-flight, slot reuse and compaction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+PROMPTS = ["Simmer the onions", "The rocket reached orbit and deployed the satellite over the Pacific.",
+           "Anna: lunch?", "Solder the resistor to the board and check the voltage before powering it on"]
+
+
+def load(model_dir):
+    from tunebench.serve.loading import load_served
+    from tunebench.serve.options import ModelOptions
+
+    return load_served(ModelOptions(model=str(model_dir)))
+
+
+def engine_for(served, max_batch=4):
+    from tunebench.serve.engine import EngineLimits, create_engine
+    from tunebench.serve.metrics import ServeMetrics
+
+    return create_engine("batched", served, EngineLimits(max_batch=max_batch, max_sequence_tokens=96),
+                         ServeMetrics("batched"))
+
+
+def request(served, prompt, new_tokens):
+    from tunebench.serve.engine import GenerationRequest
+    from tunebench.serve.sampling import SamplingParams
+
+    ids = served.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return GenerationRequest(ids, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
+
+
+async def run_schedule(engine, schedule):
+    """schedule: (request, (i, n)): submit once request i has streamed n tokens (None: at once).
+    Returns every request's [(token id, log-probability)], in order."""
+    engine.start(asyncio.get_running_loop())
+    streams: list[list] = []
+    tasks = []
+    try:
+        for req, after in schedule:
+            while after is not None and len(streams[after[0]]) < after[1]:
+                await asyncio.sleep(0.001)
+            streams.append([])
+            tasks.append(asyncio.create_task(collect(engine.submit(req), streams[-1])))
+        await asyncio.gather(*tasks)
+    finally:
+        await asyncio.to_thread(engine.stop)
+    return [[(item.id, item.logprob) for item in stream[:-1]] for stream in streams]
+
+
+async def collect(handle, into):
+    async for item in handle:
+        into.append(item)
+
+
+def alone(served, req):
+    return asyncio.run(run_schedule(engine_for(served), [(req, None)]))[0]
+
+
+def assert_same_tokens(got, expected):
+    """Same ids, and log-probabilities within float noise (the tiny random models repeat one token, so the
+    log-probabilities are what shows a wrong cache)."""
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def neox(tiny_neox_dir):
+    return load(tiny_neox_dir)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    return load(tiny_llama_dir)
+
+
+def test_rows_of_different_lengths_match_the_model_alone(neox):
+    """Per-row positions and the 4-D mask: two prompts prefilled together (left-padded) and decoded together in
+    the slot cache give each prompt's logits from a plain forward pass over its own tokens."""
+    import torch
+
+    from tunebench.evaluate.classify import cache_argument
+    from tunebench.serve.kvcache import SlotCache, kv_geometry, visible_mask
+
+    model = neox.model
+    engine = engine_for(neox)
+    layers, heads, dim, dtype = kv_geometry(engine.check_cache())
+    cache = SlotCache(layers, 2, 33, heads, dim, dtype, model.device)
+    prompts = [[5, 9, 14, 3, 22, 7, 8], [11, 4, 19]]
+    width = max(map(len, prompts))
+    pads = [width - len(p) for p in prompts]
+    ids = torch.tensor([[0] * n + p for n, p in zip(pads, prompts, strict=True)])
+    pos = torch.tensor([[0] * n + list(range(len(p))) for n, p in zip(pads, prompts, strict=True)])
+    cols = torch.tensor([[cache.scratch] * n + list(range(len(p))) for n, p in zip(pads, prompts, strict=True)])
+    arg = cache_argument(model)
+    with torch.inference_mode():
+        cache.bind(torch.arange(2)[:, None], cols, 0, 2, width)
+        first = model(input_ids=ids, position_ids=pos, attention_mask=visible_mask(pos, width), logits_to_keep=1,
+                      use_cache=True, **{arg: cache}).logits[:, -1]
+        nxt = first.argmax(-1)
+        lengths = torch.tensor([len(p) for p in prompts])
+        cache.bind(torch.arange(2)[:, None], lengths[:, None], 0, 2, width + 1)
+        second = model(input_ids=nxt[:, None], position_ids=lengths[:, None], use_cache=True, logits_to_keep=1,
+                       attention_mask=visible_mask(lengths[:, None], width + 1), **{arg: cache}).logits[:, -1]
+        for row, prompt in enumerate(prompts):
+            full = torch.tensor([[*prompt, int(nxt[row])]])
+            reference = model(input_ids=full).logits[0]
+            torch.testing.assert_close(first[row], reference[-2], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(second[row], reference[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_sequence_joining_mid_flight_gives_the_tokens_it_gets_alone(llama):
+    long_req, late_req = request(llama, PROMPTS[1], 30), request(llama, PROMPTS[0], 12)
+    together = asyncio.run(run_schedule(engine_for(llama), [(long_req, None), (late_req, (0, 10))]))
+    assert_same_tokens(together[0], alone(llama, long_req))
+    assert_same_tokens(together[1], alone(llama, late_req))
+
+
+def test_a_freed_slot_is_reused_and_the_batch_stays_compact(llama):
+    """Short sequences leave, the tail rows move into their slots, newcomers take the freed ones: every
+    sequence still gets exactly its solo tokens."""
+    reqs = [request(llama, PROMPTS[2], 3), request(llama, PROMPTS[1], 40), request(llama, PROMPTS[3], 30),
+            request(llama, PROMPTS[0], 20), request(llama, PROMPTS[2], 6), request(llama, PROMPTS[0], 9)]
+    engine = engine_for(llama, max_batch=3)
+    # The first leaves after 3 tokens and the third (the tail row) moves into its slot for 27 more steps.
+    schedule = [(reqs[0], None), (reqs[1], None), (reqs[2], None), (reqs[3], (1, 8)), (reqs[4], (1, 15)),
+                (reqs[5], (1, 16))]
+    together = asyncio.run(run_schedule(engine, schedule))
+    for req, tokens in zip(reqs, together, strict=True):
+        assert_same_tokens(tokens, alone(llama, req))
+    assert engine.metrics._max_batch == 3
+    assert len(engine.batch) == 0
+
+
+def test_compaction_moves_the_tail_rows_into_the_holes():
+    import torch
+
+    from tunebench.serve.engine import SlotBatch
+    from tunebench.serve.kvcache import SlotCache
+
+    cache = SlotCache(2, 4, 9, 1, 2, torch.float32, torch.device("cpu"))
+    for layer in range(2):
+        for slot in range(4):
+            cache.keys[layer][slot] = slot + 10 * layer
+            cache.values[layer][slot] = -(slot + 10 * layer)
+    batch = SlotBatch(cache)
+    for slot in range(4):
+        batch.add(f"seq{slot}", 3 + slot, 100 + slot)  # type: ignore[arg-type]
+    batch.keep([0, 2, 3])  # seq1 leaves: seq3 (the tail) moves into slot 1
+    assert batch.seqs == ["seq0", "seq3", "seq2"] and batch.lengths == [3, 6, 5]
+    assert batch.next_tokens == [100, 103, 102]
+    for layer in range(2):
+        assert torch.all(cache.keys[layer][1, :, :6] == 3 + 10 * layer)
+        assert torch.all(cache.values[layer][1, :, :6] == -(3 + 10 * layer))
+    batch.keep([1])
+    assert batch.seqs == ["seq3"] and torch.all(cache.keys[0][0, :, :6] == 3)
+
+
+def test_decode_buckets_cover_every_row_and_column(llama):
+    runner = engine_for(llama, max_batch=12).runner
+    assert [runner.batch_bucket(n) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+    assert runner.width_bucket(5) == 32 and runner.width_bucket(33) == 64
+    assert runner.width_bucket(96) == 96  # capped at what a slot holds
+    runner.cache.slots = 256
+    assert [runner.batch_bucket(n) for n in (31, 33, 64, 65, 145, 256)] == [32, 64, 64, 96, 160, 256]
+    runner.cache.max_len = 1025
+    assert [runner.width_bucket(n) for n in (129, 193, 300, 513, 1024)] == [192, 256, 320, 1024, 1024]
