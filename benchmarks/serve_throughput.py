@@ -22,6 +22,7 @@ and parts that would overrun `--budget-s` are skipped (and say so).
         .whl/importlib_metadata-*.whl && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && \\
       python3 benchmarks/serve_throughput.py --out $OUT            # full, ~8.5 min
       python3 benchmarks/serve_throughput.py --quick --out $OUT    # smoke, ~3 min: graph == eager, step profile
+      python3 benchmarks/serve_throughput.py --adapters-only --out $OUT   # LoRA unmerged vs merged, ~2.5 min
 
 Files in --out: results.jsonl (the JSON lines), cost_table.md (both profiles), engine_profile.log (the
 batched engine's step-time breakdown from the server logs), details.tar.gz (every loadtest.json, plot and
@@ -77,6 +78,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated subset of: "
                         + ", ".join(PROFILES))
     parser.add_argument("--check", action="store_true", help="full run: first check graph output == eager output")
+    parser.add_argument("--adapters-only", action="store_true", help="only the LoRA unmerged vs merged cases")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train a BPE here)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
@@ -175,14 +177,17 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
         return [("graph vs eager check (in-process model load)", 40), ("batched server", SERVER_START_S),
                 ("burst + 2 rates + single stream", 10 + 2 * short + 8), ("naive server", SERVER_START_S),
                 ("naive single stream", 10)]
+    adapter_s = SERVER_START_S + 8 + args.warmup + ADAPTER_RATE_S + 2
+    adapters = [(f"LoRA {mode}: server, burst, 1 rate", adapter_s) for mode in ("unmerged", "merged")]
+    if args.adapters_only:
+        return adapters
     plan = [("batched server", SERVER_START_S)]
     chosen = chosen_profiles(args)
     plan += [(f"batched {p}: burst + {len(f)} rates", 6 + len(f) * rate_s) for p, f in BATCHED_FRACTIONS.items()
              if p in chosen]
     plan += [("batched single stream", 16), ("naive server + single stream", SERVER_START_S + 10)]
     plan += [(f"naive {p}: {len(f)} rates", len(f) * rate_s) for p, f in NAIVE_FRACTIONS.items() if p in chosen]
-    adapter_s = SERVER_START_S + 8 + args.warmup + ADAPTER_RATE_S + 2
-    return [*plan, *((f"LoRA {mode}: server, burst, 1 rate", adapter_s) for mode in ("unmerged", "merged"))]
+    return [*plan, *adapters]
 
 
 # ---------------------------------------------------------------- measuring
@@ -535,9 +540,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if args.check and args.device == "cuda":
                 check_graphs(args, tokenizer, texts, results)
-            run_batched(args, work, tokenizer, texts, counter, clock, results, summaries)
-            run_naive(args, work, tokenizer, texts, counter, clock, results, summaries)
-            write_cost_tables(summaries, work, out, args)
+            if not args.adapters_only:
+                run_batched(args, work, tokenizer, texts, counter, clock, results, summaries)
+                run_naive(args, work, tokenizer, texts, counter, clock, results, summaries)
+                write_cost_tables(summaries, work, out, args)
             run_adapters(args, work, tokenizer, texts, counter, clock, results)
     finally:
         collect_profiles(work, out)
