@@ -168,7 +168,22 @@ def load_model(cfg: ModelConfig, source: ModelSource | None = None, *, device: s
                                          revision=cfg.revision, quantization_config=quantization, **extra)
         except OSError as err:
             raise hub_error(source.location, err) from None
-    return model if quantization is not None else model.to(device or default_device())
+    if quantization is not None:
+        return model
+    model = model.to(device or default_device())
+    if model.device.type == "cpu" and dtype is not None and "bfloat16" in str(dtype):
+        contiguous_head_input(model)
+    return model
+
+
+def contiguous_head_input(model: Any) -> None:
+    """On the CPU, a bf16 linear layer given a non-contiguous input (generate's `logits_to_keep` slice of the
+    hidden states) copies its weight once per batch row: 2.7 GB and ~5 s per 48-row batch for SmolLM2's
+    49k-token head, against 0.01 s on a contiguous input. Making the head's input contiguous costs one
+    hidden-size row per sequence."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
 
 
 def parameter_count(source: ModelSource, cfg: ModelConfig) -> int:
