@@ -1,15 +1,20 @@
 """Constrained decoding always answers a label; the KV-cached label log-likelihood equals brute force;
-label tokens are the ones that follow the prompt."""
+label tokens are the ones that follow the prompt; contextual calibration removes the content-free prior."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 
 from tunebench.evaluate.classify import (
+    ClassResult,
+    LabelPrior,
     LabelTrie,
+    calibrated,
     constrained_classify,
+    content_free_prior,
     continuation_ids,
     label_variants,
     loglik_classify,
@@ -135,3 +140,70 @@ def test_trie_allows_only_label_continuations_then_end():
     assert trie.allowed([1, 2, 3]) == [0]
     assert trie.allowed([9]) == [0]  # an unknown (finished, padded) row may only end
     assert trie.label_of([1, 2]) == "ab" and trie.label_of([1]) is None
+
+
+# ---------------------------------------------------------------- contextual calibration
+
+CONTENT_FREE = ["Classify the text into one of these classes: autos, baseball, cooking, space. Text: N/A Class:",
+                "Classify the text into one of these classes: autos, baseball, cooking, space. Text:  Class:"]
+
+
+def brute_force_step(model, ids):
+    """log P(next token | ids) from one full forward pass, no cache."""
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir"])
+def test_calibrated_constrained_is_greedy_over_calibrated_steps(fixture, request):
+    """Reference: at each trie node, the allowed token with the best log P(token | prompt, path) minus
+    log mean_cf P(token | content-free prompt, path), all from uncached forward passes."""
+    model, tok = load(request.getfixturevalue(fixture))
+    prompts = PROMPTS[:2]
+    prior = content_free_prior(model, tok, CONTENT_FREE, prompts, LABELS)
+    results = constrained_classify(model, tok, prompts, LABELS, batch_size=2, prior=prior)
+    flipped = 0
+    for prompt, result in zip(prompts, results, strict=True):
+        trie = LabelTrie(label_variants(tok, prompt, LABELS), tok.eos_token_id)
+        path: list[int] = []
+        while True:
+            logp = brute_force_step(model, encode(tok, prompt) + path)
+            cf = [brute_force_step(model, encode(tok, c) + path) for c in CONTENT_FREE]
+            allowed = trie.allowed(path)
+            prior_of = {t: math.log(sum(math.exp(float(c[t])) for c in cf) / len(cf)) for t in allowed}
+            assert prior.nodes[tuple(path)] == pytest.approx(prior_of, abs=1e-4)
+            token = max(allowed, key=lambda t: float(logp[t]) - prior_of[t])
+            if token == tok.eos_token_id:
+                break
+            path.append(token)
+        assert result.label == trie.label_of(path)
+        uncalibrated = constrained_classify(model, tok, [prompt], LABELS)[0]
+        flipped += uncalibrated.label != result.label
+    assert flipped, "calibration changed no answer: these prompts no longer test it"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_t5_dir"])
+def test_calibrated_loglik_is_uniform_on_the_content_free_input(fixture, request):
+    """Divided by its own prior, a content-free input has no preference: every calibrated score is 0."""
+    seq2seq = fixture == "tiny_t5_dir"
+    model, tok = load(request.getfixturevalue(fixture), seq2seq=seq2seq)
+    prior = content_free_prior(model, tok, CONTENT_FREE[:1], CONTENT_FREE[:1], LABELS)
+    raw = loglik_classify(model, tok, CONTENT_FREE[:1], LABELS)[0]
+    assert max(raw.scores.values()) - min(raw.scores.values()) > 0.1  # the model is biased before calibration
+    result = calibrated([raw], prior)[0]
+    assert result.scores == pytest.approx(dict.fromkeys(LABELS, 0.0), abs=1e-4)
+    assert result.mean_scores == pytest.approx(dict.fromkeys(LABELS, 0.0), abs=1e-4)
+    assert result.raw is raw
+    assert sum(prior.label_probabilities().values()) == pytest.approx(1.0)
+
+
+def test_calibration_removes_a_biased_prior():
+    """A constructed example: the label the model prefers anyway loses to the one the input raised most."""
+    raw = ClassResult("autos", {"autos": -1.0, "space": -2.0}, {"autos": -0.5, "space": -2.0})
+    prior = LabelPrior(sums={"autos": -0.2, "space": -3.0}, means={"autos": -0.1, "space": -3.0}, nodes={})
+    result = calibrated([raw], prior)[0]
+    assert result.label == "space" and result.label_by_mean == "space"
+    assert result.scores == pytest.approx({"autos": -0.8, "space": 1.0})
+    assert prior.label_probabilities()["autos"] == pytest.approx(1 / (1 + math.exp(-2.8)))

@@ -136,3 +136,39 @@ def test_empty_split_and_missing_adapter_exit_2(cli, tmp_path, tiny_llama_dir):
     run.write_config(CellConfig.model_validate({"model": {"name": str(tiny_llama_dir)}, "method": "lora"}))
     result = cli("eval", "--run", str(run.path))
     assert result.returncode == 2 and "has no trained adapter" in result.stderr
+
+
+def test_metrics_record_the_calibration(tmp_path, tiny_llama_dir):
+    """Prompted label scoring is calibrated by default and says so; loglik keeps the uncalibrated rankings."""
+    from tunebench.evaluate import evaluate_cell
+
+    def run(name, scoring, **eval_options):
+        cell = CellConfig.model_validate({"model": {"name": str(tiny_llama_dir)}, "data": {"source":
+                                          "builtin:classification"}, "eval": {"scoring": scoring,
+                                                                              "bootstrap": 50, **eval_options}})
+        return evaluate_cell(cell, RunDir(tmp_path / name), limit=4, progress=False)
+
+    loglik = run("loglik", "loglik")
+    assert loglik["calibration"]["method"] == "content_free" and loglik["settings"]["calibrate"] == "content_free"
+    assert loglik["calibration"]["content_free_inputs"] == ["N/A", "", "[MASK]"]
+    assert sum(loglik["calibration"]["label_prior"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert {"accuracy", "accuracy_length_normalised", "accuracy_uncalibrated",
+            "accuracy_length_normalised_uncalibrated"} <= set(loglik["metrics"])
+    constrained = run("constrained", "constrained", calibrate="none")
+    assert constrained["calibration"] == {"method": "none", "setting": "none"}
+    assert "accuracy_uncalibrated" not in constrained["metrics"]
+
+
+def test_fine_tuned_methods_are_not_calibrated_by_default(tiny_llama_dir):
+    from tunebench.evaluate import load_for_eval
+    from tunebench.evaluate.runner import calibration
+
+    def cell(**fields):
+        return CellConfig.model_validate({"model": {"name": str(tiny_llama_dir)}, **fields})
+
+    loaded = load_for_eval(cell())
+    assert calibration(cell(method="zero_shot"), loaded) == "content_free"
+    assert calibration(cell(method="few_shot"), loaded) == "content_free"
+    assert calibration(cell(method="lora"), loaded) == "none"
+    assert calibration(cell(method="lora", eval={"calibrate": "content_free"}), loaded) == "content_free"
+    assert calibration(cell(eval={"scoring": "generate"}), loaded) == "none"

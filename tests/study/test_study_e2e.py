@@ -42,6 +42,9 @@ def test_demo_reports_then_reuses_the_study(finished_study, cli):
     text = " ".join(first.stdout.split())
     assert f"report: {out / 'report.md'}" in text and (out / "report.html").exists()
     assert "classification: accuracy (%)" in text and "classification: cost and break-even" in text
+    # what the CPU run chose (threads, weights dtype and why), and CPU time beside wall time per stage
+    assert re.search(r"demo on the CPU: \d+ thread\(s\) on \d+ core\(s\); weights in (float32|bfloat16) \(", text)
+    assert re.search(r"done eval in [\d.]+ s \(CPU [\d.]+ s\)", text)
     study = out.parent / "study.yaml"
     second = cli("demo", "--study", str(study), "--out", str(out), env={"OMP_NUM_THREADS": "1"})
     assert second.returncode == 0 and "(0 run now, 10 reused)" in " ".join(second.stdout.split())

@@ -87,3 +87,31 @@ def test_report_numbers_from_a_known_store(study_dir):
     assert "vs few-shot: 400 [399, 401] requests; saves $900.00 per 1M" in text
     assert "vs zero-shot: 1,800 [1,782, 1,818] requests" in text
     assert (study_dir / "plots" / "breakeven-classification-redpajama-3b.png").exists()
+
+
+def add_sized_lora(store: Store, cell_id: str, size: dict, used: int, accuracy: float) -> None:
+    """A LoRA cell sized by data.train_count or data.train_fraction, trained on `used` examples."""
+    params = {"model": {"name": "m"}, "method": "lora", "data": {"task": "classification", "seed": 0, **size},
+              "training": {"seed": 0}}
+    store.record_cells([{"cell_id": cell_id, "model": "m", "method": "lora", "task": "classification",
+                         "fraction": size.get("train_fraction"), "count": size.get("train_count"), "lora_r": 8,
+                         "lora_alpha": 32.0, "lora_dropout": 0.1, "epochs": 2, "seed": 0, "train_run": None,
+                         "epoch": None, "experiments": "[]", "params": json.dumps(params)}],
+                       {cell_id: ["train", "eval"]})
+    store.stage_started(cell_id, "train")
+    store.stage_done(cell_id, "train", seconds=60.0, metrics=[Metric("train_examples", used)])
+    finish_eval(store, cell_id, accuracy, 50.0)
+
+
+def test_sample_efficiency_shows_what_each_cell_asked_for_and_used(tmp_path):
+    with Store.open(tmp_path) as store:
+        store.record_study("sizes", "", None, {})
+        add_sized_lora(store, "c8", {"train_count": 8}, 8, 0.5)
+        add_sized_lora(store, "c500", {"train_count": 500}, 144, 0.9)
+        add_sized_lora(store, "half", {"train_fraction": 0.5}, 72, 0.8)
+    text = to_markdown(study_report(tmp_path, tmp_path / "plots"), tmp_path)
+    assert "| m | LoRA | train_count 8 | 8 | 50.0 [40.0, 60.0] n=50 |" in text
+    assert "| m | LoRA | 50% of the training split | 72 | 80.0 [70.0, 90.0] n=50 |" in text
+    assert "| m | LoRA | train_count 500 | 144 of 500 asked | 90.0 [80.0, 100.0] n=50 |" in text
+    assert " 1 of the data" not in text
+    assert "Wilson score interval" in text

@@ -106,6 +106,10 @@ class EvalConfig(Section):
     split: str | None = Field(None, description="None: data.eval_split")
     limit: int | None = Field(None, ge=1)
     scoring: Literal["constrained", "generate", "loglik"] = "constrained"
+    calibrate: Literal["auto", "none", "content_free"] = Field(
+        "auto", description="label scoring (constrained, loglik): content_free divides label probabilities by "
+        "those for content-free inputs (Zhao et al. 2021); auto = content_free for prompted methods (zero_shot, "
+        "few_shot), none for fine-tuned ones")
     max_new_tokens: int | None = Field(None, ge=1, description="None: 8 for classification, 96 for summaries")
     batch_size: int = Field(16, ge=1)
     bootstrap: int = Field(1000, ge=0)

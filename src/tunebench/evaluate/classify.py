@@ -14,11 +14,19 @@ and the tail's tokens removed, so a label that merges with the prompt's last cha
 model would see it. A label may follow the prompt directly or after one space ("Class:" + " sci.med"); both
 spellings are allowed, and a label's score is its best spelling. After a prompt that ends in whitespace
 only the direct spelling is used.
+
+Contextual calibration ("Calibrate Before Use", Zhao et al. 2021): a small model prompted with a long label
+list favours some labels whatever the input (SmolLM2-135M answers the first one, alt.atheism, for most 20
+Newsgroups messages). `content_free_prior` measures that bias on the same prompt with a content-free input
+("N/A", "", "[MASK]"; probabilities averaged over the three), and the scores are divided by it (log-probabilities
+minus the prior's): `loglik` subtracts each label's prior from its score (summed and length-normalised),
+`constrained` subtracts, at each trie node, the prior's next-token log-probability before the greedy choice.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +37,7 @@ from tunebench.evaluate.generation import encode, is_seq2seq, left_padded, lengt
 # Enough characters of the prompt's end to contain its last token, whatever the tokenizer.
 TAIL_CHARS = 64
 Variant = tuple[str, tuple[int, ...]]  # (label, token ids of one spelling of it)
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class ClassResult:
     scores: dict[str, float]
     mean_scores: dict[str, float] | None = None  # loglik only: per-token (length-normalised) log-probability
     n_tokens: int = 0  # tokens decoded (constrained)
+    raw: ClassResult | None = None  # loglik calibrated: the uncalibrated result it was made from
 
     @property
     def label_by_mean(self) -> str | None:
@@ -103,8 +113,13 @@ class LabelTrie:
 
 
 def constrained_classify(model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str], *,
-                         batch_size: int = 16, on_progress: Callable[[int], None] | None = None) -> list[ClassResult]:
-    """Greedy decoding restricted to the labels' token sequences; always returns a label."""
+                         batch_size: int = 16, prior: LabelPrior | None = None,
+                         on_progress: Callable[[int], None] | None = None) -> list[ClassResult]:
+    """Greedy decoding restricted to the labels' token sequences; always returns a label.
+
+    With a `prior` (content_free_prior), each step picks the allowed token with the best calibrated score
+    (log-probability minus the prior's at that trie node); `scores` stay the uncalibrated log-probabilities.
+    """
     if not labels:
         raise ValueError("constrained classification needs at least one label")
     encoded = [encode(tokenizer, p) for p in prompts]
@@ -113,7 +128,7 @@ def constrained_classify(model: Any, tokenizer: Any, prompts: Sequence[str], lab
     results: list[ClassResult | None] = [None] * len(prompts)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         tries = [LabelTrie(variants[i], end_id) for i in batch]
-        rows = constrained_batch(model, tokenizer, [encoded[i] for i in batch], tries)
+        rows = constrained_batch(model, tokenizer, [encoded[i] for i in batch], tries, prior)
         for i, trie, (ids, logprobs) in zip(batch, tries, rows, strict=True):
             results[i] = read_constrained(trie, variants[i], ids, logprobs)
         if on_progress:
@@ -121,9 +136,11 @@ def constrained_classify(model: Any, tokenizer: Any, prompts: Sequence[str], lab
     return [r for r in results if r is not None]
 
 
-def constrained_batch(model: Any, tokenizer: Any, batch: list[list[int]], tries: list[LabelTrie]) -> list[Any]:
+def constrained_batch(model: Any, tokenizer: Any, batch: list[list[int]], tries: list[LabelTrie],
+                      prior: LabelPrior | None = None) -> list[Any]:
     """One padded batch of trie-constrained greedy decoding: per row, (generated ids, per-step log-probs)."""
     import torch
+    from transformers import LogitsProcessorList
 
     from tunebench.evaluate.generation import generation_config
 
@@ -136,9 +153,10 @@ def constrained_batch(model: Any, tokenizer: Any, batch: list[list[int]], tries:
     longest = max(len(ids) for trie in tries for ids in trie.complete)
     config = generation_config(model, tokenizer, max_new_tokens=longest + 1, do_sample=False, temperature=1.0,
                                top_p=1.0, output_logits=True, return_dict_in_generate=True)
+    processors = LogitsProcessorList([SubtractNodePrior(prior.nodes, offset)] if prior else [])
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                             prefix_allowed_tokens_fn=allowed)
+                             prefix_allowed_tokens_fn=allowed, logits_processor=processors)
     steps = torch.stack(out.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab), unconstrained
     generated = out.sequences[:, offset:]
     return [(generated[row].tolist(), steps[row]) for row in range(len(batch))]
@@ -160,6 +178,106 @@ def read_constrained(trie: LabelTrie, variants: Sequence[Variant], ids: list[int
     return ClassResult(label, scores, n_tokens=end + 1)
 
 
+class SubtractNodePrior:
+    """A logits processor: at each trie node, subtract the content-free prior's next-token log-probabilities.
+
+    Tokens the prior does not cover are left alone (the trie constraint masks them anyway); rows whose ids
+    are no trie node (finished, padded) are unchanged. Out of place: generate keeps the raw logits.
+    """
+
+    def __init__(self, nodes: dict[tuple[int, ...], dict[int, float]], offset: int) -> None:
+        self.nodes = nodes
+        self.offset = offset
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        shift = torch.zeros_like(scores)
+        for row in range(input_ids.shape[0]):
+            node = self.nodes.get(tuple(input_ids[row, self.offset:].tolist()))
+            if node:
+                shift[row, list(node)] = torch.tensor(list(node.values()), dtype=scores.dtype, device=scores.device)
+        return scores - shift
+
+
+# ---------------------------------------------------------------- contextual calibration
+
+
+@dataclass(frozen=True)
+class LabelPrior:
+    """What the model answers when the input says nothing: log of probabilities averaged over content-free
+    prompts. `sums` / `means`: each label's summed / per-token log-probability (best spelling); `nodes`:
+    at each node of the label trie, the log-probability of every allowed next token (the end token too)."""
+
+    sums: dict[str, float]
+    means: dict[str, float]
+    nodes: dict[tuple[int, ...], dict[int, float]]
+
+    def label_probabilities(self) -> dict[str, float]:
+        """The prior over the labels (summed scores, normalised to 1): how biased the prompt is."""
+        top = max(self.sums.values())
+        weights = {label: math.exp(v - top) for label, v in self.sums.items()}
+        total = sum(weights.values())
+        return {label: w / total for label, w in weights.items()}
+
+
+def content_free_prior(model: Any, tokenizer: Any, content_free_prompts: Sequence[str], prompts: Sequence[str],
+                       labels: Sequence[str]) -> LabelPrior:
+    """The label prior on content-free prompts (the task's prompt with a content-free input).
+
+    Label sequence priors use each content-free prompt's own label spellings; the trie-node priors cover
+    every spelling that follows any of `prompts` (one label trie for prompts that share their tail).
+    """
+    if not content_free_prompts:
+        raise ValueError("contextual calibration needs at least one content-free prompt")
+    seq2seq = is_seq2seq(model)
+    spellings = sorted({ids for p in prompts for _, ids in label_variants(tokenizer, p, labels, seq2seq=seq2seq)})
+    end_id = tokenizer.eos_token_id
+    trie = LabelTrie([("", ids) for ids in spellings], end_id)
+    sums: list[dict[str, float]] = []
+    means: list[dict[str, float]] = []
+    nodes: list[dict[tuple[int, ...], dict[int, float]]] = []
+    for cf_prompt in content_free_prompts:
+        variants = label_variants(tokenizer, cf_prompt, labels, seq2seq=seq2seq)
+        sequences = sorted({*spellings, *(ids for _, ids in variants)})  # usually the same spellings
+        steps = dict(zip(sequences, step_logprobs(model, tokenizer, encode(tokenizer, cf_prompt), sequences),
+                         strict=True))
+        result = label_scores(variants, [summed(steps[ids], ids) for _, ids in variants])
+        sums.append(result.scores)
+        means.append(result.mean_scores or {})
+        nodes.append(node_logprobs(trie, spellings, [steps[ids] for ids in spellings]))
+    return LabelPrior(log_mean_exp(sums), log_mean_exp(means), {
+        node: log_mean_exp([n[node] for n in nodes]) for node in nodes[0]})
+
+
+def node_logprobs(trie: LabelTrie, spellings: list[tuple[int, ...]], steps: list[Any]) -> dict[tuple[int, ...],
+                                                                                              dict[int, float]]:
+    """Per trie node, the log-probabilities of its allowed next tokens, read off the label sequences' steps."""
+    nodes: dict[tuple[int, ...], dict[int, float]] = {}
+    for ids, rows in zip(spellings, steps, strict=True):
+        for j in range(len(ids) + 1):
+            node = ids[:j]
+            if node not in nodes:
+                nodes[node] = {token: float(rows[j, token]) for token in trie.allowed(node)}
+    return nodes
+
+
+def log_mean_exp(dicts: list[dict[Any, float]]) -> dict[Any, float]:
+    """log of the mean of exp(value), key by key: log-probabilities averaged as probabilities."""
+    return {key: math.log(sum(math.exp(d[key]) for d in dicts) / len(dicts)) for key in dicts[0]}
+
+
+def calibrated(results: Sequence[ClassResult], prior: LabelPrior) -> list[ClassResult]:
+    """loglik results divided by the content-free prior (the uncalibrated result is kept as `raw`)."""
+    out = []
+    for result in results:
+        scores = {label: v - prior.sums[label] for label, v in result.scores.items()}
+        means = ({label: v - prior.means[label] for label, v in result.mean_scores.items()}
+                 if result.mean_scores is not None else None)
+        out.append(ClassResult(max(scores, key=scores.__getitem__), scores, means, result.n_tokens, raw=result))
+    return out
+
+
 # ---------------------------------------------------------------- log-likelihood ranking
 
 
@@ -169,38 +287,54 @@ def loglik_classify(model: Any, tokenizer: Any, prompts: Sequence[str], labels: 
     results = []
     for prompt in prompts:
         variants = label_variants(tokenizer, prompt, labels, seq2seq=is_seq2seq(model))
-        sums = variant_logprobs(model, tokenizer, encode(tokenizer, prompt), [ids for _, ids in variants])
-        scores: dict[str, float] = {}
-        means: dict[str, float] = {}
-        for (label, ids), total in zip(variants, sums, strict=True):
-            scores[label] = max(scores.get(label, float("-inf")), total)
-            means[label] = max(means.get(label, float("-inf")), total / len(ids))
-        results.append(ClassResult(max(scores, key=scores.__getitem__), scores, means))
+        results.append(label_scores(variants, variant_logprobs(model, tokenizer, encode(tokenizer, prompt),
+                                                               [ids for _, ids in variants])))
         if on_progress:
             on_progress(1)
     return results
 
 
+def label_scores(variants: Sequence[Variant], sums: Sequence[float]) -> ClassResult:
+    """Each label's best spelling, summed and per token; the label with the best sum wins."""
+    scores: dict[str, float] = {}
+    means: dict[str, float] = {}
+    for (label, ids), total in zip(variants, sums, strict=True):
+        scores[label] = max(scores.get(label, float("-inf")), total)
+        means[label] = max(means.get(label, float("-inf")), total / len(ids))
+    return ClassResult(max(scores, key=scores.__getitem__), scores, means)
+
+
 def variant_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], variants: list[tuple[int, ...]]) -> list[float]:
     """Summed log-probability of each token sequence after the prompt; the prompt is computed once."""
+    steps = step_logprobs(model, tokenizer, prompt_ids, variants)
+    return [summed(rows, ids) for rows, ids in zip(steps, variants, strict=True)]
+
+
+def summed(rows: Any, ids: tuple[int, ...]) -> float:
+    """A sequence's log-probability from its step log-probabilities (row j predicts token j)."""
+    return float(sum(rows[j, token] for j, token in enumerate(ids)))
+
+
+def step_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: list[tuple[int, ...]]) -> list[Any]:
+    """Per sequence, a (len + 1, vocab) tensor: row j is log P(next token | prompt, sequence[:j]).
+
+    The prompt runs once; its KV cache is repeated across the sequences, which run as one right-padded batch.
+    """
     import torch
 
     with torch.inference_mode():
         if is_seq2seq(model):
-            return seq2seq_logprobs(model, tokenizer, prompt_ids, variants)
+            return seq2seq_steps(model, tokenizer, prompt_ids, sequences)
         out = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
         first = out.logits[0, -1].float().log_softmax(dim=-1)
-        totals = [float(first[ids[0]]) for ids in variants]
-        if max(len(ids) for ids in variants) == 1:
-            return totals
-        # The rest of every label in one batch against the prompt's cache, repeated once per label.
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        cache.batch_repeat_interleave(len(variants))
-        feed, feed_mask = right_padded([ids[:-1] for ids in variants], pad_id(tokenizer), model.device)
-        mask = torch.cat([torch.ones((len(variants), len(prompt_ids)), dtype=torch.long, device=model.device),
+        cache.batch_repeat_interleave(len(sequences))
+        feed, feed_mask = right_padded(sequences, pad_id(tokenizer), model.device)
+        mask = torch.cat([torch.ones((len(sequences), len(prompt_ids)), dtype=torch.long, device=model.device),
                           feed_mask], dim=1)
         logits = model(input_ids=feed, attention_mask=mask, use_cache=True, **{cache_argument(model): cache}).logits
-        return add_rest(totals, logits.float().log_softmax(dim=-1), variants)
+        rest = logits.float().log_softmax(dim=-1)  # position j of the batch predicts token j + 1
+        return [torch.cat([first[None], rest[k, :len(ids)]]) for k, ids in enumerate(sequences)]
 
 
 def cache_argument(model: Any) -> str:
@@ -209,24 +343,18 @@ def cache_argument(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def seq2seq_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], variants: list[tuple[int, ...]]) -> list[float]:
-    """The encoder runs once; its output is shared by a batch of decoder passes, one per label."""
+def seq2seq_steps(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: list[tuple[int, ...]]) -> list[Any]:
+    """The encoder runs once; its output is shared by a batch of decoder passes, one per sequence."""
     import torch
 
     source = torch.tensor([prompt_ids], device=model.device)
-    encoded = model.get_encoder()(input_ids=source).last_hidden_state.expand(len(variants), -1, -1)
+    encoded = model.get_encoder()(input_ids=source).last_hidden_state.expand(len(sequences), -1, -1)
     start = model.generation_config.decoder_start_token_id
-    feed, feed_mask = right_padded([(start, *ids[:-1]) for ids in variants], pad_id(tokenizer), model.device)
-    logits = model(encoder_outputs=(encoded,), attention_mask=torch.ones_like(source).expand(len(variants), -1),
+    feed, feed_mask = right_padded([(start, *ids) for ids in sequences], pad_id(tokenizer), model.device)
+    logits = model(encoder_outputs=(encoded,), attention_mask=torch.ones_like(source).expand(len(sequences), -1),
                    decoder_input_ids=feed, decoder_attention_mask=feed_mask).logits
     logprobs = logits.float().log_softmax(dim=-1)
-    return [float(sum(logprobs[k, j, token] for j, token in enumerate(ids))) for k, ids in enumerate(variants)]
-
-
-def add_rest(totals: list[float], logprobs: Any, variants: list[tuple[int, ...]]) -> list[float]:
-    """Add the log-probabilities of tokens 2..n; position j of the label batch predicts token j + 1."""
-    return [total + float(sum(logprobs[k, j, ids[j + 1]] for j in range(len(ids) - 1)))
-            for k, (total, ids) in enumerate(zip(totals, variants, strict=True))]
+    return [logprobs[k, :len(ids) + 1] for k, ids in enumerate(sequences)]
 
 
 def right_padded(rows: list[tuple[int, ...]], pad: int, device: Any) -> tuple[Any, Any]:

@@ -8,7 +8,8 @@ whitespace (a simple splitter, no nltk model; abbreviations such as "Dr. Who" sp
 prediction and the reference alike).
 
 Confidence intervals are 95% percentile bootstraps over examples with a fixed seed, so a rerun reproduces
-them exactly.
+them exactly; proportions (accuracy, exact match) use the Wilson score interval instead, which stays honest at
+0% and 100%, where every bootstrap resample is the same and the interval collapses to a point.
 """
 
 from __future__ import annotations
@@ -116,6 +117,23 @@ def mean_ci(values: Sequence[float], *, resamples: int = 1000, seed: int = 0,
     data = np.asarray(values, dtype=float)
     means = data[resample_indices(len(data), resamples, seed)].mean(axis=1)
     return percentiles(means, level)
+
+
+def proportion_ci(hits: Sequence[float], *, resamples: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> list[float] | None:
+    """Wilson score interval of the share of 1s in `hits` (0/1 values); None where `mean_ci` gives None
+    (no examples, or intervals switched off with resamples=0). `seed` is accepted for the same call shape."""
+    import math
+    from statistics import NormalDist
+
+    if resamples <= 0 or len(hits) == 0:
+        return None
+    n, share = len(hits), sum(hits) / len(hits)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    # at 0% or 100% the bound on that side is exactly the observed share (rounding would miss it)
+    return [0.0 if share == 0 else centre - half, 1.0 if share == 1 else centre + half]
 
 
 def macro_f1_ci(preds: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, seed: int = 0,

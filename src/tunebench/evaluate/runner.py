@@ -4,8 +4,8 @@
     evaluate(cell, loaded, out_dir)     the same on an already loaded model, into any directory
 
 Outputs: `predictions.jsonl` (one line per example, skipped ones included and marked), `metrics.json`
-(metrics with 95% bootstrap intervals, counts of skipped and truncated prompts and why, speed, model note)
-and, for classification, `confusion.png`.
+(metrics with 95% intervals, Wilson for proportions and bootstrap otherwise, counts of skipped and truncated
+prompts and why, speed, model note) and, for classification, `confusion.png`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunebench.config.schema import CellConfig
+from tunebench.config.schema import PROMPT_METHODS, CellConfig
 from tunebench.errors import UserError
 from tunebench.evaluate import metrics as m
 from tunebench.evaluate.generation import Generation
@@ -83,11 +83,14 @@ def evaluate(cell: CellConfig, loaded: Loaded, out_dir: Path, *, limit: int | No
         raise UserError(f"all {len(prompts)} prompts were too long for the model's context and were skipped "
                         "(prompt.context_policy=skip)", "use --set prompt.context_policy=truncate, fewer few-shot "
                         "examples (prompt.few_shot_examples), or a model with a longer context")
+    content_free = content_free_prompts(cell, loaded, builder, labels)
     with progress_bar(len(kept), f"eval {cell.method} on {eval_split(cell)}", progress) as advance:
         start = time.perf_counter()
-        outputs = predict(cell, loaded, kept, labels, builder.stops_for(cell.method), advance)
+        outputs, prior = predict(cell, loaded, kept, labels, builder.stops_for(cell.method), advance, content_free)
         wall = time.perf_counter() - start
     scored = score(cell, outputs, [ex.target for ex, _ in kept], labels)
+    if cell.data.task == "classification":
+        scored.extra["calibration"] = calibration_record(cell, loaded, prior)
     result = metrics_document(cell, loaded, data, prompts, builder, scored, wall, load_seconds)
     write_outputs(out_dir, examples, prompts, scored, result)
     if progress:
@@ -123,13 +126,48 @@ def limited(examples: list[Any], limit: int | None, seed: int, task: str, split:
 # ---------------------------------------------------------------- scoring
 
 
+def calibration(cell: CellConfig, loaded: Loaded) -> str:
+    """The calibration a cell's label scoring uses: none for free generation and classifier heads; `auto` is
+    content_free for prompted methods (it lifts SmolLM2-135M's zero-shot accuracy on the built-in set and on
+    20 Newsgroups; numbers in the README) and none for fine-tuned ones, which learned the labels' prior."""
+    if cell.data.task != "classification" or cell.eval.scoring == "generate" or loaded.source.kind == "encoder":
+        return "none"
+    if cell.eval.calibrate == "auto":
+        return "content_free" if cell.method in PROMPT_METHODS else "none"
+    return cell.eval.calibrate
+
+
+def content_free_prompts(cell: CellConfig, loaded: Loaded, builder: Any, labels: list[str] | None) -> list[str]:
+    """The cell's prompt with each content-free input in place of the text (few-shot examples kept)."""
+    from tunebench.data.records import Example
+    from tunebench.evaluate.classify import CONTENT_FREE_INPUTS
+
+    if calibration(cell, loaded) != "content_free" or not labels:
+        return []
+    prompts = [builder.for_method(cell.method, Example(f"content-free-{i}", text, labels[0]))
+               for i, text in enumerate(CONTENT_FREE_INPUTS)]
+    return [p.text for p in prompts if not p.skipped]
+
+
+def calibration_record(cell: CellConfig, loaded: Loaded, prior: Any) -> dict[str, Any]:
+    """What metrics.json says about calibration: the method, and the content-free label prior it removed."""
+    from tunebench.evaluate.classify import CONTENT_FREE_INPUTS
+
+    record: dict[str, Any] = {"method": calibration(cell, loaded), "setting": cell.eval.calibrate}
+    if prior is not None:
+        record["content_free_inputs"] = list(CONTENT_FREE_INPUTS)
+        record["label_prior"] = {label: round(p, 4) for label, p in prior.label_probabilities().items()}
+    return record
+
+
 def max_new_tokens(cell: CellConfig) -> int:
     return cell.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[cell.data.task]
 
 
 def predict(cell: CellConfig, loaded: Loaded, kept: list[tuple[Any, Any]], labels: list[str] | None,
-            stop: list[str], advance: Callable[[int], None]) -> list[Any]:
-    """The model's work, and all of what examples/s measures: Generations or ClassResults, in order."""
+            stop: list[str], advance: Callable[[int], None], content_free: list[str]) -> tuple[list[Any], Any]:
+    """The model's work, and all of what examples/s measures: Generations or ClassResults, in order, and the
+    content-free label prior when calibrating (its few forward passes are part of the measured time)."""
     from tunebench.evaluate import classify
     from tunebench.evaluate.generation import generate
 
@@ -140,13 +178,16 @@ def predict(cell: CellConfig, loaded: Loaded, kept: list[tuple[Any, Any]], label
             raise UserError(f"{cell.model.name} is an encoder classifier; it cannot summarize",
                             "evaluate summarization with a causal or seq2seq model")
         return classify.head_classify(model, tok, [ex.input for ex, _ in kept], labels, batch_size=batch,
-                                      on_progress=advance)
+                                      on_progress=advance), None
     if cell.data.task == "summarization" or cell.eval.scoring == "generate":
         return generate(model, tok, prompts, max_new_tokens=max_new_tokens(cell), stop=stop, batch_size=batch,
-                        engine=cell.eval.engine, on_progress=advance)
+                        engine=cell.eval.engine, on_progress=advance), None
+    prior = classify.content_free_prior(model, tok, content_free, prompts, labels) if content_free else None
     if cell.eval.scoring == "loglik":
-        return classify.loglik_classify(model, tok, prompts, labels, on_progress=advance)
-    return classify.constrained_classify(model, tok, prompts, labels, batch_size=batch, on_progress=advance)
+        results = classify.loglik_classify(model, tok, prompts, labels, on_progress=advance)
+        return (classify.calibrated(results, prior) if prior else results), prior
+    return classify.constrained_classify(model, tok, prompts, labels, batch_size=batch, prior=prior,
+                                         on_progress=advance), prior
 
 
 def score(cell: CellConfig, outputs: list[Any], refs: list[str], labels: list[str] | None) -> Scored:
@@ -160,11 +201,19 @@ def score(cell: CellConfig, outputs: list[Any], refs: list[str], labels: list[st
         record["label_scores"] = {label: round(v, 4) for label, v in result.scores.items()}
     scored.generated_tokens = sum(r.n_tokens for r in outputs)
     if outputs and outputs[0].mean_scores is not None:  # loglik: the length-normalised ranking too
-        by_mean = [r.label_by_mean for r in outputs]
-        scored.metrics["accuracy_length_normalised"] = accuracy_with_ci(by_mean, refs, boot)
-        for record, label in zip(scored.records, by_mean, strict=True):
-            record["prediction_length_normalised"] = label
+        add_ranking(scored, [r.label_by_mean for r in outputs], refs, boot, "length_normalised")
+    if outputs and outputs[0].raw is not None:  # loglik calibrated: the uncalibrated rankings too
+        raw = [r.raw for r in outputs]
+        add_ranking(scored, [r.label for r in raw], refs, boot, "uncalibrated")
+        add_ranking(scored, [r.label_by_mean for r in raw], refs, boot, "length_normalised_uncalibrated")
     return scored
+
+
+def add_ranking(scored: Scored, preds: list[str | None], refs: list[str], boot: dict[str, int], name: str) -> None:
+    """Another ranking of the same scores: accuracy_<name> in the metrics, prediction_<name> per record."""
+    scored.metrics[f"accuracy_{name}"] = accuracy_with_ci(preds, refs, boot)
+    for record, label in zip(scored.records, preds, strict=True):
+        record[f"prediction_{name}"] = label
 
 
 def score_summaries(outputs: list[Any], refs: list[str], boot: dict[str, int]) -> Scored:
@@ -189,8 +238,8 @@ def score_generated(outputs: list[Any], refs: list[str], labels: list[str], boot
     scored = scored_labels(parsed, refs, labels, boot)
     exact = [float(g.text.strip() == ref) for g, ref in zip(outputs, refs, strict=True)]
     invalid = [float(p is None) for p in parsed]
-    scored.metrics["raw_exact_match"] = with_ci(sum(exact) / max(1, len(exact)), m.mean_ci(exact, **boot))
-    scored.metrics["invalid_rate"] = with_ci(sum(invalid) / max(1, len(invalid)), m.mean_ci(invalid, **boot))
+    scored.metrics["raw_exact_match"] = with_ci(sum(exact) / max(1, len(exact)), m.proportion_ci(exact, **boot))
+    scored.metrics["invalid_rate"] = with_ci(sum(invalid) / max(1, len(invalid)), m.proportion_ci(invalid, **boot))
     for record, g, hit in zip(scored.records, outputs, exact, strict=True):
         record.update(raw_output=g.text, exact_match=bool(hit), generated_tokens=g.n_tokens)
     scored.generated_tokens = sum(g.n_tokens for g in outputs)
@@ -210,7 +259,7 @@ def scored_labels(preds: list[str | None], refs: list[str], labels: list[str], b
 
 def accuracy_with_ci(preds: list[str | None], refs: list[str], boot: dict[str, int]) -> dict[str, Any]:
     hits = [float(p == r) for p, r in zip(preds, refs, strict=True)]
-    return with_ci(sum(hits) / max(1, len(hits)), m.mean_ci(hits, **boot))
+    return with_ci(sum(hits) / max(1, len(hits)), m.proportion_ci(hits, **boot))
 
 
 def with_ci(value: float, ci: list[float] | None) -> dict[str, Any]:
@@ -242,6 +291,7 @@ def metrics_document(cell: CellConfig, loaded: Loaded, data: Any, prompts: list[
         "speed": speed(n_evaluated, scored.generated_tokens, wall, load_seconds),
         "bootstrap": {"resamples": cell.eval.bootstrap, "seed": cell.data.seed, "level": 0.95},
         "settings": {"dtype": str(loaded.model.dtype).removeprefix("torch."), "engine": cell.eval.engine,
+                     "calibrate": calibration(cell, loaded),
                      "batch_size": cell.eval.batch_size,
                      "max_new_tokens": max_new_tokens(cell),
                      "few_shot_examples": cell.prompt.few_shot_examples if cell.method == "few_shot" else None,

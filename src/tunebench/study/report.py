@@ -44,6 +44,12 @@ from tunebench.study.results import (
 # throughput; when even that is missing, from this stated throughput.
 FALLBACK_TOKENS_PER_SECOND = 1000.0
 FALLBACK_INSTANCE = "cpu-2core"
+INTERVALS = {  # how evaluate.metrics computes each headline metric's interval
+    "accuracy": "Wilson score interval, honest at 0% and 100%",
+    "rouge1": "percentile bootstrap over the examples",
+}
+INTERVAL_NOTE = ("Accuracy: Wilson score intervals; macro-F1 and ROUGE: percentile bootstrap over the examples, "
+                 "which collapses to a point when every example scores the same (e.g. macro-F1 at 100%).")
 
 
 # ---------------------------------------------------------------- the document
@@ -176,8 +182,8 @@ def quality_section(results: StudyResults, report: Report, plots_dir: Path) -> N
         methods = methods_in(chosen)
         rows = [[model] + [fmt(chosen[(model, m)][0].value(primary), primary) if (model, m) in chosen else "–"
                            for m in methods] for model in results.models(task)]
-        table = Table(["model", *[label(m) for m in methods]], rows,
-                      f"{METRIC_LABEL[primary]} on the test split, 95% bootstrap interval in brackets and n.")
+        caption = f"{METRIC_LABEL[primary]} on the test split, 95% interval in brackets ({INTERVALS[primary]}) and n."
+        table = Table(["model", *[label(m) for m in methods]], rows, caption)
         report.add(table)
         report.headline.append(Table(table.headers, rows, f"{task}: {METRIC_LABEL[primary]}"))
         report.add(Figure(quality_plot(results, task, chosen, methods, plots_dir),
@@ -187,7 +193,7 @@ def quality_section(results: StudyResults, report: Report, plots_dir: Path) -> N
             values = [fmt(entry.value(name), name) for name in [primary, *SECONDARY[task]]]
             detail_rows.append([entry.first.model, label(method), *values, config_note(entry, of), entry.ids])
         report.add(Table(["model", "method", *[METRIC_LABEL[n] for n in [primary, *SECONDARY[task]]], "setting",
-                          "cell"], detail_rows, "Every metric of each row above."))
+                          "cell"], detail_rows, f"Every metric of each row above. {INTERVAL_NOTE}"))
         sample_efficiency(results, task, report, plots_dir)
         model_comparison(results, task, chosen, report)
         lora_ablation(results, task, report, plots_dir)
@@ -249,8 +255,7 @@ def sample_efficiency(results: StudyResults, task: str, report: Report, plots_di
         points = [(e, v) for e, v in points if v is not None]
         for entry, value in points:
             c = entry.first
-            rows.append([c.model, label(c.method), training_set(c),
-                         str(c.train_examples) if c.train_examples is not None else "?", fmt(value, primary)])
+            rows.append([c.model, label(c.method), training_set(c), examples_used(c), fmt(value, primary)])
         scale = scale_of(primary)
         series.append(plots.Series(
             series_label(curve[0], ("data.train_fraction",)), [e.first.train_size for e, _ in points],
@@ -265,9 +270,18 @@ def sample_efficiency(results: StudyResults, task: str, report: Report, plots_di
 
 
 def training_set(cell: CellResult) -> str:
+    """How the cell asked for its training set: a share of the training split, a count, or all of it."""
     if cell.axes["fraction"] is not None:
-        return f"{cell.axes['fraction']:g} of the data"
-    return f"{cell.axes['count']} examples" if cell.axes["count"] is not None else "all"
+        return f"{cell.axes['fraction'] * 100:g}% of the training split"
+    return f"train_count {cell.axes['count']}" if cell.axes["count"] is not None else "all of the training split"
+
+
+def examples_used(cell: CellResult) -> str:
+    """The examples the training run actually used (fewer than a train_count asked when the split is smaller)."""
+    used, asked = cell.train_examples, cell.axes["count"]
+    if used is None:
+        return "?"
+    return f"{used} of {asked} asked" if asked is not None and used < asked else str(used)
 
 
 def prompting_levels(results: StudyResults, task: str, models: set[str]) -> dict[str, float]:

@@ -201,7 +201,7 @@ class Runner:
             again = " (again: it was interrupted)" if interrupted else " (retrying)" if retrying else ""
             self.console.print(f"[bold]{position}[/bold] {cell.id} · {stage}{again}")
         self.store.stage_started(cell.id, stage)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             action(retrying)
             result = record(time.perf_counter() - start)
@@ -218,7 +218,9 @@ class Runner:
                               artifacts=result.artifacts, detail=result.detail, inference=result.inference)
         self.tally.ran += 1
         if not quiet:
-            self.console.print(f"  [green]done[/green] {stage} in {time.perf_counter() - start:.1f} s"
+            # CPU time (all threads) beside wall time: on a shared machine the wall time alone says little
+            self.console.print(f"  [green]done[/green] {stage} in {time.perf_counter() - start:.1f} s "
+                               f"(CPU {time.process_time() - cpu_start:.1f} s)"
                                + (f" · {st.headline(result)}" if st.headline(result) else ""))
         return True
 
