@@ -39,18 +39,9 @@ LORA_B_SCALE = 0.05  # random B matrices at 5% of peft's init_lora_weights=False
 
 def tokenizer_for(out: Path) -> Any:
     """A small byte-level BPE trained here (the device has no model hub), saved beside the base."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from bpe import train_byte_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(PROMPTS * 10, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.save_pretrained(out)
-    return fast
+    return train_byte_bpe(PROMPTS * 10, 500, out)
 
 
 def build_base(name: str, out: Path) -> int:

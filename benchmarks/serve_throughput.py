@@ -90,17 +90,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def build_tokenizer(out: Path) -> Path:
     """A byte-level BPE trained in a second: random weights make any tokenizer equally good, and nothing is
     downloaded."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from bpe import train_byte_bpe
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.save_pretrained(out)
+    train_byte_bpe(CORPUS * 20, 600, out)
     return out
 
 
