@@ -134,6 +134,18 @@ def needs_embedded_model():
 
 
 @pytest.fixture(scope="session")
+def load_tiny():
+    """A function: tiny model directory -> (model in eval mode, tokenizer); seq2seq picks the T5 class."""
+    def load(model_dir, seq2seq=False):
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        return auto.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The real data in ../shared, through TUNEBENCH_SHARED; tests using it skip when it is absent."""
     value = os.environ.get("TUNEBENCH_SHARED")

@@ -30,16 +30,9 @@ PROMPTS = [
 ]
 
 
-def load(model_dir, seq2seq=False):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    return auto.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
-
-
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir", "tiny_t5_dir"])
-def test_constrained_always_returns_a_label(fixture, request):
-    model, tok = load(request.getfixturevalue(fixture), seq2seq=fixture == "tiny_t5_dir")
+def test_constrained_always_returns_a_label(fixture, request, load_tiny):
+    model, tok = load_tiny(request.getfixturevalue(fixture), seq2seq=fixture == "tiny_t5_dir")
     results = constrained_classify(model, tok, PROMPTS * 2, LABELS, batch_size=3)
     assert len(results) == 2 * len(PROMPTS)
     assert all(r.label in LABELS for r in results)
@@ -49,11 +42,11 @@ def test_constrained_always_returns_a_label(fixture, request):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir"])
-def test_constrained_is_greedy_over_the_label_trie(fixture, request):
+def test_constrained_is_greedy_over_the_label_trie(fixture, request, load_tiny):
     """Reference: one full forward pass per step, no cache, no padding; pick the best allowed token."""
     import torch
 
-    model, tok = load(request.getfixturevalue(fixture))
+    model, tok = load_tiny(request.getfixturevalue(fixture))
     results = constrained_classify(model, tok, PROMPTS, LABELS, batch_size=4)
     for prompt, result in zip(PROMPTS, results, strict=True):
         trie = LabelTrie(label_variants(tok, prompt, LABELS), tok.eos_token_id)
@@ -86,9 +79,9 @@ def brute_force(model, tok, prompt, ids, seq2seq):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir", "tiny_t5_dir"])
-def test_kv_cached_loglik_equals_brute_force(fixture, request):
+def test_kv_cached_loglik_equals_brute_force(fixture, request, load_tiny):
     seq2seq = fixture == "tiny_t5_dir"
-    model, tok = load(request.getfixturevalue(fixture), seq2seq=seq2seq)
+    model, tok = load_tiny(request.getfixturevalue(fixture), seq2seq=seq2seq)
     results = loglik_classify(model, tok, PROMPTS, LABELS)
     for prompt, result in zip(PROMPTS, results, strict=True):
         expected: dict[str, float] = {}
@@ -157,10 +150,10 @@ def brute_force_step(model, ids):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir"])
-def test_calibrated_constrained_is_greedy_over_calibrated_steps(fixture, request):
+def test_calibrated_constrained_is_greedy_over_calibrated_steps(fixture, request, load_tiny):
     """Reference: at each trie node, the allowed token with the best log P(token | prompt, path) minus
     log mean_cf P(token | content-free prompt, path), all from uncached forward passes."""
-    model, tok = load(request.getfixturevalue(fixture))
+    model, tok = load_tiny(request.getfixturevalue(fixture))
     prompts = PROMPTS[:2]
     prior = content_free_prior(model, tok, CONTENT_FREE, prompts, LABELS)
     results = constrained_classify(model, tok, prompts, LABELS, batch_size=2, prior=prior)
@@ -185,10 +178,10 @@ def test_calibrated_constrained_is_greedy_over_calibrated_steps(fixture, request
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_t5_dir"])
-def test_calibrated_loglik_is_uniform_on_the_content_free_input(fixture, request):
+def test_calibrated_loglik_is_uniform_on_the_content_free_input(fixture, request, load_tiny):
     """Divided by its own prior, a content-free input has no preference: every calibrated score is 0."""
     seq2seq = fixture == "tiny_t5_dir"
-    model, tok = load(request.getfixturevalue(fixture), seq2seq=seq2seq)
+    model, tok = load_tiny(request.getfixturevalue(fixture), seq2seq=seq2seq)
     prior = content_free_prior(model, tok, CONTENT_FREE[:1], CONTENT_FREE[:1], LABELS)
     raw = loglik_classify(model, tok, CONTENT_FREE[:1], LABELS)[0]
     assert max(raw.scores.values()) - min(raw.scores.values()) > 0.1  # the model is biased before calibration

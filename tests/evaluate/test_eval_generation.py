@@ -16,16 +16,9 @@ PROMPTS = [
 ]
 
 
-def load(model_dir, seq2seq=False):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    return auto.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
-
-
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir", "tiny_t5_dir"])
-def test_greedy_batched_equals_unbatched(fixture, request):
-    model, tok = load(request.getfixturevalue(fixture), seq2seq=fixture == "tiny_t5_dir")
+def test_greedy_batched_equals_unbatched(fixture, request, load_tiny):
+    model, tok = load_tiny(request.getfixturevalue(fixture), seq2seq=fixture == "tiny_t5_dir")
     batched = generate(model, tok, PROMPTS, max_new_tokens=10, batch_size=4)
     one_by_one = [generate(model, tok, [p], max_new_tokens=10, batch_size=1)[0] for p in PROMPTS]
     assert batched == one_by_one
@@ -33,8 +26,8 @@ def test_greedy_batched_equals_unbatched(fixture, request):
     assert [g.prompt_tokens for g in batched] == [len(tok(p)["input_ids"]) for p in PROMPTS]
 
 
-def test_stop_strings_cut_the_text_and_count_as_stop(tiny_llama_dir):
-    model, tok = load(tiny_llama_dir)
+def test_stop_strings_cut_the_text_and_count_as_stop(tiny_llama_dir, load_tiny):
+    model, tok = load_tiny(tiny_llama_dir)
     free = generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=3)
     stop = free[0].text[2:4]  # a string the first continuation contains
     stopped = generate(model, tok, PROMPTS, max_new_tokens=12, stop=[stop], batch_size=3)
