@@ -69,6 +69,7 @@ BAD_INPUT = {
     "bad duration": (["--duration", "soon"], "--duration"),
     "bad api": (["--api", "grpc"], "allowed: tgi, openai, naive"),
     "naive cannot stream": (["--api", "naive", "--stream"], "cannot stream"),
+    "naive has no adapters": (["--api", "naive", "--model", "lora"], "no model or adapter field"),
 }
 
 

@@ -136,9 +136,14 @@ def test_a_freed_slot_is_reused_and_the_batch_stays_compact(llama):
 
 
 def test_compaction_moves_the_tail_rows_into_the_holes():
+    """Keys, values and each row's next input (token, position, write column) move together; the rows left
+    behind are idle again (token 0 at position 0 into the scratch column)."""
+    from types import SimpleNamespace
+
     import torch
 
     from tunebench.serve.engine import SlotBatch
+    from tunebench.serve.graphs import DecodeRunner
     from tunebench.serve.kvcache import SlotCache
 
     cache = SlotCache(2, 4, 9, 1, 2, torch.float32, torch.device("cpu"))
@@ -146,17 +151,20 @@ def test_compaction_moves_the_tail_rows_into_the_holes():
         for slot in range(4):
             cache.keys[layer][slot] = slot + 10 * layer
             cache.values[layer][slot] = -(slot + 10 * layer)
-    batch = SlotBatch(cache)
+    runner = DecodeRunner(SimpleNamespace(config=SimpleNamespace()), cache, "past_key_values", use_graphs=False)
+    batch = SlotBatch(runner)
     for slot in range(4):
-        batch.add(f"seq{slot}", 3 + slot, 100 + slot)  # type: ignore[arg-type]
+        batch.add(f"seq{slot}", 3 + slot)  # type: ignore[arg-type]
+    runner.start_rows(0, [3, 4, 5, 6], [100, 101, 102, 103])
     batch.keep([0, 2, 3])  # seq1 leaves: seq3 (the tail) moves into slot 1
     assert batch.seqs == ["seq0", "seq3", "seq2"] and batch.lengths == [3, 6, 5]
-    assert batch.next_tokens == [100, 103, 102]
+    assert runner.inputs.tolist() == [[100, 103, 102, 0], [3, 6, 5, 0], [3, 6, 5, cache.scratch]]
     for layer in range(2):
         assert torch.all(cache.keys[layer][1, :, :6] == 3 + 10 * layer)
         assert torch.all(cache.values[layer][1, :, :6] == -(3 + 10 * layer))
     batch.keep([1])
     assert batch.seqs == ["seq3"] and torch.all(cache.keys[0][0, :, :6] == 3)
+    assert runner.inputs[:, 0].tolist() == [103, 6, 6] and runner.inputs[2, 1:].tolist() == [cache.scratch] * 3
 
 
 def test_decode_buckets_cover_every_row_and_column(llama):
@@ -168,3 +176,22 @@ def test_decode_buckets_cover_every_row_and_column(llama):
     assert [runner.batch_bucket(n) for n in (31, 33, 64, 65, 145, 256)] == [32, 64, 64, 96, 160, 256]
     runner.cache.max_len = 1025
     assert [runner.width_bucket(n) for n in (129, 193, 300, 513, 1024)] == [192, 256, 320, 1024, 1024]
+
+
+def test_the_next_step_is_launched_before_the_tokens_are_read(llama):
+    """Greedy rows are read while the next step runs, so a finished sequence is found one step late: n tokens
+    take n decode launches after the prefill (the last one's token is dropped). A sampling row is chosen on the
+    host from each step's logits, so it is read at once and takes n - 1."""
+    from tunebench.serve.engine import GenerationRequest
+    from tunebench.serve.sampling import SamplingParams
+
+    greedy = request(llama, PROMPTS[0], 5)
+    engine = engine_for(llama)
+    assert len(asyncio.run(run_schedule(engine, [(greedy, None)]))[0]) == 5
+    assert engine.profile.steps == 5 and not engine._pending
+
+    sampled = GenerationRequest(greedy.prompt_ids, SamplingParams(max_new_tokens=5, do_sample=True, seed=3,
+                                                                  ignore_eos=True))
+    engine = engine_for(llama)
+    assert len(asyncio.run(run_schedule(engine, [(sampled, None)]))[0]) == 5
+    assert engine.profile.steps == 4

@@ -201,8 +201,9 @@ def loadtest(
     url: str = typer.Option(..., "--url", help="the server's base URL, e.g. http://127.0.0.1:8080"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="TUNEBENCH_API_KEY",
                                        help="sent as 'Authorization: Bearer KEY'"),
-    model: str | None = typer.Option(None, "--model", help="OpenAI 'model' field",
-                                       show_default="the first of /v1/models"),
+    model: str | None = typer.Option(None, "--model", help="OpenAI 'model' field; with --api tgi, the "
+                                       "adapter to use (TGI's parameters.adapter_id)",
+                                       show_default="the first of /v1/models; tgi: the server's default"),
     *,
     opts: LoadOptions,
 ) -> None:
@@ -213,7 +214,7 @@ def loadtest(
     from tunebench.loadtest.runner import LoadtestJob, is_loopback, one_line_summary, prepare, run_loadtest
 
     cfg = opts.config()
-    prepare(url, cfg)  # every check that needs neither the server nor a tokenizer, first
+    prepare(url, cfg, api_key, model)  # every check that needs neither the server nor a tokenizer, first
     tokenizer = opts.tokenizer or DEFAULT_TOKENIZER
     out = opts.out_dir("loadtest")
     job = LoadtestJob(url, cfg, opts.prompt_set(cfg, tokenizer), out, counter=load_counter(tokenizer),

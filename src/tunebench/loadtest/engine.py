@@ -43,7 +43,7 @@ class Target:
     url: str  # base URL without a trailing slash; the protocol adds its route
     api: Api
     api_key: str | None = None
-    model: str | None = None  # the OpenAI 'model' field
+    model: str | None = None  # the OpenAI 'model' field; TGI: the adapter_id
 
     def endpoint(self, stream: bool) -> str:
         path = self.api.path(stream)

@@ -81,6 +81,8 @@ class TgiApi(Api):
 
     def body(self, prompt: str, *, max_new_tokens: int, ignore_eos: bool, stream: bool, model: str | None) -> dict:
         params: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "details": True}
+        if model:
+            params["adapter_id"] = model  # TGI's multi-LoRA field: which loaded adapter answers
         if ignore_eos:
             params["ignore_eos"] = True  # an extension (vLLM has it, tunebench serve has it); TGI ignores it
         return {"inputs": prompt, "parameters": params}

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunebench.config.schema import LoadtestConfig
 from tunebench.cost import Price
+from tunebench.errors import UserError
 from tunebench.loadtest.engine import LoadClient, Record, Target, check_url, run_schedule
 from tunebench.loadtest.inference_cost import cost_at_max_rate
 from tunebench.loadtest.metrics import aggregate, summarize
@@ -175,6 +176,9 @@ def prepare(url: str, cfg: LoadtestConfig, api_key: str | None = None,
             model: str | None = None) -> tuple[Target, Slo, list[float]]:
     """Every check that needs no server: URL, API, SLO, rates, request bound."""
     target = Target(check_url(url), api_for(cfg.api), api_key, model)
+    if model and cfg.api == "naive":
+        raise UserError(f"--model '{model}': the naive API (/predict) has no model or adapter field",
+                        "drop --model, or load-test the server's TGI or OpenAI route (--api tgi|openai)")
     slo = parse_slo(cfg.slo)
     rates = planned_rates(cfg)
     check_request_bound(rates, cfg)

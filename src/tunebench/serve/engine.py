@@ -13,7 +13,11 @@ per iteration, so a burst does not stall the running batch for long); `step()` t
 every running sequence in a single forward pass. The KV cache is preallocated (`tunebench.serve.kvcache`):
 one slot per sequence, each with its own length, sized to free device memory, so joining and leaving copy
 nothing but a leaving row's replacement. Decode steps run over fixed shape buckets and, on CUDA, replay
-CUDA graphs (`tunebench.serve.graphs`) with the greedy choice made on the device: one host sync per step.
+CUDA graphs (`tunebench.serve.graphs`) with the greedy choice made on the device, which also feeds it to the
+next step. So the engine launches step n+1 before it reads step n's tokens and turns them into text and
+stream events while the GPU works (vLLM's "async scheduling"); a sequence found finished then has run one
+step too many, whose token is dropped. Rows that sample or carry penalties are chosen on the host instead,
+after every earlier token was read.
 Several LoRA adapters share a batch through peft's mixed-batch `adapter_names` argument (such steps run
 eagerly); a batch whose rows all use one adapter, or none, runs in a graph.
 """
@@ -44,6 +48,9 @@ BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 ACTIVATION_RESERVE_BYTES = 6 * 2**30
 PREFILL_GROUP = 16  # waiting requests that trigger a prefill at once, whatever their wait
 GIL_SWITCH_S = 0.001
+# Rows moved by one copy in compaction: the copy goes through a temporary of every layer's columns of the
+# moved rows (32 rows of a 3B model at 256 columns: ~1.3 GB), so a mass leave is copied in groups.
+MOVE_GROUP = 32
 
 
 class Overloaded(Exception):
@@ -145,6 +152,7 @@ class Sequence:
         self.deadline = self.arrival + engine.limits.request_timeout
         self.last_token_at: float | None = None
         self.row: RowState | None = None
+        self.ended = False  # its Completion or failure was emitted: later tokens of a step in flight are dropped
 
     @property
     def done(self) -> bool:
@@ -319,6 +327,8 @@ class Engine:
         raise NotImplementedError
 
     def _emit(self, seq: Sequence, item: Any) -> None:
+        if isinstance(item, Completion | GenerationFailed):
+            seq.ended = True
         self._outbox.append((seq.handle, item))
 
     def _flush(self) -> None:
@@ -486,44 +496,60 @@ class FrequencyPresence:
 
 
 class SlotBatch:
-    """The running sequences, in slots 0..n-1 of the slot cache (row i holds `seqs[i]`).
+    """The running sequences, in rows 0..n-1 of the slot cache (row i holds `seqs[i]`).
 
-    `lengths[i]` counts the tokens of row i already in the cache, which is also the position of its next
-    token `next_tokens[i]` (sampled, not yet fed). When sequences leave, the last rows move into the holes,
-    so the occupied rows stay contiguous and a decode step reads no idle row it does not have to.
+    `lengths[i]` counts the tokens of row i in the cache once every launched step has run, which is also the
+    position of its next input (kept on the device by the runner). When sequences leave, the last rows move
+    into the holes, so the occupied rows stay contiguous and a decode step reads no idle row it does not
+    have to.
     """
 
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
         self.seqs: list[Sequence] = []
         self.lengths: list[int] = []
-        self.next_tokens: list[int] = []
 
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def add(self, seq: Sequence, length: int, first_token: int) -> None:
+    def add(self, seq: Sequence, length: int) -> None:
         self.seqs.append(seq)
         self.lengths.append(length)
-        self.next_tokens.append(first_token)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows`; move kept rows from the tail into the holes the others leave."""
         if len(rows) == len(self.seqs):
             return
-        size = len(rows)
+        size, end = len(rows), len(self.seqs)
         kept = set(rows)
         holes = [i for i in range(size) if i not in kept]
         movers = [i for i in rows if i >= size]
+        for at in range(0, len(movers), MOVE_GROUP):
+            group = movers[at:at + MOVE_GROUP]
+            self.runner.move(group, holes[at:at + MOVE_GROUP], max(self.lengths[i] for i in group))
         for src, dst in zip(movers, holes, strict=True):
-            self.cache.move(src, dst, self.lengths[src])
-            self.seqs[dst], self.lengths[dst], self.next_tokens[dst] = (self.seqs[src], self.lengths[src],
-                                                                        self.next_tokens[src])
-        del self.seqs[size:], self.lengths[size:], self.next_tokens[size:]
+            self.seqs[dst], self.lengths[dst] = self.seqs[src], self.lengths[src]
+        del self.seqs[size:], self.lengths[size:]
+        self.runner.release(size, end)
+
+
+@dataclass
+class Pending:
+    """One launched forward pass whose tokens the host has not read yet: for `seqs` (its first rows, in order),
+    either on the host already (`tokens`, `logprobs`) or being copied into `pairs`, a view of the pinned
+    `buffer` (done when `event` is)."""
+
+    seqs: list[Sequence]
+    tokens: list[int] | None = None
+    logprobs: list[float] | None = None
+    buffer: Any = None
+    pairs: Any = None
+    event: Any = None
 
 
 class StepProfile:
-    """Where the model thread's time goes, logged every `every` seconds while there is traffic."""
+    """Where the model thread's time goes, logged every `every` seconds while there is traffic. Launches are
+    asynchronous, so the GPU's own time shows up only as waiting for it: what the host could not overlap."""
 
     def __init__(self, every: float = 10.0) -> None:
         self.every = every
@@ -532,13 +558,13 @@ class StepProfile:
 
     def reset(self) -> None:
         self.steps = self.rows = self.prefills = self.prefilled = 0
-        self.device_s = self.host_s = self.prefill_s = self.sampling_s = self.iteration_s = 0.0
+        self.gpu_wait_s = self.launch_s = self.host_s = self.prefill_s = self.sampling_s = self.iteration_s = 0.0
         self.window = time.monotonic()
 
     @property
     def scheduling_s(self) -> float:
-        """Iteration time outside the measured parts: admission, pruning, buffers, Python."""
-        return max(0.0, self.iteration_s - self.device_s - self.host_s - self.sampling_s - self.prefill_s)
+        """Iteration time outside the measured parts: admission, pruning, compaction, Python."""
+        return max(0.0, self.iteration_s - self.gpu_wait_s - self.launch_s - self.host_s - self.prefill_s)
 
     def report(self) -> str | None:
         now = time.monotonic()
@@ -546,15 +572,14 @@ class StepProfile:
             return None
         wall = now - self.window
         steps = max(self.steps, 1)
-        busy = self.iteration_s
+        per_step = {name: f"{1e3 * seconds / steps:.2f} ms" for name, seconds in (
+            ("waiting for the GPU", self.gpu_wait_s), ("launch", self.launch_s), ("sampling", self.sampling_s),
+            ("tokens/streaming", self.host_s), ("scheduling", self.scheduling_s))}
         line = (f"profile: {self.steps / wall:.0f} steps/s, {self.rows / steps:.1f} rows/step, "
-                f"{self.rows / wall:.0f} tok/s; per step: device {1e3 * self.device_s / steps:.2f} ms, "
-                f"sampling {1e3 * self.sampling_s / steps:.2f} ms, "
-                f"tokens/streaming {1e3 * self.host_s / steps:.2f} ms, "
-                f"scheduling {1e3 * self.scheduling_s / steps:.2f} ms; "
-                f"prefill {self.prefills} batches ({self.prefilled} prompts) "
+                f"{self.rows / wall:.0f} tok/s; per step: " + ", ".join(f"{k} {v}" for k, v in per_step.items()) +
+                f"; prefill {self.prefills} launches ({self.prefilled} prompts) "
                 f"{1e3 * self.prefill_s / max(self.prefills, 1):.1f} ms each; "
-                f"busy {100 * busy / wall:.0f}% of {wall:.1f} s")
+                f"busy {100 * self.iteration_s / wall:.0f}% of {wall:.1f} s")
         self.reset()
         return line
 
@@ -566,8 +591,10 @@ class BatchedEngine(Engine):
     together in one left-padded forward pass (up to a token budget per iteration) straight into their slots;
     while others decode, waiting requests are held up to `prefill_delay` so prefills come in groups.
     A decode step runs every occupied row at once with per-row positions; on CUDA it replays a CUDA graph
-    captured per (batch bucket, width bucket, adapter) and the greedy choice happens on the device, so a step
-    costs one host sync. Rows that sample or carry penalties go through `choose_tokens` on the step's logits.
+    captured per (batch bucket, width bucket, adapter). The greedy choice happens on the device and feeds the
+    next step there, so each iteration launches a step and then reads the previous one's tokens while it runs
+    (`_pending` holds the launched passes not read yet). Rows that sample or carry penalties go through
+    `choose_tokens` on the step's logits, after every earlier token was read.
     """
 
     kind = "batched"
@@ -592,13 +619,14 @@ class BatchedEngine(Engine):
         self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device)
         use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
         self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
-        self.batch = SlotBatch(self.cache)
+        self.batch = SlotBatch(self.runner)
+        self._pending: deque[Pending] = deque()
         self.profile = StepProfile()
         log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache), CUDA graphs %s", self.slots, longest,
                  self.slots * per_slot / 2**30, "on" if use_graphs else "off")
 
     def _has_work(self) -> bool:
-        return bool(self._waiting) or bool(self.batch.seqs)
+        return bool(self._waiting) or bool(self.batch.seqs) or bool(self._pending)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         # The event loop and this engine's thread share the GIL; by default a thread that wants it waits up to
@@ -630,8 +658,11 @@ class BatchedEngine(Engine):
         self._prune_waiting()
         self._prune_running()
         self._admit()
-        if self.batch.seqs:
-            self.step()
+        if self._pending and any(self._chosen_on_host(s) for s in self.batch.seqs):
+            self._read_pending()  # penalties and seeded draws need every earlier token
+        launched = self.step() if self.batch.seqs else None
+        # Read what ran before; a step whose tokens are still being copied runs on while the host works.
+        self._read_pending(keep=launched if launched is not None and launched.buffer is not None else None)
         self.metrics.running.set(len(self.batch))
         self.profile.iteration_s += time.perf_counter() - started
         line = self.profile.report()
@@ -685,7 +716,8 @@ class BatchedEngine(Engine):
                 self._fail(seq, GenerationFailed("internal", f"generation failed: {type(err).__name__}: {err}"))
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        """Prefill `seqs` together (left-padded) into the slots after the running rows; take their first tokens."""
+        """Prefill `seqs` together (left-padded) into the slots after the running rows; they start decoding
+        from their first tokens, which the host reads later, like a step's."""
         import torch
 
         started = time.perf_counter()
@@ -703,19 +735,15 @@ class BatchedEngine(Engine):
                              columns + [[self.cache.scratch] * width] * idle], dtype=torch.long)
         adapter, extra = self._adapter_choice(seqs, rows)
         out = self.runner.prefill(host, list(range(first, first + count)) + [0] * idle, adapter, extra)
-        states = [s.row for s in seqs]
-        if any(r.params.do_sample or r.params.penalized for r in states):
-            tokens, logprobs = choose_tokens(out.logits[:count], states)
-        else:
-            chosen = out.chosen[:, :count].to("cpu").tolist()
-            tokens, logprobs = [int(t) for t in chosen[0]], chosen[1]
+        lengths = [len(s.request.prompt_ids) for s in seqs]
+        pending = self._chosen(out, seqs)
+        self.runner.start_rows(first, lengths, out.chosen[0] if pending.tokens is None else pending.tokens)
+        for seq, length in zip(seqs, lengths, strict=True):
+            self.batch.add(seq, length)
+        self._pending.append(pending)
         self.profile.prefills += 1
         self.profile.prefilled += count
         self.profile.prefill_s += time.perf_counter() - started
-        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
-            self.batch.add(seq, len(seq.request.prompt_ids), token)
-            self._token(seq, token, logprob)
-        self.batch.keep([i for i, seq in enumerate(self.batch.seqs) if not seq.done])
 
     def _adapter_choice(self, seqs: list[Sequence], rows: int) -> tuple[str | None, dict[str, Any]]:
         """The one adapter all `seqs` use (graph path), or peft's mixed-batch argument (eager path)."""
@@ -726,44 +754,78 @@ class BatchedEngine(Engine):
             return names[0], {}
         return None, {"adapter_names": names + [BASE] * (rows - len(names))}
 
-    def step(self) -> None:
-        """Decode one token for every running sequence, emit them, and let finished sequences leave."""
-        batch, runner, profile = self.batch, self.runner, self.profile
+    @staticmethod
+    def _chosen_on_host(seq: Sequence) -> bool:
+        return seq.params.do_sample or seq.params.penalized
+
+    def _chosen(self, out: Any, seqs: list[Sequence]) -> Pending:
+        """The tokens a forward pass chose for `seqs`: greedy ones are copied to the host in the background;
+        rows that sample or carry penalties are chosen here from the logits (a host sync)."""
+        seqs = list(seqs)  # the rows as launched; the batch changes before the tokens are read
+        if not any(self._chosen_on_host(s) for s in seqs):
+            if not self.runner.host_buffers:
+                self._read_pending(leave=False)  # every pinned buffer is in use: catch up (rows stay put)
+            buffer, pairs, event = self.runner.copy_to_host(out)
+            return Pending(seqs, buffer=buffer, pairs=pairs, event=event)
+        sampled = time.perf_counter()
+        tokens, logprobs = choose_tokens(out.logits[:len(seqs)], [s.row for s in seqs])
+        self.profile.sampling_s += time.perf_counter() - sampled
+        return Pending(seqs, tokens, logprobs)
+
+    def step(self) -> Pending:
+        """Launch one decode step for every running sequence; its tokens become the rows' next inputs on the
+        device. Returns the step's pending tokens (read by `_read_pending`)."""
+        batch, runner = self.batch, self.runner
         count = len(batch)
         self.metrics.observe_step(count)
         started = time.perf_counter()
         longest = max(batch.lengths) + 1
         rows, width = ((runner.batch_bucket(count), runner.width_bucket(longest)) if runner.bucketed
                        else (count, longest))
-        runner.load(batch.next_tokens, batch.lengths, rows)
         adapter, extra = self._adapter_choice(batch.seqs, rows)
         out = runner.step(rows, width, adapter, extra)
-        states = [s.row for s in batch.seqs]
-        if any(r.params.do_sample or r.params.penalized for r in states):
-            profile.device_s += time.perf_counter() - started
-            sampled = time.perf_counter()
-            tokens, logprobs = choose_tokens(out.logits[:count], states)
-            profile.sampling_s += time.perf_counter() - sampled
-        else:
-            # The step's one host sync; `.to("cpu")` waits without the GIL, so the event loop runs meanwhile.
-            chosen = out.chosen[:, :count].to("cpu").tolist()
-            tokens, logprobs = [int(t) for t in chosen[0]], chosen[1]
-            profile.device_s += time.perf_counter() - started
-        handled = time.perf_counter()
-        for i, (seq, token, logprob) in enumerate(zip(batch.seqs, tokens, logprobs, strict=True)):
+        pending = self._chosen(out, batch.seqs)
+        runner.advance(count, out, pending.tokens)
+        for i in range(count):
             batch.lengths[i] += 1
-            batch.next_tokens[i] = token
-            self._token(seq, token, logprob)
-        batch.keep([i for i, seq in enumerate(batch.seqs) if not seq.done])
-        profile.steps += 1
-        profile.rows += count
-        profile.host_s += time.perf_counter() - handled
+        self._pending.append(pending)
+        self.profile.steps += 1
+        self.profile.rows += count
+        self.profile.launch_s += time.perf_counter() - started
+        return pending
+
+    def _read_pending(self, keep: Pending | None = None, leave: bool = True) -> None:
+        """Read every launched pass's tokens (but `keep`'s, still running), in launch order: stream them,
+        finish sequences, and (`leave`) let finished ones leave the batch. A sequence that ended meanwhile
+        drops its token."""
+        profile = self.profile
+        while self._pending and self._pending[0] is not keep:
+            pending = self._pending.popleft()
+            tokens, logprobs = pending.tokens, pending.logprobs
+            if pending.buffer is not None:
+                waited = time.perf_counter()
+                if pending.event is not None:
+                    pending.event.synchronize()  # without the GIL: the event loop streams meanwhile
+                profile.gpu_wait_s += time.perf_counter() - waited
+                tokens, logprobs = pending.pairs[:, :len(pending.seqs)].tolist()
+                self.runner.host_buffers.append(pending.buffer)
+            handled = time.perf_counter()
+            for seq, token, logprob in zip(pending.seqs, tokens, logprobs, strict=True):
+                if not seq.ended:
+                    self._token(seq, int(token), logprob)
+            profile.host_s += time.perf_counter() - handled
+        if leave:
+            self.batch.keep([i for i, seq in enumerate(self.batch.seqs) if not seq.ended])
 
     def _fail_all(self, failure: GenerationFailed) -> None:
         super()._fail_all(failure)
         for seq in self.batch.seqs:
             self._fail(seq, failure)
-        self.batch = SlotBatch(self.cache)
+        self.batch.keep([])
+        for pending in self._pending:
+            if pending.buffer is not None:
+                self.runner.host_buffers.append(pending.buffer)
+        self._pending.clear()
 
 
 def create_engine(kind: str, served: Any, limits: EngineLimits, metrics: Any) -> Engine:

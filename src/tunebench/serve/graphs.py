@@ -2,7 +2,9 @@
 
 The step reads three static per-row buffers (the token to feed, its position, the column it writes to), runs
 the model for rows 0..b-1 with attention over columns 0..w-1, and leaves the last position's logits plus,
-computed on the device, each row's greedy token and its log-probability, so a step costs one host sync.
+computed on the device, each row's greedy token and its log-probability. The buffers live on the device and
+a step advances them there (`advance`), so the engine can launch step n+1 before it has read step n's
+tokens: the host's work on those tokens (text, stop checks, streaming) overlaps the GPU's next step.
 Shapes come from buckets: b is a power of two up to 32, then a multiple of 32 (or all slots), covering the
 occupied rows; w a power of two (or a multiple of 64 between 128 and 512) covering the longest sequence, so a
 few dozen graphs serve every batch; rows past the occupied ones are idle (they write the scratch column and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,7 @@ BASE = "__base__"
 ROW_STEP = 32
 PREFILL_ROWS = 64  # largest prefill group a graph serves
 PREFILL_WIDTH = 1024  # longest padded prompt a graph serves
+HOST_BUFFERS = 8  # pinned buffers the steps' choices are copied into (a few steps are in flight at most)
 
 
 def power_of_two_at_least(n: int, floor: int = 1) -> int:
@@ -57,8 +61,16 @@ class DecodeRunner:
         self.model, self.cache, self.cache_arg = model, cache, cache_arg
         device = cache.keys[0].device
         slots = cache.slots
-        self.inputs = torch.zeros((3, slots), dtype=torch.long, device=device)  # token, position, column
+        # Token, position and write column of every row: the running rows' next step, kept on the device (a
+        # step advances them there, so the next one can start before the host has seen this one's tokens).
+        # Idle rows feed token 0 at position 0 into the scratch column.
+        self.inputs = torch.zeros((3, slots), dtype=torch.long, device=device)
+        self.inputs[2].fill_(cache.scratch)
         self.rows = torch.arange(slots, device=device)
+        self.pinned = device.type == "cuda"
+        widest = power_of_two_at_least(max(slots, PREFILL_ROWS))  # the most rows a step or prefill runs
+        self.host_buffers = deque(torch.empty(2 * widest, dtype=torch.float64, pin_memory=self.pinned)
+                                  for _ in range(HOST_BUFFERS))
         self.prefill_inputs = torch.zeros((3, PREFILL_ROWS, PREFILL_WIDTH), dtype=torch.long, device=device)
         self.prefill_rows = torch.zeros(PREFILL_ROWS, dtype=torch.long, device=device)
         self.use_graphs = use_graphs
@@ -84,14 +96,58 @@ class DecodeRunner:
             width = -(-longest // WIDTH_STEP) * WIDTH_STEP
         return min(width, self.cache.usable)
 
-    def load(self, tokens: list[int], positions: list[int], rows: int) -> None:
-        """Fill the static buffers for `rows` rows: the occupied ones first, idle ones after."""
+    # ------------------------------------------------------------ the rows' inputs, on the device
+
+    def start_rows(self, first: int, positions: list[int], tokens: Any) -> None:
+        """Rows first.. begin decoding: each feeds `tokens` (a device tensor, or host ids) at its position."""
         import torch
 
-        idle = rows - len(tokens)
-        host = torch.tensor([tokens + [0] * idle, positions + [0] * idle,
-                             positions + [self.cache.scratch] * idle], dtype=torch.long)
-        self.inputs[:, :rows].copy_(host, non_blocking=True)
+        n = len(positions)
+        where = torch.tensor(positions, dtype=torch.long).expand(2, n)
+        self.inputs[1:, first:first + n].copy_(where, non_blocking=True)
+        self.inputs[0, first:first + n].copy_(tokens[:n] if torch.is_tensor(tokens) else torch.tensor(tokens),
+                                              non_blocking=True)
+
+    def advance(self, count: int, out: StepOutput, tokens: list[int] | None = None) -> None:
+        """After a step over rows 0..count-1: each row feeds its new token (the step's greedy choice, or
+        `tokens` chosen on the host) at the next position."""
+        import torch
+
+        new = out.chosen[0, :count] if tokens is None else torch.tensor(tokens, dtype=torch.long)
+        self.inputs[0, :count].copy_(new, non_blocking=True)
+        self.inputs[1:, :count] += 1
+
+    def move(self, src: list[int], dst: list[int], length: int) -> None:
+        """Sequences move from rows `src` to rows `dst` (compaction): their first `length` cache columns and
+        their next inputs, in a few kernels whatever the number of rows and layers."""
+        import torch
+
+        src_rows, dst_rows = (torch.tensor(rows, dtype=torch.long).to(self.rows.device, non_blocking=True)
+                              for rows in (src, dst))
+        self.cache.move(src_rows, dst_rows, length)
+        self.inputs[:, dst_rows] = self.inputs[:, src_rows]
+
+    def release(self, first: int, end: int) -> None:
+        """Rows first..end-1 are idle again."""
+        self.inputs[:2, first:end] = 0
+        self.inputs[2, first:end] = self.cache.scratch
+
+    def copy_to_host(self, out: StepOutput) -> tuple[Any, Any, Any]:
+        """Start copying the step's (token, log-probability) pairs, every row of its bucket, to a pinned
+        buffer; (buffer, its (2, rows) view holding the pairs, CUDA event that marks the copy done or None off
+        CUDA). The buffer goes back to `host_buffers` once read. Source and destination are both contiguous:
+        a copy into a strided slice of host memory would wait for the whole stream, the step included."""
+        import torch
+
+        buffer = self.host_buffers.popleft()
+        rows = out.chosen.shape[1]
+        pairs = buffer[:2 * rows].view(2, rows)
+        pairs.copy_(out.chosen, non_blocking=True)
+        if not self.pinned:
+            return buffer, pairs, None
+        event = torch.cuda.Event()
+        event.record()
+        return buffer, pairs, event
 
     def forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
         """The step's body: model forward for rows 0..rows-1, then greedy choice on the device."""

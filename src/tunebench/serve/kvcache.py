@@ -1,6 +1,7 @@
 """A slot-based static KV cache for the batched engine.
 
-Every layer owns two preallocated tensors `[slots, kv_heads, max_len, head_dim]`. A running sequence owns one
+Every layer owns two preallocated tensors `[slots, kv_heads, max_len, head_dim]`, views of one tensor per
+kind for all layers, so moving sequences between rows is one copy for every layer at once. A running sequence owns one
 slot (a row) and its own length; position p of a sequence lives in column p of its row. A forward pass is
 bound to a contiguous range of rows and to per-token write columns: `update()` scatters the new keys and
 values to those columns and hands attention a view of the rows' first `width` columns, so sequences of
@@ -27,9 +28,10 @@ class SlotCache(Cache):
         import torch
 
         super().__init__(layers=[])
-        shape = (slots, kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        shape = (num_layers, slots, kv_heads, max_len, head_dim)
+        self.all_keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.all_values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys, self.values = list(self.all_keys.unbind(0)), list(self.all_values.unbind(0))
         self.slots, self.max_len = slots, max_len
         self._rows: Any = None
         self._cols: Any = None
@@ -65,11 +67,11 @@ class SlotCache(Cache):
                     values.index_select(0, self._gather)[:, :, :self._width])
         return keys[self._lo:self._hi, :, :self._width], values[self._lo:self._hi, :, :self._width]
 
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy a sequence's first `length` columns from slot src to slot dst (compaction after a leave)."""
-        for keys, values in zip(self.keys, self.values, strict=True):
-            keys[dst, :, :length] = keys[src, :, :length]
-            values[dst, :, :length] = values[src, :, :length]
+    def move(self, src: Any, dst: Any, length: int) -> None:
+        """Copy the first `length` columns of slots `src` to slots `dst` (index tensors; compaction after
+        sequences leave), in every layer. Columns past a sequence's own length are never read."""
+        for both in (self.all_keys, self.all_values):
+            both[:, dst, :, :length] = both[:, src, :, :length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # every forward here passes explicit position ids and a 4-D mask; nothing asks

@@ -15,8 +15,10 @@ fp16 on CPU, paged optimizers without bitsandbytes) is replaced and written down
   memory-efficient kernel over a dense block-diagonal mask, whose cost grows with the packed row squared.
   Padding-free packing (position ids) stays available as `training.packing: padding_free`.
 - token budget: FAST_CUDA_TOKENS_PER_BATCH tokens per micro-batch (and optimizer step), lowered by halves
-  until the activation estimate fits the GPU's free memory (or a per-process memory cap), with gradient
-  checkpointing only when even MIN_TOKENS_PER_BATCH does not fit.
+  until the activation estimate fits the GPU's free memory (or a per-process memory cap), once without and
+  once with gradient checkpointing. Checkpointing is used when it fits at least CHECKPOINT_GAIN (4) times the
+  tokens (small steps are launch-bound, recomputing the layers costs ~1.4x), or when even
+  MIN_TOKENS_PER_BATCH does not fit without it (modeling.fit_plan).
 - liger-kernel's fused linear cross-entropy when it is importable: the 50k-vocabulary logits are never
   materialised (the head's matmul and the loss run in chunks).
 Learning dynamics: a larger budget means fewer optimizer steps for the same tokens (8x fewer than the
