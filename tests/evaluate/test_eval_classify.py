@@ -200,3 +200,34 @@ def test_calibration_removes_a_biased_prior():
     assert result.label == "space" and result.label_by_mean == "space"
     assert result.scores == pytest.approx({"autos": -0.8, "space": 1.0})
     assert prior.label_probabilities()["autos"] == pytest.approx(1 / (1 + math.exp(-2.8)))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir"])
+def test_few_shot_prompts_reuse_their_shared_beginning_without_changing_scores(fixture, request, load_tiny,
+                                                                              monkeypatch):
+    """Prompts that share a long beginning (few-shot examples) run it once; labels and every label's score
+    are those of computing each prompt whole: constrained (calibrated or not) and log-likelihood ranking."""
+    from tunebench.evaluate import generation
+
+    model, tok = load_tiny(request.getfixturevalue(fixture))
+    shots = "".join(f"###Sentence: {p} ###Class: {label}\n" for p, label in zip(PROMPTS, LABELS, strict=False))
+    prompts = [f"{shots}###Sentence: {text} ###Class:" for text in ("hello world", "the rocket", "a pie", "ok")]
+    assert generation.common_prefix_length([encode(tok, p) for p in prompts]) >= generation.PREFIX_MIN_TOKENS
+    batches = []
+    monkeypatch.setattr(generation.SharedPrefix, "for_batch",
+                        lambda self, rows, plain=generation.SharedPrefix.for_batch: batches.append(rows) or
+                        plain(self, rows))
+    prior = content_free_prior(model, tok, CONTENT_FREE, prompts, LABELS)
+
+    def classify_all():
+        return [*constrained_classify(model, tok, prompts, LABELS, batch_size=3),
+                *constrained_classify(model, tok, prompts, LABELS, batch_size=3, prior=prior),
+                *loglik_classify(model, tok, prompts, LABELS)]
+
+    reused = classify_all()
+    assert batches == [3, 1, 3, 1, 1, 1, 1, 1]  # every batch and every loglik prompt started from the cache
+    monkeypatch.setattr(generation, "PREFIX_MIN_TOKENS", 10**9)
+    for got, expected in zip(reused, classify_all(), strict=True):
+        assert got.label == expected.label and got.n_tokens == expected.n_tokens
+        assert got.scores == pytest.approx(expected.scores, abs=1e-4)
+        assert (got.mean_scores or {}) == pytest.approx(expected.mean_scores or {}, abs=1e-4)

@@ -55,3 +55,72 @@ def test_batches_are_length_sorted_and_cover_everything():
     batches = length_sorted_batches([5, 1, 9, 3, 7], 2)
     assert batches == [[2, 4], [0, 3], [1]]
     assert generate(None, None, [], max_new_tokens=3) == []
+
+
+FEW_SHOT = "Summarize the dialogue in one line.\n\n" + "".join(f"Dialogue: {d}\nSummary: {s}\n\n" for d, s in (
+    ("Tom: I missed the bus. Eva: I'll pick you up in ten minutes.", "Eva will pick Tom up because he missed the bus."),
+    ("Mia: Is the shop open on Sunday? Sam: Yes, from 10 to 4.", "The shop opens on Sunday from 10 to 4."),
+    ("Raj: Can you send me the report? Li: Sent it just now.", "Li sent Raj the report."),
+))
+
+
+def count_fed_tokens(model) -> list[int]:
+    """A running total of the input tokens every forward pass of `model` was fed."""
+    fed = [0]
+
+    def hook(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        fed[0] += ids.numel() if ids is not None else 0
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return fed
+
+
+def with_and_without_prefix_reuse(model, tok, prompts, monkeypatch) -> tuple[list, list, int, int]:
+    """(generations reusing the shared beginning, generations recomputing it, tokens fed for each)."""
+    from tunebench.evaluate import generation
+
+    fed = count_fed_tokens(model)
+    reused = generate(model, tok, prompts, max_new_tokens=8, stop=["\n\n"], batch_size=4)
+    fed_reused = fed[0]
+    with monkeypatch.context() as patch:
+        patch.setattr(generation, "PREFIX_MIN_TOKENS", 10**9)  # off
+        recomputed = generate(model, tok, prompts, max_new_tokens=8, stop=["\n\n"], batch_size=4)
+    return reused, recomputed, fed_reused, fed[0] - fed_reused
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir"])
+def test_a_shared_prompt_beginning_is_run_once_and_changes_no_token(fixture, request, load_tiny, monkeypatch):
+    from tunebench.evaluate import generation
+
+    model, tok = load_tiny(request.getfixturevalue(fixture))
+    prompts = [FEW_SHOT + f"Dialogue: {p}\nSummary:" for p in PROMPTS]
+    shared = generation.common_prefix_length([generation.encode(tok, p) for p in prompts])
+    assert shared >= generation.PREFIX_MIN_TOKENS
+    reused, recomputed, fed_reused, fed_recomputed = with_and_without_prefix_reuse(model, tok, prompts, monkeypatch)
+    assert reused == recomputed
+    # 6 prompts in 2 batches: the shared beginning is fed once instead of once per prompt.
+    assert fed_recomputed - fed_reused == (len(prompts) - 1) * shared
+
+
+def test_prefix_reuse_on_the_embedded_model(needs_embedded_model, monkeypatch):
+    """A real few-shot prompt set: different, sensible continuations, token for token the same either way."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunebench.models.embedded import embedded_model_dir
+
+    directory = embedded_model_dir()
+    model, tok = AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+    prompts = [FEW_SHOT + f"Dialogue: {p}\nSummary:" for p in PROMPTS]
+    reused, recomputed, fed_reused, fed_recomputed = with_and_without_prefix_reuse(model, tok, prompts, monkeypatch)
+    assert reused == recomputed
+    assert len({g.text for g in reused}) == len(prompts)
+    assert fed_recomputed > 2 * fed_reused
+
+
+def test_common_prefix_leaves_each_prompt_a_token():
+    from tunebench.evaluate.generation import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 9]]) == 2
+    assert common_prefix_length([[5], [1, 2]]) == 0

@@ -82,7 +82,7 @@ def test_rows_of_different_lengths_match_the_model_alone(neox):
     the slot cache give each prompt's logits from a plain forward pass over its own tokens."""
     import torch
 
-    from tunebench.evaluate.classify import cache_argument
+    from tunebench.evaluate.generation import cache_argument
     from tunebench.serve.kvcache import SlotCache, kv_geometry, visible_mask
 
     model = neox.model

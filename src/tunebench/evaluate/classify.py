@@ -25,14 +25,21 @@ minus the prior's): `loglik` subtracts each label's prior from its score (summed
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunebench.evaluate.generation import encode, is_seq2seq, left_padded, length_sorted_batches, pad_id
+from tunebench.evaluate.generation import (
+    SharedPrefix,
+    cache_argument,
+    encode,
+    is_seq2seq,
+    length_sorted_batches,
+    pad_id,
+    padded_inputs,
+)
 
 # Enough characters of the prompt's end to contain its last token, whatever the tokenizer.
 TAIL_CHARS = 64
@@ -126,9 +133,10 @@ def constrained_classify(model: Any, tokenizer: Any, prompts: Sequence[str], lab
     variants = [label_variants(tokenizer, p, labels, seq2seq=is_seq2seq(model)) for p in prompts]
     end_id = tokenizer.eos_token_id
     results: list[ClassResult | None] = [None] * len(prompts)
+    prefix = SharedPrefix.of(model, encoded)  # few-shot prompts: the examples run once
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         tries = [LabelTrie(variants[i], end_id) for i in batch]
-        rows = constrained_batch(model, tokenizer, [encoded[i] for i in batch], tries, prior)
+        rows = constrained_batch(model, tokenizer, [encoded[i] for i in batch], tries, prior, prefix)
         for i, trie, (ids, logprobs) in zip(batch, tries, rows, strict=True):
             results[i] = read_constrained(trie, variants[i], ids, logprobs)
         if on_progress:
@@ -137,14 +145,14 @@ def constrained_classify(model: Any, tokenizer: Any, prompts: Sequence[str], lab
 
 
 def constrained_batch(model: Any, tokenizer: Any, batch: list[list[int]], tries: list[LabelTrie],
-                      prior: LabelPrior | None = None) -> list[Any]:
+                      prior: LabelPrior | None = None, prefix: SharedPrefix | None = None) -> list[Any]:
     """One padded batch of trie-constrained greedy decoding: per row, (generated ids, per-step log-probs)."""
     import torch
     from transformers import LogitsProcessorList
 
     from tunebench.evaluate.generation import generation_config
 
-    input_ids, mask = left_padded(batch, pad_id(tokenizer), model.device)
+    input_ids, mask, extra = padded_inputs(model, batch, pad_id(tokenizer), prefix)
     offset = 1 if is_seq2seq(model) else input_ids.shape[1]
 
     def allowed(row: int, sequence: Any) -> list[int]:
@@ -156,7 +164,7 @@ def constrained_batch(model: Any, tokenizer: Any, batch: list[list[int]], tries:
     processors = LogitsProcessorList([SubtractNodePrior(prior.nodes, offset)] if prior else [])
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                             prefix_allowed_tokens_fn=allowed, logits_processor=processors)
+                             prefix_allowed_tokens_fn=allowed, logits_processor=processors, **extra)
     steps = torch.stack(out.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab), unconstrained
     generated = out.sequences[:, offset:]
     return [(generated[row].tolist(), steps[row]) for row in range(len(batch))]
@@ -285,10 +293,12 @@ def loglik_classify(model: Any, tokenizer: Any, prompts: Sequence[str], labels: 
                     on_progress: Callable[[int], None] | None = None) -> list[ClassResult]:
     """Rank the labels by log-probability after each prompt (summed; the length-normalised ranking is kept too)."""
     results = []
-    for prompt in prompts:
+    encoded = [encode(tokenizer, p) for p in prompts]
+    prefix = SharedPrefix.of(model, encoded) if len(encoded) > 1 else None
+    for prompt, prompt_ids in zip(prompts, encoded, strict=True):
         variants = label_variants(tokenizer, prompt, labels, seq2seq=is_seq2seq(model))
-        results.append(label_scores(variants, variant_logprobs(model, tokenizer, encode(tokenizer, prompt),
-                                                               [ids for _, ids in variants])))
+        results.append(label_scores(variants, variant_logprobs(model, tokenizer, prompt_ids,
+                                                               [ids for _, ids in variants], prefix)))
         if on_progress:
             on_progress(1)
     return results
@@ -304,9 +314,10 @@ def label_scores(variants: Sequence[Variant], sums: Sequence[float]) -> ClassRes
     return ClassResult(max(scores, key=scores.__getitem__), scores, means)
 
 
-def variant_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], variants: list[tuple[int, ...]]) -> list[float]:
+def variant_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], variants: list[tuple[int, ...]],
+                     prefix: SharedPrefix | None = None) -> list[float]:
     """Summed log-probability of each token sequence after the prompt; the prompt is computed once."""
-    steps = step_logprobs(model, tokenizer, prompt_ids, variants)
+    steps = step_logprobs(model, tokenizer, prompt_ids, variants, prefix)
     return [summed(rows, ids) for rows, ids in zip(steps, variants, strict=True)]
 
 
@@ -315,17 +326,21 @@ def summed(rows: Any, ids: tuple[int, ...]) -> float:
     return float(sum(rows[j, token] for j, token in enumerate(ids)))
 
 
-def step_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: list[tuple[int, ...]]) -> list[Any]:
+def step_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: list[tuple[int, ...]],
+                  prefix: SharedPrefix | None = None) -> list[Any]:
     """Per sequence, a (len + 1, vocab) tensor: row j is log P(next token | prompt, sequence[:j]).
 
-    The prompt runs once; its KV cache is repeated across the sequences, which run as one right-padded batch.
+    The prompt runs once (after `prefix`'s cache, when the prompt starts with it); its KV cache is repeated
+    across the sequences, which run as one right-padded batch.
     """
     import torch
 
     with torch.inference_mode():
         if is_seq2seq(model):
             return seq2seq_steps(model, tokenizer, prompt_ids, sequences)
-        out = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
+        start = prefix.cache_for(prompt_ids) if prefix is not None else {}
+        fed = prompt_ids[len(prefix.ids):] if start else prompt_ids
+        out = model(input_ids=torch.tensor([fed], device=model.device), use_cache=True, **start)
         first = out.logits[0, -1].float().log_softmax(dim=-1)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         cache.batch_repeat_interleave(len(sequences))
@@ -335,12 +350,6 @@ def step_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: 
         logits = model(input_ids=feed, attention_mask=mask, use_cache=True, **{cache_argument(model): cache}).logits
         rest = logits.float().log_softmax(dim=-1)  # position j of the batch predicts token j + 1
         return [torch.cat([first[None], rest[k, :len(ids)]]) for k, ids in enumerate(sequences)]
-
-
-def cache_argument(model: Any) -> str:
-    """The name of the KV-cache argument: `cache` in recent transformers, `past_key_values` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def seq2seq_steps(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: list[tuple[int, ...]]) -> list[Any]:

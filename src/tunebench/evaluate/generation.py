@@ -8,6 +8,12 @@ Stopping: at EOS, or when the decoded text contains one of `stop` (transformers'
 the text is cut before the stop string). `finish_reason` follows the OpenAI convention: "stop" for EOS or a
 stop string, "length" when `max_new_tokens` ran out.
 
+Shared beginnings: few-shot prompts all start with the same instruction and examples (hundreds of tokens). When
+every prompt of a call starts with at least PREFIX_MIN_TOKENS identical tokens (causal models, full-attention
+caches), that prefix is run once and its KV cache copied into each batch; the rows are [prefix][padding]
+[rest], and the attention mask and positions skip the padding, so in fp32 the tokens are the same as without
+it (in bf16 the prefix's rounding differs, as batching's does, and a close call can go the other way).
+
 Engines: "padded" is `model.generate` on padded batches (any device, causal or seq2seq). "continuous" is
 transformers' continuous batching (`generate_batch`, CUDA and causal models only; stop strings are applied
 after generation there). "auto" picks "padded" everywhere for now: continuous batching is only worth it
@@ -23,6 +29,7 @@ from typing import Any, Literal
 
 Engine = Literal["auto", "padded", "continuous"]
 ENGINES = ("auto", "padded", "continuous")
+PREFIX_MIN_TOKENS = 32  # a shorter shared beginning is cheaper to recompute than to copy into every batch
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
         return generate_continuous(model, tokenizer, encoded, config, stop=stop, on_progress=on_progress)
     results: list[Generation | None] = [None] * len(prompts)
     ends = end_token_ids(model, tokenizer)
+    prefix = SharedPrefix.of(model, encoded)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
-        rows = generate_padded(model, tokenizer, [encoded[i] for i in batch], config)
+        rows = generate_padded(model, tokenizer, [encoded[i] for i in batch], config, prefix)
         for i, generated in zip(batch, rows, strict=True):
             results[i] = finish(tokenizer, generated, ends=ends, pad=pad_id(tokenizer), stop=stop,
                                 max_new_tokens=max_new_tokens, prompt_tokens=len(encoded[i]))
@@ -161,14 +169,89 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
     return [r for r in results if r is not None]
 
 
-def generate_padded(model: Any, tokenizer: Any, batch: list[list[int]], config: Any) -> list[list[int]]:
-    """One padded batch through `model.generate`; returns the generated ids of each row (padding included)."""
+class SharedPrefix:
+    """The prompts' common first tokens and their KV cache, computed once (see the module docstring)."""
+
+    def __init__(self, ids: list[int], cache: Any, argument: str) -> None:
+        self.ids, self.cache = ids, cache
+        self.argument = argument  # the model's name for its cache argument
+
+    @classmethod
+    def of(cls, model: Any, encoded: list[list[int]]) -> SharedPrefix | None:
+        """The shared prefix of `encoded` (each prompt keeps at least one token of its own), or None when it
+        is short, there is one prompt, or the model is not a causal LM with a full-attention cache."""
+        import torch
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        length = common_prefix_length(encoded)
+        if len(encoded) < 2 or length < PREFIX_MIN_TOKENS or is_seq2seq(model):
+            return None
+        ids = encoded[0][:length]
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
+        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None  # sliding windows or other caches: generate computes the whole prompt
+        return cls(ids, cache, cache_argument(model))
+
+    def cache_for(self, prompt_ids: list[int]) -> dict[str, Any]:
+        """The model's cache argument for one prompt that starts with the prefix (and goes on); {} otherwise."""
+        if len(prompt_ids) <= len(self.ids) or prompt_ids[:len(self.ids)] != self.ids:
+            return {}
+        return {self.argument: self.for_batch(1)}
+
+    def for_batch(self, rows: int) -> Any:
+        """A copy of the cache for a batch of `rows` (generate extends the cache it is given)."""
+        import copy
+
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+def common_prefix_length(encoded: list[list[int]]) -> int:
+    """How many first tokens all prompts share, leaving every prompt at least one token after it."""
+    limit = min(len(ids) for ids in encoded) - 1
+    first = encoded[0]
+    for at in range(max(limit, 0)):
+        if any(ids[at] != first[at] for ids in encoded):
+            return at
+    return max(limit, 0)
+
+
+def padded_inputs(model: Any, batch: list[list[int]], pad: int,
+                  prefix: SharedPrefix | None) -> tuple[Any, Any, dict[str, Any]]:
+    """(input_ids, attention_mask, generate's cache argument) of a batch: left-padded rows, or with `prefix`
+    rows of [prefix][left-padded rest] and a copy of the prefix's cache, so generate feeds only the rest."""
     import torch
 
-    input_ids, mask = left_padded(batch, pad_id(tokenizer), model.device)
+    if prefix is None:
+        return *left_padded(batch, pad, model.device), {}
+    rest, mask = left_padded([ids[len(prefix.ids):] for ids in batch], pad, model.device)
+    shared = torch.tensor(prefix.ids, device=model.device).expand(len(batch), -1)
+    return (torch.cat([shared, rest], dim=1), torch.cat([torch.ones_like(shared), mask], dim=1),
+            {prefix.argument: prefix.for_batch(len(batch))})
+
+
+def cache_argument(model: Any) -> str:
+    """The name of the KV-cache argument: `cache` in recent transformers, `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def generate_padded(model: Any, tokenizer: Any, batch: list[list[int]], config: Any,
+                    prefix: SharedPrefix | None = None) -> list[list[int]]:
+    """One padded batch through `model.generate`; returns the generated ids of each row (padding included).
+    With `prefix`, generation starts from the shared prefix's cache (`padded_inputs`)."""
+    import torch
+
+    input_ids, mask, extra = padded_inputs(model, batch, pad_id(tokenizer), prefix)
     with torch.inference_mode():
         # The tokenizer is only read by the stop-string criterion.
-        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer,
+                             **extra)
     # A causal model returns prompt + continuation; a seq2seq model returns the decoder start + continuation.
     start = 1 if is_seq2seq(model) else input_ids.shape[1]
     return out[:, start:].tolist()

@@ -602,7 +602,7 @@ class BatchedEngine(Engine):
     def __init__(self, served: Any, limits: EngineLimits, metrics: Any) -> None:
         import os
 
-        from tunebench.evaluate.classify import cache_argument
+        from tunebench.evaluate.generation import cache_argument
         from tunebench.serve.graphs import DecodeRunner
         from tunebench.serve.kvcache import SlotCache, bytes_per_slot, kv_geometry, slots_that_fit
 
