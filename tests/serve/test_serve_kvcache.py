@@ -195,3 +195,40 @@ def test_the_next_step_is_launched_before_the_tokens_are_read(llama):
     engine = engine_for(llama)
     assert len(asyncio.run(run_schedule(engine, [(sampled, None)]))[0]) == 5
     assert engine.profile.steps == 4
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_serves_on(llama):
+    """An exception in a decode step (a bug, an out-of-memory) answers every running request with an internal
+    error instead of leaving it hanging; the rows are reset and the next request decodes as if alone."""
+    from tunebench.serve.engine import GenerationFailed
+
+    engine = engine_for(llama)
+    plain_step, calls = engine.runner.step, []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return plain_step(*args, **kwargs)
+
+    engine.runner.step = failing_once
+    reqs = [request(llama, PROMPTS[0], 6), request(llama, PROMPTS[1], 6)]
+
+    async def go():
+        engine.start(asyncio.get_running_loop())
+        try:
+            outcomes = []
+            for handle in [engine.submit(r) for r in reqs]:
+                try:
+                    outcomes.append(await handle.result())
+                except GenerationFailed as err:
+                    outcomes.append(err.kind)
+            after = await engine.submit(reqs[0]).result()
+        finally:
+            await asyncio.to_thread(engine.stop)
+        return outcomes, after
+
+    outcomes, after = asyncio.run(go())
+    assert outcomes == ["internal", "internal"]
+    assert_same_tokens([(t.id, t.logprob) for t in after.tokens], alone(llama, reqs[0]))
+    assert engine.in_flight == 0

@@ -821,11 +821,15 @@ class BatchedEngine(Engine):
         super()._fail_all(failure)
         for seq in self.batch.seqs:
             self._fail(seq, failure)
-        self.batch.keep([])
         for pending in self._pending:
             if pending.buffer is not None:
                 self.runner.host_buffers.append(pending.buffer)
         self._pending.clear()
+        self.batch = SlotBatch(self.runner)
+        try:  # the rows' device inputs back to idle; after a device error this may fail too
+            self.runner.release(0, self.cache.slots)
+        except Exception:  # the failures above must still reach their clients (the caller flushes them)
+            log.exception("could not reset the decode rows")
 
 
 def create_engine(kind: str, served: Any, limits: EngineLimits, metrics: Any) -> Engine:
