@@ -369,7 +369,7 @@ def run_adapters(args, work, tokenizer, texts, counter, clock, results) -> None:
         if not clock.allows(f"LoRA {mode}", adapter_seconds(args)):
             continue
         with Session(args, work, tokenizer, "batched", f"batched-lora-{mode}", extra) as url:
-            burst(url, texts, 64, 4, adapter=model)
+            burst(url, texts, 2 * args.slots, 4, adapter=model)  # warm-up: every batch bucket's graph
             saturation = burst(url, texts, 2 * args.slots, new_tokens, adapter=model)
             log(f"LoRA {mode} saturation: {saturation}")
             rates = capacity_rates(saturation["requests_per_s"], ADAPTER_FRACTIONS)
