@@ -76,11 +76,12 @@ def count_fed_tokens(model) -> list[int]:
     return fed
 
 
-def with_and_without_prefix_reuse(model, tok, prompts, monkeypatch) -> tuple[list, list, int, int]:
-    """(generations reusing the shared beginning, generations recomputing it, tokens fed for each)."""
+def with_and_without_prefix_reuse(model, tok, prompts, monkeypatch, counted=None) -> tuple[list, list, int, int]:
+    """(generations reusing the shared beginning, generations recomputing it, tokens fed for each, counted at
+    `counted`'s forward: the model itself unless given)."""
     from tunebench.evaluate import generation
 
-    fed = count_fed_tokens(model)
+    fed = count_fed_tokens(counted or model)
     reused = generate(model, tok, prompts, max_new_tokens=8, stop=["\n\n"], batch_size=4)
     fed_reused = fed[0]
     with monkeypatch.context() as patch:
@@ -124,3 +125,17 @@ def test_common_prefix_leaves_each_prompt_a_token():
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 9]]) == 2
     assert common_prefix_length([[5], [1, 2]]) == 0
+
+
+def test_prefix_reuse_through_a_peft_model(tiny_llama_dir, load_tiny, monkeypatch):
+    """An evaluated LoRA adapter (a PeftModel) takes the same path: its cache argument is the base model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_tiny(tiny_llama_dir)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    prompts = [FEW_SHOT + f"Dialogue: {p}\nSummary:" for p in PROMPTS]
+    reused, recomputed, fed_reused, fed_recomputed = with_and_without_prefix_reuse(
+        peft_model.eval(), tok, prompts, monkeypatch, counted=model.model)  # the decoder both paths run
+    assert reused == recomputed and fed_recomputed > fed_reused
