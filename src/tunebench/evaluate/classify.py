@@ -39,6 +39,7 @@ from tunebench.evaluate.generation import (
     length_sorted_batches,
     pad_id,
     padded_inputs,
+    returned_cache,
 )
 
 # Enough characters of the prompt's end to contain its last token, whatever the tokenizer.
@@ -294,7 +295,7 @@ def loglik_classify(model: Any, tokenizer: Any, prompts: Sequence[str], labels: 
     """Rank the labels by log-probability after each prompt (summed; the length-normalised ranking is kept too)."""
     results = []
     encoded = [encode(tokenizer, p) for p in prompts]
-    prefix = SharedPrefix.of(model, encoded) if len(encoded) > 1 else None
+    prefix = SharedPrefix.of(model, encoded)
     for prompt, prompt_ids in zip(prompts, encoded, strict=True):
         variants = label_variants(tokenizer, prompt, labels, seq2seq=is_seq2seq(model))
         results.append(label_scores(variants, variant_logprobs(model, tokenizer, prompt_ids,
@@ -342,7 +343,7 @@ def step_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], sequences: 
         fed = prompt_ids[len(prefix.ids):] if start else prompt_ids
         out = model(input_ids=torch.tensor([fed], device=model.device), use_cache=True, **start)
         first = out.logits[0, -1].float().log_softmax(dim=-1)
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        cache = returned_cache(out)
         cache.batch_repeat_interleave(len(sequences))
         feed, feed_mask = right_padded(sequences, pad_id(tokenizer), model.device)
         mask = torch.cat([torch.ones((len(sequences), len(prompt_ids)), dtype=torch.long, device=model.device),

@@ -181,7 +181,7 @@ class SharedPrefix:
         """The shared prefix of `encoded` (each prompt keeps at least one token of its own), or None when it
         is short, there is one prompt, or the model is not a causal LM with a full-attention cache."""
         import torch
-        from transformers.cache_utils import DynamicCache, DynamicLayer
+        from transformers.cache_utils import DynamicCache
 
         length = common_prefix_length(encoded)
         if len(encoded) < 2 or length < PREFIX_MIN_TOKENS or is_seq2seq(model):
@@ -189,8 +189,8 @@ class SharedPrefix:
         ids = encoded[0][:length]
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
-        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        cache = returned_cache(out)
+        if type(cache) is not DynamicCache or not full_attention(cache):
             return None  # sliding windows or other caches: generate computes the whole prompt
         return cls(ids, cache, cache_argument(model))
 
@@ -239,6 +239,19 @@ def cache_argument(model: Any) -> str:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (`cache` in recent transformers, `past_key_values` before)."""
+    return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+
+
+def full_attention(cache: Any) -> bool:
+    """Whether every layer of a returned cache keeps every position (no sliding window, no other layout)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def generate_padded(model: Any, tokenizer: Any, batch: list[list[int]], config: Any,

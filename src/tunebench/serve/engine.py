@@ -637,16 +637,16 @@ class BatchedEngine(Engine):
     def check_cache(self) -> Any:
         """Every layer must be full attention (one position per column); return a one-token probe cache."""
         import torch
-        from transformers.cache_utils import DynamicLayer
+
+        from tunebench.evaluate.generation import full_attention, returned_cache
 
         with torch.inference_mode():
             ids = torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device)
             extra = {"adapter_names": [BASE]} if self.mixed_adapters else {}
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
-        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-            kinds = sorted({type(layer).__name__ for layer in layers or []})
+        cache = returned_cache(out)
+        if not full_attention(cache):
+            kinds = sorted({type(layer).__name__ for layer in getattr(cache, "layers", None) or []})
             from tunebench.errors import UserError
 
             raise UserError(f"the batched engine needs full attention in every layer; this model's cache has "
