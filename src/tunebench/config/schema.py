@@ -163,6 +163,17 @@ class LoadtestConfig(Section):
         return rates
 
 
+class ResourcesConfig(Section):
+    """What one unit of this cell needs from a cluster node (the Ray executor); the inline executor ignores it."""
+
+    gpus: int | None = Field(None, ge=0, description="GPUs on one node; None: 1 when the cluster has GPUs, else 0. "
+                             "More than 1 trains data-parallel under torchrun on the GPUs the executor assigned")
+    cpus: float = Field(1.0, gt=0, description="CPU cores the unit reserves")
+    memory_gb: float | None = Field(None, gt=0, description="host memory the unit reserves (GiB); None: none")
+    retries: int = Field(2, ge=0, description="re-runs after a system failure (killed worker, lost node), each "
+                         "resuming from the last step checkpoint; a Python exception is never retried")
+
+
 class CellConfig(Section):
     """Everything one cell of a study needs, fully resolved."""
 
@@ -176,6 +187,7 @@ class CellConfig(Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     def normalized(self) -> CellConfig:
         """Reset what cannot affect this method's results, so equal work gets one cell id.
@@ -209,8 +221,19 @@ class Experiment(BaseModel):
         return [g for g in groups if g]
 
 
+class ExecutorConfig(Section):
+    """Where a study's units run: one after another in this process, or as tasks on a Ray cluster."""
+
+    name: Literal["inline", "ray"] = "inline"
+    address: str | None = Field(None, description="ray: 'auto' (a running cluster), HOST:PORT, or None to start a "
+                                "local instance for the run")
+
+
 class StudyConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    storage: str | None = Field(None, description="where run directories live: a local path (NFS) or an fsspec "
+                                "URI (s3://bucket/prefix, gs://...); None: the study directory itself")
     defaults: dict[str, Any] = Field(default_factory=dict)
     experiments: list[Experiment] = Field(default_factory=lambda: [Experiment()])

@@ -25,9 +25,9 @@ from tunebench.config.schema import CellConfig, Experiment, Section, StudyConfig
 from tunebench.errors import UserError, closest, did_you_mean
 
 # Study-level fields: one value per study, so a sweep over them is meaningless.
-NOT_SWEEPABLE = {"name", "description", "defaults", "experiments"}
+NOT_SWEEPABLE = {"name", "description", "defaults", "experiments", "executor", "storage"}
 # Sections that never change what a cell computes; left out of the cell id.
-NOT_IN_CELL_ID = ("serve", "loadtest", "cost")
+NOT_IN_CELL_ID = ("serve", "loadtest", "cost", "resources")
 
 
 @dataclass

@@ -82,7 +82,15 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="print the expanded cells and the shared work, and stop"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed stages again"),
         only: str | None = typer.Option(None, "--only", help=ONLY_HELP),
-        gpus: str | None = typer.Option(None, "--gpus", help="run cells concurrently, one per GPU: --gpus 0,1"),
+        gpus: str | None = typer.Option(None, "--gpus", help="run cells concurrently on these GPUs of this machine "
+                                        "(a local Ray instance with exactly them): --gpus 0,1"),
+        executor: str | None = typer.Option(None, "--executor", help="inline (one unit after another, the default) "
+                                            "or ray (one Ray task per unit); overrides the study's executor.name"),
+        address: str | None = typer.Option(None, "--address", help="the Ray cluster: auto (the one this machine "
+                                           "joined) or HOST:PORT; default: a local instance for the run"),
+        storage: str | None = typer.Option(None, "--storage", help="where run directories live: a local or NFS "
+                                           "path, or an fsspec URI such as s3://bucket/prefix (default: the study "
+                                           "directory)"),
         yes: bool = typer.Option(False, "--yes", help="run a study of more than 50 cells"),
         sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     ) -> None:
@@ -98,8 +106,12 @@ def register(app: typer.Typer) -> None:
         from tunebench.study.runner import run_study
 
         try:
+            if executor is not None and executor not in ("inline", "ray"):
+                raise UserError(f"--executor {executor!r} is not an executor",
+                                "use --executor inline or --executor ray")
             outcome = run_study(study, out or default_study_dir(study), only=only, retry_failed=retry_failed,
-                                gpus=parse_gpus(gpus), yes=yes, console=console)
+                                gpus=parse_gpus(gpus), yes=yes, console=console, executor=executor,
+                                address=address, storage=storage)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: run the same command again to continue; finished stages "
                           "are kept")

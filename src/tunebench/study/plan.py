@@ -37,6 +37,39 @@ class Unit:
         return names
 
 
+# Training examples of the built-in samples; other sources count as this many until measured.
+KNOWN_SIZES = {"builtin:classification": 160, "builtin:summarization": 72}
+DEFAULT_EXAMPLES = 1000
+
+
+def unit_cost(unit: Unit) -> float:
+    """A scheduling estimate of a unit's work, in example-passes × model size: the longest units go first.
+
+    Training: examples × epochs (the token count × epochs the issue asks for, up to a constant per task);
+    each evaluation counts its examples once. Nothing is loaded: the driver plans thousands of units."""
+    from tunebench.models.presets import PRESETS
+
+    def size(cfg: CellConfig) -> float:   # ~12 h^2 per layer, in billions; 1 for a model without a preset
+        arch = PRESETS[cfg.model.name].architecture if cfg.model.name in PRESETS else {}
+        hidden = arch.get("hidden_size") or arch.get("d_model")
+        layers = arch.get("num_hidden_layers") or arch.get("num_layers")
+        return 12 * hidden**2 * layers / 1e9 if hidden and layers else 1.0
+
+    def examples(cfg: CellConfig) -> float:
+        total = KNOWN_SIZES.get(cfg.data.source, DEFAULT_EXAMPLES)
+        if cfg.data.train_count:
+            return float(min(cfg.data.train_count, total) if cfg.data.source in KNOWN_SIZES else cfg.data.train_count)
+        return total * (cfg.data.train_fraction or 1.0)
+
+    cost = 0.0
+    if unit.trainer is not None:
+        cfg = unit.trainer.config
+        cost += examples(cfg) * (cfg.training.epochs or 1) * size(cfg)
+    for cell in unit.cells:
+        cost += float(cell.config.eval.limit or 100) * size(cell.config) * 0.1
+    return cost
+
+
 def without_epochs(cfg: CellConfig) -> str:
     return cell_id(cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": None})}))
 

@@ -1,26 +1,27 @@
-"""The study runner: every cell's stages, each recorded in the results store, resumable at any point.
+"""The study runner (the driver): plans units, decides what each must do, hands them to an executor, records.
 
-    tunebench run STUDY.yaml
-      check the study directory is writable ─ lock it ─ open results.db
+    tunebench run STUDY.yaml [--executor inline|ray] [--address auto|HOST:PORT] [--gpus 0,1]
+      check the study directory is writable ─ lock it ─ open results.db (the driver's own disk)
       for each unit (a training run and its evaluations, or one prompting evaluation):
-          train (lora/qlora/full) ─ evaluate ─ serve + load test (when loadtest.enabled)
+          decide each stage: reuse | run | recover from its files | keep failed
+          executor.submit(UnitTask) ── events ──> record running / done / failed in results.db
 
-A stage recorded done (and whose files are there) is skipped; one left 'running' by a killed runner is
-redone (training resumes from its last checkpoint); a failed one is kept failed unless --retry-failed. A
-stage that raises (out of memory included) is recorded failed with its error and the study goes on. A stage
-whose files exist but which the store does not know (a store moved aside) is recorded again from its files.
+A stage recorded done (and whose marker file is on storage) is skipped; one left 'running' by a killed
+driver is redone (training resumes from its last checkpoint); a failed one is kept failed unless
+--retry-failed. A stage that raises (out of memory included) is recorded failed with its error and the
+tail of its traceback, and the study goes on. A task killed by a signal or on a lost node is retried by the
+executor (resources.retries) and counted in `attempts`. A stage whose files exist but which the store does
+not know (a store moved aside) is recorded again from its files.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
-import sys
 import threading
 import time
-import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,16 +32,32 @@ from rich.console import Console
 
 from tunebench.config.study import Cell, Study
 from tunebench.errors import UserError
-from tunebench.rundir import RunDir, read_json, write_atomic
+from tunebench.rundir import RunDir, write_atomic
 from tunebench.study import stages as st
+from tunebench.study.executor import (
+    EpochMetrics,
+    Event,
+    Executor,
+    Handle,
+    Progress,
+    Resources,
+    StageFinished,
+    StageStarted,
+    StageWork,
+    UnitResult,
+    UnitStarted,
+    UnitTask,
+    make_executor,
+)
 from tunebench.study.lock import StudyLock
-from tunebench.study.plan import Unit, with_trainers
+from tunebench.study.plan import Unit, unit_cost, with_trainers
 from tunebench.study.select import check_size, select_cells
-from tunebench.study.store import StageRow, Store
+from tunebench.study.storage import Storage
+from tunebench.study.store import Store
+from tunebench.study.task import marker
 
-# A stage whose runner died this many times with no error to show (SIGKILL, the kernel's OOM killer) is
-# marked failed instead of being retried forever.
-MAX_SILENT_DEATHS = 2
+WAIT_S = 0.5          # how long the driver waits for a unit to end before it looks at events again
+CANCEL_GRACE_S = 120  # Ctrl-C: how long running tasks get to checkpoint and stop
 
 
 @dataclass
@@ -98,146 +115,52 @@ def write_config_if_changed(cell: Cell, run: RunDir) -> None:
         write_atomic(run.config_file, text)
 
 
-# ---------------------------------------------------------------- one unit
+# ---------------------------------------------------------------- the driver
 
 
-class Runner:
-    """Runs units of one study against its store. Used in-process, and by each worker with --gpus."""
+@dataclass
+class Running:
+    handle: Handle
+    task: UnitTask
+    started: float = 0.0
+    where: str = ""
+    stage: str = ""
+    step: str = ""
 
-    def __init__(self, study_dir: Path, store: Store, stages: st.StageFunctions, *, console: Console,
-                 options: RunOptions | None = None) -> None:
-        self.study_dir = study_dir
-        self.store = store
-        self.stages = stages
-        self.console = console
-        self.options = options or RunOptions()
+
+class Driver:
+    """Decides and records; the executor runs. One per `run_study` call."""
+
+    def __init__(self, study_dir: Path, store: Store, storage: Storage, executor: Executor, console: Console,
+                 options: RunOptions, on_epoch: Callable[[Running, EpochMetrics], None] | None = None) -> None:
+        self.study_dir, self.store, self.storage = study_dir, store, storage
+        self.executor, self.console, self.options = executor, console, options
+        self.on_epoch = on_epoch
         self.tally = Tally()
+        self.running: dict[str, Running] = {}
+        self.shares: set[tuple[str, str]] = set()        # (unit, cell) pairs whose 'train' is a checkpoint link
+        self.positions: dict[str, str] = {}
+        self.where: dict[str, tuple[str, str, int]] = {}  # unit id -> (node, gpus, pid)
+        self.gpus = executor.gpus_available()
 
-    def run(self, cell: Cell) -> RunDir:
-        return RunDir.for_cell(self.study_dir, cell.id)
+    # ------------------------------------------------------------ deciding
 
-    def run_unit(self, unit: Unit, position: str = "") -> None:
-        trained = True
-        if unit.trainer is not None:
-            trained = self.train(unit.trainer, position)
-        for cell in unit.cells:
-            ready = trained
-            if unit.trainer is not None and cell.id in unit.epoch_of:
-                if ready:
-                    ready = self.share_training(cell, unit.trainer, unit.epoch_of[cell.id])
-                else:
-                    self.blocked(cell, "train", f"not run: the training run of {unit.trainer.id} failed")
-            if not ready:
-                self.blocked(cell, "eval", "not run: its training failed")
-                continue
-            if self.evaluate(cell, position) and cell.config.loadtest.enabled:
-                self.loadtest(cell, position)
-            self.record_provenance(cell)
-
-    # ------------------------------------------------------------ the stages
-
-    def train(self, cell: Cell, position: str) -> bool:
-        run = self.run(cell)
-
-        def action(retrying: bool) -> None:
-            # an interrupted run continues from its last checkpoint; a failed one starts over
-            resume = not retrying and has_step_checkpoint(run)
-            self.stages.train(cell.config, run, resume=resume, force=retrying, progress=self.options.progress)
-
-        return self.execute(cell, "train", st.train_marker(run), action,
-                            lambda seconds: st.train_record(cell.config, run, seconds), position)
-
-    def evaluate(self, cell: Cell, position: str) -> bool:
-        run = self.run(cell)
-
-        def action(retrying: bool) -> None:
-            self.stages.evaluate(cell.config, run, progress=self.options.progress)
-
-        return self.execute(cell, "eval", st.eval_marker(cell.config, run), action,
-                            lambda seconds: st.eval_record(cell.config, run, seconds), position)
-
-    def loadtest(self, cell: Cell, position: str) -> bool:
-        run, serve_and_loadtest = self.run(cell), self.stages.loadtest
-        if serve_and_loadtest is None:
-            self.blocked(cell, "loadtest", "not run: this installation has no load-test stage (tunebench.loadtest)")
-            return False
-
-        def action(retrying: bool) -> None:
-            serve_and_loadtest(cell.config, run, st.model_ref(cell.config, run), progress=self.options.progress)
-
-        return self.execute(cell, "loadtest", st.loadtest_marker(run), action,
-                            lambda seconds: st.loadtest_record(cell.config, run, seconds, self.study_dir), position)
-
-    def share_training(self, cell: Cell, trainer: Cell, epoch: int) -> bool:
-        """A cell of an epochs group: its model is the epoch-N checkpoint of the group's training run."""
-        run, source = self.run(cell), self.run(trainer)
-
-        def action(retrying: bool) -> None:
-            st.link_checkpoint(run, source, epoch, trainer.config)
-
-        return self.execute(cell, "train", st.train_marker(run), action,
-                            lambda seconds: st.shared_train_record(cell.config, run, trainer.id),
-                            position="", quiet=True)
-
-    # ------------------------------------------------------------ running one stage
-
-    def execute(self, cell: Cell, stage: str, marker: Path, action: Callable[[bool], Any],
-                record: Callable[[float | None], st.Record], position: str, quiet: bool = False) -> bool:
-        """Run one stage unless already done; True when its results are in the store."""
+    def decide(self, cell: Cell, stage: str) -> str:
         row = self.store.stage(cell.id, stage)
-        plan = self.decide(cell, stage, row, marker)
-        if plan == "reuse":
-            self.tally.reused += 1
-            return True
-        if plan == "keep-failed":
-            kept = self.store.stage(cell.id, stage)
-            self.tally.failed.append((cell.id, stage, kept.error if kept and kept.error else "failed"))
-            return False
-        if plan == "recover" and self.recover(cell, stage, record):
-            return True
-        interrupted = row is not None and row.status == "running"
-        retrying = row is not None and row.status == "failed"
-        if not quiet:
-            again = " (again: it was interrupted)" if interrupted else " (retrying)" if retrying else ""
-            self.console.print(f"[bold]{position}[/bold] {cell.id} · {stage}{again}")
-        self.store.stage_started(cell.id, stage)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        try:
-            action(retrying)
-            result = record(time.perf_counter() - start)
-        except KeyboardInterrupt:
-            self.store.stage_pending(cell.id, stage, "interrupted")
-            raise
-        except Exception as err:  # any failure of one cell is recorded, and the study goes on
-            if is_interruption(err):
-                self.store.stage_pending(cell.id, stage, "interrupted")
-                raise KeyboardInterrupt from err
-            self.fail(cell, stage, err, time.perf_counter() - start)
-            return False
-        self.store.stage_done(cell.id, stage, seconds=result.seconds, metrics=result.metrics, cost=result.cost,
-                              artifacts=result.artifacts, detail=result.detail, inference=result.inference)
-        self.tally.ran += 1
-        if not quiet:
-            # CPU time (all threads) beside wall time: on a shared machine the wall time alone says little
-            self.console.print(f"  [green]done[/green] {stage} in {time.perf_counter() - start:.1f} s "
-                               f"(CPU {time.process_time() - cpu_start:.1f} s)"
-                               + (f" · {st.headline(result)}" if st.headline(result) else ""))
-        return True
-
-    def decide(self, cell: Cell, stage: str, row: StageRow | None, marker: Path) -> str:
         status = row.status if row else "pending"
+        found = self.storage.exists(self.marker_rel(cell, stage))
         if status == "done":
-            if marker.exists():
+            if found:
                 return "reuse"
-            self.console.print(f"[yellow]{cell.id} · {stage} is recorded done but {marker} is gone; redoing it")
+            self.console.print(f"[yellow]{cell.id} · {stage} is recorded done but its files are gone; redoing it")
             return "run"
         if status == "failed":
             return "run" if self.options.retry_failed else "keep-failed"
-        if status in ("pending", "running") and marker.exists():
-            # the stage wrote its results (its marker file comes last) but the store never heard: a store
-            # moved aside, or a runner killed between the two writes
+        if found:
+            # the stage wrote its results (its marker comes last) but the store never heard: a store moved
+            # aside, or a driver killed between the two writes
             return "recover"
-        if status == "running" and row is not None and row.attempts >= MAX_SILENT_DEATHS:
+        if status == "running" and row is not None and row.attempts > cell.config.resources.retries:
             if self.options.retry_failed:
                 return "run"
             error = (f"the process running it died {row.attempts} times without an error (killed, e.g. by the "
@@ -246,69 +169,237 @@ class Runner:
             return "keep-failed"
         return "run"
 
-    def recover(self, cell: Cell, stage: str, record: Callable[[float | None], st.Record]) -> bool:
-        try:
-            result = record(None)
-        except (OSError, ValueError, KeyError) as err:
-            self.console.print(f"[yellow]{cell.id} · {stage}: its files cannot be read back ({err}); redoing it")
-            return False
-        self.store.stage_done(cell.id, stage, seconds=result.seconds, metrics=result.metrics, cost=result.cost,
-                              artifacts=result.artifacts, detail=result.detail or "recorded again from its files",
-                              inference=result.inference)
+    def marker_rel(self, cell: Cell, stage: str) -> str:
+        run = RunDir.for_cell(Path(), cell.id)
+        return marker(stage, cell.config, run).as_posix()
+
+    def recover(self, cell: Cell, stage: str, trainer: str | None) -> bool:
+        with self.storage.workspace([cell.id]) as root:
+            run = RunDir.for_cell(root, cell.id)
+            try:
+                if stage == "train" and trainer and trainer != cell.id:
+                    record = st.shared_train_record(cell.config, run, trainer)
+                elif stage == "train":
+                    record = st.train_record(cell.config, run, None)
+                elif stage == "eval":
+                    record = st.eval_record(cell.config, run, None)
+                else:
+                    record = st.loadtest_record(cell.config, run, None, root)
+            except (OSError, ValueError, KeyError) as err:
+                self.console.print(f"[yellow]{cell.id} · {stage}: its files cannot be read back ({err}); redoing it")
+                return False
+            from tunebench.study.task import portable
+
+            record = portable(record, root)
+        self.save(cell.id, stage, record, record.detail or "recorded again from its files")
         self.tally.recovered += 1
         return True
 
-    def fail(self, cell: Cell, stage: str, err: BaseException, seconds: float) -> None:
-        log = self.run(cell).path / f"{stage}-error.log"
-        write_atomic(log, "".join(traceback.format_exception(err)))
-        error = describe_error(err)
-        self.store.stage_failed(cell.id, stage, f"{error} (traceback: {self.store.relative(log)})", seconds)
-        self.tally.failed.append((cell.id, stage, error))
-        self.console.print(f"  [red]failed[/red] {stage}: {error}")
-        free_memory()
-
-    def blocked(self, cell: Cell, stage: str, why: str) -> None:
-        row = self.store.stage(cell.id, stage)
+    def block(self, cell_id: str, stage: str, why: str) -> None:
+        row = self.store.stage(cell_id, stage)
         if row is None or row.status != "done":
-            self.store.stage_failed(cell.id, stage, why)
-            self.tally.failed.append((cell.id, stage, why))
+            self.store.stage_failed(cell_id, stage, why)
+            self.tally.failed.append((cell_id, stage, why))
 
-    def record_provenance(self, cell: Cell) -> None:
-        run = self.run(cell)
-        if not run.provenance_file.exists():
-            if not any(run.path.joinpath(d).exists() for d in ("eval", "train")):
-                return
-            run.write_provenance(cell.config, data_hash=st.data_hash(cell.config, run))
-        self.store.record_provenance(cell.id, read_json(run.provenance_file))
+    def keep_failed(self, cell_id: str, stage: str) -> None:
+        kept = self.store.stage(cell_id, stage)
+        self.tally.failed.append((cell_id, stage, kept.error if kept and kept.error else "failed"))
 
+    def task_for(self, unit: Unit, position: str, gpus_default: int) -> UnitTask | None:
+        """The stages of one unit still to run, or None when every one is reused, recovered or kept failed."""
+        work: list[StageWork] = []
+        trained = True
+        if unit.trainer is not None:
+            trained = self.plan_stage(unit.trainer, "train", work, unit)
+        for cell in unit.cells:
+            ready = trained
+            if unit.trainer is not None and cell.id in unit.epoch_of:
+                if ready:
+                    ready = self.plan_stage(cell, "train", work, unit, share=True)
+                else:
+                    self.block(cell.id, "train", f"not run: the training run of {unit.trainer.id} failed")
+            if not ready:
+                self.block(cell.id, "eval", "not run: its training failed")
+                continue
+            if self.plan_stage(cell, "eval", work, unit) and cell.config.loadtest.enabled:
+                self.plan_stage(cell, "loadtest", work, unit)
+        self.positions[unit.id] = position
+        if not work:
+            self.record_provenance_of(unit)
+            return None
+        members = [*unit.cells] + ([unit.trainer] if unit.trainer and unit.trainer not in unit.cells else [])
+        first = (unit.trainer or unit.cells[0]).config.resources
+        gpus = first.gpus if first.gpus is not None else gpus_default
+        return UnitTask(
+            unit_id=unit.id, configs={c.id: c.config.model_dump(mode="json") for c in members}, work=tuple(work),
+            storage=self.storage.uri, trainer=unit.trainer.id if unit.trainer else None, epoch_of=unit.epoch_of,
+            resources=Resources(gpus=gpus, cpus=first.cpus, memory_gb=first.memory_gb, retries=first.retries),
+            cost=unit_cost(unit), progress=self.options.progress and self.executor.name == "inline")
 
-def is_interruption(err: BaseException) -> bool:
-    """Ctrl-C during training ends in the trainer's own exception, after it saved a checkpoint."""
-    engine = sys.modules.get("tunebench.train.engine")
-    return engine is not None and isinstance(err, engine.TrainingInterrupted)
+    def plan_stage(self, cell: Cell, stage: str, work: list[StageWork], unit: Unit, share: bool = False) -> bool:
+        """Add the stage to `work` if it must run; True when its result will be there (reused or to be run)."""
+        plan = self.decide(cell, stage)
+        if plan == "reuse":
+            self.tally.reused += 1
+            return True
+        if plan == "keep-failed":
+            self.keep_failed(cell.id, stage)
+            return False
+        if plan == "recover" and self.recover(cell, stage, unit.trainer.id if share and unit.trainer else None):
+            return True
+        row = self.store.stage(cell.id, stage)
+        retrying = row is not None and row.status == "failed"
+        if share:
+            self.shares.add((unit.id, cell.id))
+        work.append(StageWork(cell.id, "share" if share else stage, retrying))
+        return True
 
+    # ------------------------------------------------------------ running
 
-def has_step_checkpoint(run: RunDir) -> bool:
-    return run.checkpoints.is_dir() and any(p.name.split("-", 1)[1].isdigit()
-                                            for p in run.checkpoints.glob("checkpoint-*") if p.is_dir())
+    def run(self, units: list[Unit]) -> None:
+        gpus_default = 1 if self.gpus > 0 else 0
+        tasks = [t for i, u in enumerate(units, 1) if (t := self.task_for(u, f"[{i}/{len(units)}]", gpus_default))]
+        if self.executor.name != "inline":
+            tasks.sort(key=lambda t: -t.cost)       # the longest first: the last to finish is a short one
+        queue = deque(tasks)
+        try:
+            while queue or self.running:
+                while queue and self.may_submit(queue[0]):
+                    task = queue.popleft()
+                    self.running[task.unit_id] = Running(self.executor.submit(task), task)
+                handles = [r.handle for r in self.running.values()]
+                for handle, result in self.executor.wait(handles, WAIT_S, self.on_event):
+                    self.finish(self.running[handle.unit_id], result)
+        except KeyboardInterrupt:
+            self.cancel_all()
+            raise
 
+    def may_submit(self, task: UnitTask) -> bool:
+        if self.executor.name == "inline":
+            return not self.running
+        # Keep a few units queued at the executor, but never queue past one that waits for several GPUs: Ray
+        # would hand each freed GPU to the single-GPU units behind it and starve it.
+        waiting = [r for r in self.running.values() if not r.where]
+        if any(r.task.resources.gpus > 1 for r in waiting):
+            return False
+        return len(waiting) < max(2, self.gpus // 2 or 2)
 
-def describe_error(err: BaseException) -> str:
-    if isinstance(err, UserError):
-        return f"{err.problem} (fix: {err.fix})" if err.fix else err.problem
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    name = type(err).__name__
-    if "out of memory" in str(err).lower() or name == "OutOfMemoryError":
-        return f"out of memory ({name}: {text[:300]})"
-    return f"{name}: {text[:300]}" if text else name
+    def cancel_all(self) -> None:
+        """Ctrl-C: every running task checkpoints and stops; its stage goes back to pending."""
+        if not self.running:
+            return
+        self.console.print(f"[yellow]stopping {len(self.running)} running unit(s)...")
+        for r in self.running.values():
+            self.executor.cancel(r.handle)
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while self.running and time.monotonic() < deadline:
+            try:
+                for handle, _ in self.executor.wait([r.handle for r in self.running.values()], WAIT_S,
+                                                    self.on_event):
+                    self.mark_unfinished(self.running.pop(handle.unit_id).task, "pending", "interrupted")
+            except KeyboardInterrupt:
+                break
+        for running in self.running.values():
+            self.mark_unfinished(running.task, "pending", "interrupted")
 
+    def mark_unfinished(self, task: UnitTask, status: str, why: str) -> None:
+        for cell_id in task.configs:
+            for stage in ("train", "eval", "loadtest"):
+                row = self.store.stage(cell_id, stage)
+                if row is not None and row.status == "running":
+                    if status == "pending":
+                        self.store.stage_pending(cell_id, stage, why)
+                    else:
+                        self.store.stage_failed(cell_id, stage, why)
+                        self.tally.failed.append((cell_id, stage, why))
 
-def free_memory() -> None:
-    """After a failed cell, give back what it held so the next one starts clean."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    def finish(self, running: Running, result: UnitResult) -> None:
+        try:
+            if result.system_failure:
+                why = (f"{result.system_failure} (system failure; {running.task.resources.retries} retries spent"
+                       + (f", last on {running.where}" if running.where else "") + ")")
+                self.console.print(f"  [red]unit {running.task.unit_id} lost[/red]: {why}")
+                self.mark_unfinished(running.task, "failed", why)
+                for work in running.task.work:
+                    row = self.store.stage(work.cell_id, "train" if work.stage == "share" else work.stage)
+                    if row is not None and row.status == "pending":
+                        self.block(work.cell_id, row.stage, f"not run: {why}")
+            for cell_id, prov in result.provenance.items():
+                self.store.record_provenance(cell_id, prov)
+        finally:
+            self.running.pop(running.task.unit_id, None)
+        if result.interrupted and self.executor.name == "inline":
+            raise KeyboardInterrupt
+
+    def record_provenance_of(self, unit: Unit) -> None:
+        from tunebench.rundir import read_json
+
+        if not self.storage.local:
+            return
+        for cell in [*unit.cells, *([unit.trainer] if unit.trainer else [])]:
+            path = RunDir.for_cell(self.storage.root, cell.id).provenance_file
+            if path.exists():
+                self.store.record_provenance(cell.id, read_json(path))
+
+    # ------------------------------------------------------------ events
+
+    def on_event(self, event: Event) -> None:
+        running = self.running.get(event.unit_id)
+        if isinstance(event, UnitStarted):
+            self.where[event.unit_id] = (event.node, event.gpus, event.pid)
+            if running is not None:
+                running.where = event.node + (f" GPU {event.gpus}" if event.gpus else "")
+                running.started = time.monotonic()
+            if self.executor.name != "inline":
+                again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+                self.console.print(f"unit {event.unit_id} started on {running.where if running else event.node}"
+                                   f"{again}", highlight=False)
+        elif isinstance(event, StageStarted):
+            node, gpus, pid = self.where.get(event.unit_id, ("", "", 0))
+            self.store.stage_started(event.cell_id, event.stage, node=node or None, gpus=gpus or None, pid=pid or None)
+            if running is not None:
+                running.stage = f"{event.cell_id} · {event.stage}"
+            if event.note != "shared":
+                note = f" ({event.note})" if event.note else ""
+                self.console.print(f"[bold]{self.positions.get(event.unit_id, '')}[/bold] {event.cell_id} · "
+                                   f"{event.stage}{note}", highlight=False)
+        elif isinstance(event, Progress):
+            if running is not None:
+                running.step = f"{event.step}/{event.total}"
+        elif isinstance(event, EpochMetrics):
+            if self.on_epoch is not None and running is not None:
+                self.on_epoch(running, event)
+        elif isinstance(event, StageFinished):
+            self.stage_finished(event)
+
+    def stage_finished(self, event: StageFinished) -> None:
+        quiet = (event.unit_id, event.cell_id) in self.shares and event.stage == "train"
+        if event.status in ("done", "stopped"):
+            record = event.record
+            detail = record.detail
+            if event.status == "stopped":
+                detail = "; ".join(p for p in ("stopped early by the driver", detail) if p)
+            self.save(event.cell_id, event.stage, record, detail)
+            self.tally.ran += 1
+            if not quiet:
+                # CPU time (all threads) beside wall time: on a shared machine the wall time alone says little
+                headline = st.headline(record)
+                self.console.print(f"  [green]done[/green] {event.stage} in {event.seconds:.1f} s "
+                                   f"(CPU {event.cpu_seconds:.1f} s)" + (f" · {headline}" if headline else ""),
+                                   highlight=False)
+        elif event.status == "interrupted":
+            self.store.stage_pending(event.cell_id, event.stage, "interrupted")
+        else:
+            self.store.stage_failed(event.cell_id, event.stage, event.error or "failed", event.seconds or None)
+            self.tally.failed.append((event.cell_id, event.stage, event.error or "failed"))
+            if not event.error or not event.error.startswith("not run:"):
+                self.console.print(f"  [red]failed[/red] {event.stage}: {event.error}", highlight=False)
+                if event.log_tail and self.executor.name != "inline":
+                    self.console.print(event.log_tail, markup=False, highlight=False)
+
+    def save(self, cell_id: str, stage: str, record: st.Record, detail: str | None) -> None:
+        self.store.stage_done(cell_id, stage, seconds=record.seconds, metrics=record.metrics, cost=record.cost,
+                              artifacts=record.artifacts, detail=detail, inference=record.inference)
 
 
 # ---------------------------------------------------------------- a whole study
@@ -353,31 +444,41 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def executor_choice(study: Study, executor: str | None, gpus: list[str] | None) -> str:
+    if gpus and executor == "inline":
+        raise UserError("--gpus runs cells concurrently, which is the Ray executor, not --executor inline",
+                        "drop --executor inline, or drop --gpus to run the cells one after another")
+    return executor or ("ray" if gpus else study.config.executor.name)
+
+
 def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_failed: bool = False,
               gpus: list[str] | None = None, yes: bool = False, stages: st.StageFunctions | None = None,
-              console: Console | None = None) -> StudyOutcome:
+              console: Console | None = None, executor: str | None = None, address: str | None = None,
+              storage: str | None = None, on_epoch: Callable[[Running, EpochMetrics], None] | None = None,
+              ) -> StudyOutcome:
     console = console or Console()
     selected = select_cells(study.cells, only)
     check_size(selected, yes, study)
     prepare_study_dir(study_dir)
+    name = executor_choice(study, executor, gpus)
+    where = Storage(storage or study.config.storage or str(study_dir))
+    where.check_writable()
     units = with_trainers(selected, study.cells)
-    with StudyLock(study_dir) as lock, Store.open(study_dir) as store, sigterm_as_interrupt():
+    with StudyLock(study_dir), Store.open(study_dir) as store, sigterm_as_interrupt():
         store.record_study(study.name, study.config.description, str(study.path) if study.path else None,
                            study.config.model_dump(mode="json"))
         rows, stage_names = cell_rows(units)
         store.record_cells(rows, stage_names)
         store.mark_current([cell.id for cell in study.cells])
-        for cell in unique_cells(units):
-            write_config_if_changed(cell, RunDir.for_cell(study_dir, cell.id))
-        options = RunOptions(retry_failed=retry_failed)
-        if gpus:
-            from tunebench.study.pool import run_pool
-
-            tally = run_pool(units, study_dir, store, gpus, options=options, console=console, lock_fd=lock.fd)
-        else:
-            runner = Runner(study_dir, store, stages or st.real_stages(), console=console, options=options)
-            for i, unit in enumerate(units, 1):
-                runner.run_unit(unit, position=f"[{i}/{len(units)}]")
-            tally = runner.tally
+        if where.local:
+            for cell in unique_cells(units):
+                write_config_if_changed(cell, RunDir.for_cell(where.root, cell.id))
+        runner = make_executor(name, address=address or study.config.executor.address, gpus=gpus, stages=stages)
+        try:
+            driver = Driver(study_dir, store, where, runner, console, RunOptions(retry_failed=retry_failed), on_epoch)
+            driver.run(units)
+        finally:
+            runner.close()
         ids = [row["cell_id"] for row in rows]
-        return StudyOutcome(study_dir, tally, store.status_counts(ids))
+        return StudyOutcome(study_dir, driver.tally, store.status_counts(ids))
+

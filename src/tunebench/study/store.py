@@ -22,7 +22,8 @@ from typing import Any
 from tunebench.errors import UserError
 
 DB_NAME = "results.db"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")   # version 1 lacks stages.node and stages.gpus; opening it to write adds them
 STAGE_NAMES = ("train", "eval", "loadtest")
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -75,6 +76,8 @@ CREATE TABLE IF NOT EXISTS stages (
     error    TEXT,                          -- why it failed
     detail   TEXT,                          -- e.g. 'epoch 2 checkpoint of <cell>'
     pid      INTEGER,                       -- the process that ran it
+    node     TEXT,                          -- where it ran: host (and IP) of the node
+    gpus     TEXT,                          -- the GPUs its executor assigned (CUDA_VISIBLE_DEVICES)
     PRIMARY KEY (cell_id, stage)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -198,6 +201,7 @@ class Store:
         try:
             if existed:
                 store.check()
+                store.migrate()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -245,9 +249,18 @@ class Store:
         if missing:
             raise corrupt_error(self.path, f"not a tunebench results store (tables missing: {', '.join(missing)})")
         version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if not version or version[0] != SCHEMA_VERSION:
+        if not version or version[0] not in READABLE_VERSIONS:
             found = version[0] if version else "none"
             raise corrupt_error(self.path, f"schema version {found}, this tunebench reads {SCHEMA_VERSION}")
+
+    def migrate(self) -> None:
+        """Bring an older store up to this schema in place (columns added, nothing removed)."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(stages)")}
+        with self.transaction() as tx:
+            for name in ("node", "gpus"):
+                if name not in columns:
+                    tx.execute(f"ALTER TABLE stages ADD COLUMN {name} TEXT")
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.conn.close()
@@ -319,12 +332,13 @@ class Store:
         ).fetchone()
         return StageRow(**dict(row)) if row else None
 
-    def stage_started(self, cell_id: str, stage: str) -> None:
+    def stage_started(self, cell_id: str, stage: str, *, node: str | None = None, gpus: str | None = None,
+                      pid: int | None = None) -> None:
         with self.transaction() as tx:
             tx.execute(
                 "UPDATE stages SET status = 'running', attempts = attempts + 1, started = ?, finished = NULL, "
-                "seconds = NULL, error = NULL, pid = ? WHERE cell_id = ? AND stage = ?",
-                (now(), os.getpid(), cell_id, stage),
+                "seconds = NULL, error = NULL, pid = ?, node = ?, gpus = ? WHERE cell_id = ? AND stage = ?",
+                (now(), pid or os.getpid(), node, gpus, cell_id, stage),
             )
 
     def stage_pending(self, cell_id: str, stage: str, why: str) -> None:
@@ -388,6 +402,8 @@ class Store:
             )
 
     def relative(self, path: Path) -> str:
+        if not Path(path).is_absolute():   # already relative to the storage root (a task's record)
+            return Path(path).as_posix()
         try:
             return str(Path(path).resolve().relative_to(self.study_dir.resolve()))
         except ValueError:

@@ -29,7 +29,7 @@ LABELS = "labels.json"  # beside every saved set of weights: the label set, in c
 COUNTERS = "tunebench-counters.json"  # in each step checkpoint: tokens, examples and time so far
 FITTED = "fitted-budget.json"  # in train/: the memory-fitted batch settings, reused on --resume (same batches)
 # Sections that do not change the trained weights; a resume may differ in them.
-NOT_TRAINING = ("eval", "cost", "serve", "loadtest")
+NOT_TRAINING = ("eval", "cost", "serve", "loadtest", "resources")
 
 
 def step_checkpoints(root: Path) -> list[Path]:
