@@ -30,14 +30,18 @@ class StageFunctions:
     train: StageFn
     evaluate: StageFn
     loadtest: StageFn | None = None
+    # training on N > 1 GPUs of one node (torchrun); None: `train` itself, in this process, with every GPU
+    train_distributed: StageFn | None = None
 
 
 def real_stages() -> StageFunctions:
     """The real stages, imported only when a study actually runs (they pull in torch)."""
     from tunebench.evaluate import evaluate_cell
+    from tunebench.study.task import train_on_gpus
     from tunebench.train import train_cell
 
-    return StageFunctions(train=train_cell, evaluate=evaluate_cell, loadtest=loadtest_stage())
+    return StageFunctions(train=train_cell, evaluate=evaluate_cell, loadtest=loadtest_stage(),
+                          train_distributed=train_on_gpus)
 
 
 def loadtest_stage() -> StageFn | None:

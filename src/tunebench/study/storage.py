@@ -103,8 +103,9 @@ class Storage:
                 for folder, _, names in os.walk(root, followlinks=True):
                     files += [Path(folder) / name for name in names if not name.startswith(".")]
         files.sort(key=lambda p: (p.name in MARKERS, str(p)))
+        prefix = f"{rel.strip('/')}/" if rel.strip("/") else ""
         for file in files:
-            self.fs.put_file(str(file), self.path(f"{rel}/{file.relative_to(src).as_posix()}"))
+            self.fs.put_file(str(file), self.path(prefix + file.relative_to(src).as_posix()))
 
     @contextmanager
     def workspace(self, rels: Iterable[str]) -> Iterator[Path]:

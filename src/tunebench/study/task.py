@@ -265,8 +265,8 @@ def record_of(work: StageWork, cfg: CellConfig, run: RunDir, root: Path, task: U
 def train(task: UnitTask, work: StageWork, cfg: CellConfig, run: RunDir, root: Path, storage: Storage,
           stages: st.StageFunctions, context: TaskContext, resume: bool) -> bool:
     """Train in this process, or under torchrun on the N GPUs the executor assigned; True when told to stop."""
-    if task.resources.gpus > 1:
-        train_on_gpus(cfg, work.cell_id, run, root, task.resources.gpus, resume=resume, force=work.retrying)
+    if task.resources.gpus > 1 and stages.train_distributed is not None:
+        stages.train_distributed(cfg, run, gpus=task.resources.gpus, resume=resume, force=work.retrying)
         storage.push(root, "", only=[os.path.relpath(run.train, root)])
         return False
     stopped = False
@@ -284,12 +284,12 @@ def train(task: UnitTask, work: StageWork, cfg: CellConfig, run: RunDir, root: P
 # ---------------------------------------------------------------- an N-GPU cell: torchrun on the assigned GPUs
 
 
-def train_on_gpus(cfg: CellConfig, cell_id: str, run: RunDir, root: Path, gpus: int, *, resume: bool,
-                  force: bool) -> None:
+def train_on_gpus(cfg: CellConfig, run: RunDir, *, gpus: int, resume: bool, force: bool) -> None:
     """`tunebench train` under torchrun, one process per GPU of CUDA_VISIBLE_DEVICES (set by the executor).
 
     Ctrl-C or a cancel forwards SIGTERM to torchrun, which passes it to every rank (each checkpoints at its
     next step); a rank killed by a signal is a system failure, retried from the last step checkpoint."""
+    cell_id, root = run.path.name, run.path.parent
     study = {"name": "unit", "defaults": cfg.model_dump(mode="json"), "experiments": [{}]}
     run.path.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=run.path, prefix=".cell-", delete=False) as f:
