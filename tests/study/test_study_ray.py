@@ -239,3 +239,15 @@ def test_storage_on_s3(tmp_path, s3_server):
         Path(f"{out / 'results.db'}{suffix}").unlink(missing_ok=True)
     outcome = run_study(study, out, executor="ray", stages=STANDINS, console=quiet(), storage=uri)
     assert outcome.ok and outcome.tally.recovered == 2 and outcome.tally.ran == 0
+
+
+def test_gpus_flag_runs_units_concurrently_through_ray(tmp_path, tiny_llama_dir):
+    """`--gpus 0,1` is the Ray executor (on a running instance here; a fresh local one with those GPUs otherwise)."""
+    text = tiny_study(tiny_llama_dir, "  - method: zero_shot\n  - method: few_shot\n", limit=4)
+    study = load_study(write_study(tmp_path, text))
+    out = tmp_path / "runs"
+    outcome = run_study(study, out, gpus=["0", "1"], console=quiet())
+    assert outcome.ok and outcome.tally.ran == 2
+    rows = stage_rows(out / "results.db")
+    assert len({r["pid"] for r in rows.values()}) == 2 and os.getpid() not in {r["pid"] for r in rows.values()}
+    assert {r["gpus"] for r in rows.values()} == {"0", "1"}

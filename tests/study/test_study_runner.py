@@ -1,5 +1,5 @@
 """The runner on real stages and a tiny model: failure isolation (out of memory included), retries, Ctrl-C,
-recovery from the files when the store was moved aside, and cells run concurrently in worker processes."""
+recovery from the files when the store was moved aside (concurrency: test_study_ray.py)."""
 
 from __future__ import annotations
 
@@ -118,18 +118,6 @@ def test_a_store_moved_aside_is_rebuilt_from_the_files(tmp_path, study):
     outcome = run_study(study, out, stages=counting.stages(), console=quiet())
     assert counting.calls == [] and outcome.tally.recovered == len(before) and outcome.ok
     assert {k: r["status"] for k, r in stage_rows(out / "results.db").items()} == before
-
-
-def test_units_run_concurrently_in_worker_processes(tmp_path, tiny_llama_dir):
-    text = tiny_study(tiny_llama_dir, "  - method: zero_shot\n  - method: few_shot\n", limit=4)
-    study = load_study(write_study(tmp_path, text))
-    out = tmp_path / "runs"
-    outcome = run_study(study, out, gpus=["0", "1"], console=quiet())   # on a CPU-only machine: two CPU workers
-    assert outcome.ok and outcome.tally.ran == 2
-    rows = stage_rows(out / "results.db")
-    pids = {r["pid"] for r in rows.values()}
-    assert len(pids) == 2 and None not in pids
-    assert len(list((out / "logs").glob("*.log"))) == 2
 
 
 def test_the_serve_and_loadtest_stage_fills_the_inference_tables(tmp_path, tiny_llama_dir):

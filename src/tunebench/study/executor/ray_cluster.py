@@ -71,7 +71,8 @@ def run_remote(task: UnitTask, sink: Any, stages: Any) -> UnitResult:
 
     attempt = ray.get(sink.started.remote(task.unit_id))
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "") if task.resources.gpus else ""
-    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    node_id = ray.get_runtime_context().get_node_id()
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node {node_id[:8]})"
     sink.put.remote(UnitStarted(task.unit_id, node, gpus, gpu_type(task), os.getpid(), attempt))
     last_poll, stop = 0.0, False
 
@@ -136,7 +137,12 @@ class RayExecutor:
                 raise UserError(f"cannot reach the Ray cluster at {address or 'a new local instance'}: {err}",
                                 "start one with 'ray start --head' (or check --address), or run with "
                                 "--executor inline") from None
-        self.sink = _sink_class().remote()
+        # The events live with the driver: on the node it is attached to, not on one a lost worker node takes
+        # down with it.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.sink = _sink_class().options(scheduling_strategy=here).remote()
         self.remote = ray.remote(run_remote)
         self.stages = stages
 
