@@ -16,6 +16,7 @@ half-written result behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -108,6 +109,7 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+@functools.lru_cache(maxsize=1)
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:
@@ -118,6 +120,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -137,7 +140,7 @@ def device_name() -> str:
 
 def provenance(cfg: CellConfig, data_hash: str | None = None, device: str | None = None) -> dict[str, Any]:
     return {
-        "packages": package_versions(),
+        "packages": dict(package_versions()),
         "python": platform.python_version(),
         "git_sha": git_sha(),
         "device": device or device_name(),

@@ -142,6 +142,8 @@ class Driver:
         self.positions: dict[str, str] = {}
         self.where: dict[str, tuple[str, str, int]] = {}  # unit id -> (node, gpus, pid)
         self.gpus = executor.gpus_available()
+        self.total = self.ended = 0
+        self.t0 = time.monotonic()
 
     # ------------------------------------------------------------ deciding
 
@@ -262,6 +264,13 @@ class Driver:
         if self.executor.name != "inline":
             tasks.sort(key=lambda t: -t.cost)       # the longest first: the last to finish is a short one
         queue = deque(tasks)
+        self.total, self.ended, self.t0 = len(tasks), 0, time.monotonic()
+        live = None
+        if self.executor.name != "inline" and self.console.is_terminal and tasks:
+            from rich.live import Live
+
+            live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2, transient=True)
+            live.start()
         try:
             while queue or self.running:
                 while queue and self.may_submit(queue[0]):
@@ -273,6 +282,23 @@ class Driver:
         except KeyboardInterrupt:
             self.cancel_all()
             raise
+        finally:
+            if live is not None:
+                live.stop()
+
+    def render(self) -> Any:
+        """The live view: units ended / running / waiting, and where each running one is and how far."""
+        from rich.table import Table
+
+        failed = len({cid for cid, _, _ in self.tally.failed})
+        table = Table(title=f"{self.ended}/{self.total} units ended · {len(self.running)} submitted · "
+                      f"{failed} cell(s) failed · {time.monotonic() - self.t0:.0f} s", title_justify="left")
+        for column in ("unit", "where", "stage", "step", "elapsed"):
+            table.add_column(column, overflow="fold")
+        for r in sorted(self.running.values(), key=lambda r: (not r.where, r.started)):
+            elapsed = f"{time.monotonic() - r.started:.0f} s" if r.where else "waiting"
+            table.add_row(r.task.unit_id, r.where or "-", r.stage or "-", r.step or "-", elapsed)
+        return table
 
     def may_submit(self, task: UnitTask) -> bool:
         if self.executor.name == "inline":
@@ -328,6 +354,7 @@ class Driver:
                 self.store.record_provenance(cell_id, prov)
         finally:
             self.running.pop(running.task.unit_id, None)
+            self.ended += 1
         if result.interrupted and self.executor.name == "inline":
             raise KeyboardInterrupt
 

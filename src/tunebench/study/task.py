@@ -107,11 +107,18 @@ def portable(record: st.Record, root: Path) -> st.Record:
 
 def training_callbacks(task: UnitTask, cell_id: str, context: TaskContext, run: RunDir,
                        storage: Storage, root: Path) -> list[Any]:
-    """Progress and per-epoch metrics to the driver, the driver's stop, and checkpoints uploaded as written."""
-    from transformers import TrainerCallback
+    """Progress and per-epoch metrics to the driver, the driver's stop, and checkpoints uploaded as written.
 
-    class Report(TrainerCallback):
+    Duck-typed for transformers' CallbackHandler (it calls `on_<event>` by name): importing transformers here
+    would cost every task seconds, also those whose stage is not a Trainer."""
+
+    class Report:
         last = 0.0
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("on_"):
+                return lambda *args, **kwargs: None
+            raise AttributeError(name)
 
         def on_step_end(self, args, state, control, **kwargs):
             now = time.monotonic()

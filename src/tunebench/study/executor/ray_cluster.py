@@ -88,7 +88,12 @@ def run_remote(task: UnitTask, sink: Any, stages: Any) -> UnitResult:
             stop = ray.get(sink.should_stop.remote(task.unit_id))
         return stop
 
-    result = run_unit_task(task, TaskContext(emit, should_stop, attempt), stages)
+    from tunebench.study.task import free_memory
+
+    try:
+        result = run_unit_task(task, TaskContext(emit, should_stop, attempt), stages)
+    finally:
+        free_memory()   # a reused worker gives back what the unit held
     result.attempts = attempt
     return result
 
@@ -143,7 +148,11 @@ class RayExecutor:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.sink = _sink_class().options(scheduling_strategy=here).remote()
-        self.remote = ray.remote(run_remote)
+        # A process that started CUDA on one set of GPUs cannot switch to another, so a real GPU unit gets a fresh
+        # worker (Ray's own default for GPU tasks); CPU units and stand-in stages reuse workers, which saves the
+        # seconds of imports a fresh one costs.
+        self.fresh = ray.remote(max_calls=1)(run_remote)
+        self.reused = ray.remote(run_remote)
         self.stages = stages
 
     def gpus_available(self) -> int:
@@ -157,7 +166,8 @@ class RayExecutor:
                                    "retry_exceptions": [SystemFailure], "name": f"tunebench:{task.unit_id}"}
         if r.memory_gb:
             options["memory"] = int(r.memory_gb * 2**30)
-        return RayHandle(task.unit_id, self.remote.options(**options).remote(task, self.sink, self.stages), task)
+        remote = self.fresh if r.gpus and self.stages is None else self.reused
+        return RayHandle(task.unit_id, remote.options(**options).remote(task, self.sink, self.stages), task)
 
     def wait(self, handles: list[RayHandle], timeout: float | None,
              listener: Listener) -> list[tuple[RayHandle, UnitResult]]:
