@@ -251,3 +251,29 @@ def test_gpus_flag_runs_units_concurrently_through_ray(tmp_path, tiny_llama_dir)
     rows = stage_rows(out / "results.db")
     assert len({r["pid"] for r in rows.values()}) == 2 and os.getpid() not in {r["pid"] for r in rows.values()}
     assert {r["gpus"] for r in rows.values()} == {"0", "1"}
+
+
+def test_ctrl_c_cancels_running_tasks_and_leaves_them_resumable(tmp_path, tiny_llama_dir):
+    """The real CLI on its own local Ray instance: SIGINT to the driver mid-training. (Resuming from the step
+    checkpoint after a retry is test_study_cluster.py's lost-node test.)"""
+    import subprocess
+
+    text = tiny_study(tiny_llama_dir, "  - method: lora\n    training: {max_steps: 3000, save_steps: 3, epochs: 1}\n",
+                      limit=4)
+    path = write_study(tmp_path, text)
+    out = tmp_path / "runs"
+    cell = load_study(path).cells[0].id
+    command = [sys.executable, "-m", "tunebench.cli", "run", str(path), "--out", str(out), "--executor", "ray"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = out / cell / "train" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("checkpoint-*")) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.communicate()[0]
+    driver.send_signal(signal.SIGINT)
+    output = driver.communicate(timeout=180)[0]
+    assert driver.returncode == 130, output
+    row = stage_rows(out / "results.db")[(cell, "train")]
+    assert row["status"] == "pending" and row["error"] == "interrupted", output
+    assert list(checkpoints.glob("checkpoint-*")) and not (out / cell / "train" / "summary.json").exists()
+    assert "interrupted" in output and "Traceback" not in output

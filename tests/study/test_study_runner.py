@@ -137,3 +137,12 @@ def test_the_serve_and_loadtest_stage_fills_the_inference_tables(tmp_path, tiny_
     assert (out / rows[0][3]).exists()
     report = to_markdown(study_report(out, tmp_path / "plots"), out)
     assert "| batched | 2.00 |" in report and "No load-test results" not in report
+
+
+def test_the_inline_path_imports_no_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, tunebench.study.runner, tunebench.study.task, tunebench.study.executor.inline, "
+            "tunebench.study.commands; assert 'ray' not in sys.modules, 'ray was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
