@@ -139,6 +139,7 @@ class Driver:
         self.tally = Tally()
         self.running: dict[str, Running] = {}
         self.shares: set[tuple[str, str]] = set()        # (unit, cell) pairs whose 'train' is a checkpoint link
+        self.interrupted: set[tuple[str, str]] = set()   # stages a killed driver left running
         self.positions: dict[str, str] = {}
         self.where: dict[str, tuple[str, str, int]] = {}  # unit id -> (node, gpus, pid)
         self.gpus = executor.gpus_available()
@@ -251,6 +252,8 @@ class Driver:
             return True
         row = self.store.stage(cell.id, stage)
         retrying = row is not None and row.status == "failed"
+        if row is not None and row.status == "running":
+            self.interrupted.add((cell.id, stage))
         if share:
             self.shares.add((unit.id, cell.id))
         work.append(StageWork(cell.id, "share" if share else stage, retrying))
@@ -387,7 +390,9 @@ class Driver:
             if running is not None:
                 running.stage = f"{event.cell_id} · {event.stage}"
             if event.note != "shared":
-                note = f" ({event.note})" if event.note else ""
+                again = ["again: it was interrupted"] if (event.cell_id, event.stage) in self.interrupted else []
+                notes = [*again, *([event.note] if event.note else [])]
+                note = f" ({'; '.join(notes)})" if notes else ""
                 self.console.print(f"[bold]{self.positions.get(event.unit_id, '')}[/bold] {event.cell_id} · "
                                    f"{event.stage}{note}", highlight=False)
         elif isinstance(event, Progress):
