@@ -533,6 +533,21 @@ class SlotBatch:
         self.runner.release(size, end)
 
 
+@dataclass(frozen=True)
+class CachedPrefix:
+    """A beginning every prompt of an offline run shares (few-shot examples) and its keys and values,
+    [layers, kv_heads, P, head_dim] each: a prefill of prompts that start with it copies them into the slots
+    and runs only the rest of each prompt (`tunebench.evaluate.generation.SharedPrefix` computes them)."""
+
+    ids: tuple[int, ...]
+    keys: Any
+    values: Any
+
+    def starts(self, seq: Sequence) -> bool:
+        prompt = seq.request.prompt_ids
+        return len(prompt) > len(self.ids) and tuple(prompt[:len(self.ids)]) == self.ids
+
+
 @dataclass
 class Pending:
     """One launched forward pass whose tokens the host has not read yet: for `seqs` (its first rows, in order),
@@ -622,6 +637,7 @@ class BatchedEngine(Engine):
         self.batch = SlotBatch(self.runner)
         self._pending: deque[Pending] = deque()
         self.profile = StepProfile()
+        self.prefix: CachedPrefix | None = None  # set by offline runs whose prompts share a beginning
         log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache), CUDA graphs %s", self.slots, longest,
                  self.slots * per_slot / 2**30, "on" if use_graphs else "off")
 
@@ -722,19 +738,24 @@ class BatchedEngine(Engine):
 
         started = time.perf_counter()
         first, count = len(self.batch), len(seqs)
-        rows, width = self.runner.prefill_shape(count, max(len(s.request.prompt_ids) for s in seqs))
+        prefix = self.prefix if self.prefix is not None and all(self.prefix.starts(s) for s in seqs) else None
+        skip = len(prefix.ids) if prefix is not None else 0  # prompt tokens whose keys and values are copied
+        rows, width = self.runner.prefill_shape(count, max(len(s.request.prompt_ids) for s in seqs) - skip)
         ids, positions, columns = [], [], []
         for seq in seqs:
             prompt = seq.request.prompt_ids
-            pad = width - len(prompt)
-            ids.append([0] * pad + list(prompt))
-            positions.append([0] * pad + list(range(len(prompt))))
-            columns.append([self.cache.scratch] * pad + list(range(len(prompt))))
+            pad = width - (len(prompt) - skip)
+            ids.append([0] * pad + list(prompt[skip:]))
+            positions.append([0] * pad + list(range(skip, len(prompt))))
+            columns.append([self.cache.scratch] * pad + list(range(skip, len(prompt))))
         idle = rows - count  # shape-filling rows: they write the scratch column of slot 0 and are ignored
         host = torch.tensor([ids + [[0] * width] * idle, positions + [[0] * width] * idle,
                              columns + [[self.cache.scratch] * width] * idle], dtype=torch.long)
         adapter, extra = self._adapter_choice(seqs, rows)
-        out = self.runner.prefill(host, list(range(first, first + count)) + [0] * idle, adapter, extra)
+        if prefix is not None:
+            slots = torch.arange(first, first + count).to(self.device, non_blocking=True)
+            self.cache.write_prefix(slots, prefix.keys, prefix.values)
+        out = self.runner.prefill(host, list(range(first, first + count)) + [0] * idle, adapter, extra, skip)
         lengths = [len(s.request.prompt_ids) for s in seqs]
         pending = self._chosen(out, seqs)
         self.runner.start_rows(first, lengths, out.chosen[0] if pending.tokens is None else pending.tokens)

@@ -76,7 +76,7 @@ class DecodeRunner:
         self.use_graphs = use_graphs
         # Shape buckets on CUDA even when eager, so an eager step runs the kernels a graph would replay.
         self.bucketed = device.type == "cuda"
-        self.graphs: dict[tuple[str | None, int, int], tuple[Any, StepOutput]] = {}
+        self.graphs: dict[tuple[str, str | None, int, int], tuple[Any, StepOutput]] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
@@ -181,26 +181,32 @@ class DecodeRunner:
             return count, longest
         return power_of_two_at_least(count), self.width_bucket(longest)
 
-    def prefill(self, host: Any, slot_rows: list[int], adapter: str | None, extra: dict[str, Any]) -> StepOutput:
+    def prefill(self, host: Any, slot_rows: list[int], adapter: str | None, extra: dict[str, Any],
+                offset: int = 0) -> StepOutput:
         """`host`: (3, rows, width) CPU tensor of left-padded tokens, positions and write columns (padding
-        writes the scratch column); `slot_rows`: the slot of each row (idle rows: any slot, they write scratch)."""
+        writes the scratch column); `slot_rows`: the slot of each row (idle rows: any slot, they write scratch).
+        `offset`: columns 0..offset-1 of the rows' slots already hold a shared prefix's keys and values (the
+        tokens continue it), so attention reads offset + width columns."""
+        import functools
+
         import torch
 
         _, rows, width = host.shape
         slots = torch.tensor(slot_rows, dtype=torch.long)
         if rows > PREFILL_ROWS or width > PREFILL_WIDTH:  # too large for the static buffers: eagerly
             inputs, slots = host.to(self.rows.device), slots.to(self.rows.device)
-            self.cache.bind(slots[:, None], inputs[2], 0, rows, width, gather=slots)
-            return self._run(inputs[0], inputs[1], width, extra)
+            self.cache.bind(slots[:, None], inputs[2], 0, rows, offset + width, gather=slots)
+            return self._run(inputs[0], inputs[1], offset + width, extra)
         self.prefill_inputs[:, :rows, :width].copy_(host, non_blocking=True)
         self.prefill_rows[:rows].copy_(slots, non_blocking=True)
-        return self._replay("prefill", self.prefill_forward, rows, width, adapter, extra)
+        forward = functools.partial(self.prefill_forward, offset=offset) if offset else self.prefill_forward
+        return self._replay(f"prefill+{offset}" if offset else "prefill", forward, rows, width, adapter, extra)
 
-    def prefill_forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
+    def prefill_forward(self, rows: int, width: int, extra: dict[str, Any], offset: int = 0) -> StepOutput:
         tokens, positions, cols = (self.prefill_inputs[i, :rows, :width] for i in range(3))
         slots = self.prefill_rows[:rows]
-        self.cache.bind(slots[:, None], cols, 0, rows, width, gather=slots)
-        return self._run(tokens, positions, width, extra)
+        self.cache.bind(slots[:, None], cols, 0, rows, offset + width, gather=slots)
+        return self._run(tokens, positions, offset + width, extra)
 
     # ------------------------------------------------------------ graphs
 
