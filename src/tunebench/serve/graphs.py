@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class DecodeRunner:
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
         self.captures = 0
+        self.capture_s = 0.0  # host time spent warming up and capturing graphs
 
     def batch_bucket(self, rows: int) -> int:
         """Powers of two up to ROW_STEP rows, then multiples of ROW_STEP: idle rows still read `width` columns
@@ -216,8 +218,10 @@ class DecodeRunner:
             return forward(rows, width, extra)
         key = (kind, adapter, rows, width)
         if key not in self.graphs:
+            started = time.perf_counter()
             try:
                 self.graphs[key] = self.capture(forward, rows, width, adapter)
+                self.capture_s += time.perf_counter() - started
             except RuntimeError:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
                 log.exception("CUDA graph capture failed; running eagerly from now on")
                 self.use_graphs = False
