@@ -16,6 +16,7 @@ equal padded's (bf16: batching changes rounding, so a close call can differ), an
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
@@ -140,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             results[engine] = timed(engine, model, tok, prompts, args.new_tokens, args.batch_size)
         except Exception as err:  # a failing engine is a result too (continuous failed on every request once)
             results[engine] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        if spy.engines:  # read the engine's profile, then let its KV cache go before the next engine runs
+            results[engine]["profile"] = spy.breakdown()
+            spy.engines.clear()
         print(f"[{time.strftime('%H:%M:%S')}] {engine}: "
               f"{ {k: v for k, v in results[engine].items() if k != 'texts'} }", file=sys.stderr, flush=True)
+        gc.collect()
         torch.cuda.empty_cache()
-    if "batched" in results:
-        results["batched"]["profile"] = spy.breakdown()
     reference = results.get("padded", {}).get("texts")
     for engine, result in results.items():
         texts = result.pop("texts", None)

@@ -45,7 +45,10 @@ def offline_engine(model: Any, tokenizer: Any, *, longest: int, slots: int = OFF
                          dtype=str(getattr(model, "dtype", "")), device=str(model.device))
     limits = EngineLimits(max_batch=slots, max_queue=0, request_timeout=math.inf, prefill_budget=prefill_budget,
                           max_sequence_tokens=longest)
-    return BatchedEngine(served, limits, ServeMetrics("batched"))
+    engine = BatchedEngine(served, limits, ServeMetrics("batched"))
+    engine.runner.coarse_rows = True
+    engine.profile.every = math.inf  # one breakdown for the whole run, read by the caller
+    return engine
 
 
 def cached_prefix(ids: Sequence[int], dynamic_cache: Any) -> CachedPrefix:
