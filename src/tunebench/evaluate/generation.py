@@ -322,8 +322,8 @@ def generate_batched(model: Any, tokenizer: Any, encoded: list[list[int]], *, ma
     """Every prompt through the serving engine offline (`tunebench.serve.offline`), at most
     max(batch_size, OFFLINE_SLOTS) rows at once; the generated ids are finished exactly as the padded path's
     (same end tokens, stop strings, decoding), so greedy text is the same in fp32."""
-    from tunebench.serve.engine import GenerationRequest
     from tunebench.serve.offline import OFFLINE_SLOTS, cached_prefix, offline_engine, run_offline
+    from tunebench.serve.requests import GenerationRequest
     from tunebench.serve.sampling import SamplingParams
 
     shared = SharedPrefix.of(model, encoded)

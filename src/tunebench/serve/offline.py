@@ -15,15 +15,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tunebench.serve.engine import (
-    BatchedEngine,
-    CachedPrefix,
-    Completion,
-    EngineLimits,
-    GenerationFailed,
-    GenerationRequest,
-)
-from tunebench.serve.engine import Sequence as EngineSequence
+from tunebench.serve.batch_state import CachedPrefix
+from tunebench.serve.batched import BatchedEngine
+from tunebench.serve.requests import Completion, EngineLimits, GenerationFailed, GenerationRequest
+from tunebench.serve.requests import Sequence as EngineSequence
 
 OFFLINE_SLOTS = 256  # rows decoded together at most (fewer when the KV cache does not fit in free memory)
 OFFLINE_PREFILL_BUDGET = 8192  # prompt tokens per prefill: offline, no running request waits on a stall
