@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -81,6 +82,7 @@ class DecodeRunner:
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
+        self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
         self.coarse_rows = False  # offline runs: fewer row buckets (see batch_bucket)
         self.captures = 0
         self.capture_s = 0.0  # host time spent warming up and capturing graphs
@@ -168,12 +170,23 @@ class DecodeRunner:
         from tunebench.serve.kvcache import visible_mask
 
         mask = visible_mask(positions, width, self.additive_dtype)
-        out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
-                         logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
+        with self.attention_scope():
+            out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+                             logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
         logits = out.logits[:, -1].float()
         greedy = logits.argmax(dim=-1)
         logprob = torch.log_softmax(logits, dim=-1).gather(1, greedy[:, None])[:, 0]
         return StepOutput(logits, torch.stack([greedy.double(), logprob.double()]))
+
+    def attention_scope(self) -> Any:
+        """The SDPA kernels attention may use (`sdpa_backends`, from TUNEBENCH_SDPA_BACKEND, e.g.
+        "efficient" or "cudnn,efficient"; default: torch's own choice). A graph keeps the kernels it was
+        captured with, so this is read at capture (and on every eager pass)."""
+        if not self.sdpa_backends:
+            return contextlib.nullcontext()
+        from torch.nn.attention import sdpa_kernel
+
+        return sdpa_kernel(self.sdpa_backends)
 
     def step(self, rows: int, width: int, adapter: str | None, extra: dict[str, Any]) -> StepOutput:
         """Run one step; `adapter` is the one adapter every row uses (None: no adapters are loaded), and
@@ -253,6 +266,20 @@ class DecodeRunner:
                 output = forward(rows, width, {})
         self.captures += 1
         return graph, output
+
+
+def sdpa_backends(names: str) -> list[Any]:
+    """torch SDPBackend members for a comma-separated list of flash, efficient, cudnn, math ('' : none)."""
+    if not names.strip():
+        return []
+    from torch.nn.attention import SDPBackend
+
+    members = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    unknown = [n for n in names.split(",") if n.strip() not in members]
+    if unknown:
+        raise ValueError(f"TUNEBENCH_SDPA_BACKEND: unknown {unknown}; allowed: {', '.join(members)}")
+    return [members[n.strip()] for n in names.split(",")]
 
 
 @contextlib.contextmanager
