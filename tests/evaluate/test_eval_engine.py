@@ -78,3 +78,30 @@ def test_offline_run_returns_results_in_request_order(tiny_llama_dir, load_tiny)
     assert [c.generated_tokens for c in out] == [5 + i for i in range(len(prompts))]
     assert [c.prompt_tokens for c in out] == [len(p) for p in prompts]
     assert run_offline(engine, []) == []
+
+
+def test_eval_cli_through_the_engine_predicts_as_padded(cli, tmp_path, tiny_llama_dir):
+    """`tunebench eval --set eval.engine=batched` end to end: the same predictions as padded generation."""
+    import json
+
+    from tunebench.config.schema import CellConfig
+    from tunebench.evaluate import evaluate_cell
+    from tunebench.rundir import RunDir
+
+    out = tmp_path / "engine"
+    result = cli("eval", str(tiny_llama_dir), "--task", "summarization", "--data", "builtin:summarization",
+                 "--method", "few_shot", "--limit", "4", "--max-new-tokens", "6", "--out", str(out),
+                 "--set", "eval.engine=batched", "--set", "eval.bootstrap=10")
+    assert result.returncode == 0, result.stderr
+    cell = CellConfig.model_validate({"model": {"name": str(tiny_llama_dir)}, "method": "few_shot",
+                                      "data": {"source": "builtin:summarization", "task": "summarization"},
+                                      "eval": {"max_new_tokens": 6, "bootstrap": 10, "engine": "padded"}})
+    run = RunDir(tmp_path / "padded")
+    evaluate_cell(cell, run, limit=4, progress=False)
+
+    def rows(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    engine, padded = rows(out / "predictions.jsonl"), rows(run.eval_dir("test", "few_shot") / "predictions.jsonl")
+    keys = ("prediction", "finish_reason", "prompt_tokens")
+    assert len(engine) == 4 and [[r[k] for k in keys] for r in engine] == [[r[k] for k in keys] for r in padded]
