@@ -45,7 +45,10 @@ def step_ms(runner: Any, rows: int, width: int, repeats: int = 20) -> float:
 
 def variant(runner: Any, name: str, rows_list: list[int], width: int) -> dict[str, Any]:
     """Step times with one attention choice; a failure is recorded, not raised."""
+    import torch
+
     runner.graphs.clear()
+    runner.pool = torch.cuda.graph_pool_handle()  # graphs of a fresh pool: the old pool's graphs are gone
     runner.use_graphs = True
     out: dict[str, Any] = {}
     try:

@@ -5,6 +5,7 @@ See `tunebench.serve.engine` for the overview."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sys
 import time
@@ -133,18 +134,13 @@ class BatchedEngine(Engine):
         if not self._prefill_due():
             return
         chosen: list[Sequence] = []
-        longest = 0
-        while self._waiting and len(self.batch) + len(chosen) < self.slots:
-            seq = self._waiting[0]
-            width = max(longest, len(seq.request.prompt_ids))
-            if chosen and width * (len(chosen) + 1) > self.limits.prefill_budget:
-                break  # this iteration's prefill is spent; the running batch decodes first
-            self._waiting.popleft()
+        cap = self._group_size()
+        while self._waiting and len(chosen) < cap:
+            seq = self._waiting.popleft()
             if len(seq.request.prompt_ids) + seq.params.max_new_tokens > self.cache.usable + 1:
                 self._fail(seq, GenerationFailed("internal", f"the request needs more than the {self.cache.usable} "
                                                  "tokens a KV-cache slot holds"))
                 continue
-            longest = width
             self._admitted(seq)
             chosen.append(seq)
         if not chosen:
@@ -155,6 +151,21 @@ class BatchedEngine(Engine):
             log.exception("prefill failed")
             for seq in chosen:
                 self._fail(seq, GenerationFailed("internal", f"generation failed: {type(err).__name__}: {err}"))
+
+    def _group_size(self) -> int:
+        """How many waiting prompts the next prefill takes: as many as free slots and the padded token budget
+        allow (at least one). With shape buckets the group is cut to a power of two: a prefill of n prompts
+        runs as the next power of two of rows, so 40 prompts would compute 64 rows (the H200 profile of a
+        512-request burst: ~37 prompts per prefill), where 32 now and the rest next iteration compute 32 + 8."""
+        count, longest = 0, 0
+        for seq in itertools.islice(self._waiting, self.slots - len(self.batch)):
+            longest = max(longest, len(seq.request.prompt_ids))
+            if count and longest * (count + 1) > self.limits.prefill_budget:
+                break  # this iteration's prefill is spent; the running batch decodes first
+            count += 1
+        if self.runner.bucketed and count > 1:
+            count = 1 << (count.bit_length() - 1)
+        return count
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         """Prefill `seqs` together (left-padded) into the slots after the running rows; they start decoding

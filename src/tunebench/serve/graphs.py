@@ -83,16 +83,19 @@ class DecodeRunner:
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
         self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
-        self.coarse_rows = False  # offline runs: fewer row buckets (see batch_bucket)
+        # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
+        # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
+        # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
+        self.offline = False
         self.captures = 0
         self.capture_s = 0.0  # host time spent warming up and capturing graphs
 
     def batch_bucket(self, rows: int) -> int:
         """Powers of two up to ROW_STEP rows, then multiples of ROW_STEP: idle rows still read `width` columns
         of keys and values, and at 145 running rows a power of two would pay for 111 idle ones. Offline
-        (`coarse_rows`) only the tail of a run has fewer rows than slots, and each capture costs ~0.3 s of a
+        (`offline`) only the tail of a run has fewer rows than slots, and each capture costs ~0.3 s of a
         3B model, so the tail uses powers of two from ROW_STEP up (a few graphs instead of a dozen)."""
-        if self.coarse_rows:
+        if self.offline:
             return min(power_of_two_at_least(max(rows, ROW_STEP)), self.cache.slots)
         bucket = power_of_two_at_least(rows) if rows <= ROW_STEP else -(-rows // ROW_STEP) * ROW_STEP
         return min(bucket, self.cache.slots)
@@ -101,7 +104,7 @@ class DecodeRunner:
         """Powers of two, but steps of WIDTH_STEP between 128 and 512 columns: attention reads every column
         of the bucket, and a power of two wastes up to half of them."""
         width = power_of_two_at_least(longest, MIN_WIDTH)
-        if FINE_WIDTHS[0] < width <= FINE_WIDTHS[1]:
+        if FINE_WIDTHS[0] < width <= FINE_WIDTHS[1] and not self.offline:  # offline: fewer graphs to capture
             width = -(-longest // WIDTH_STEP) * WIDTH_STEP
         return min(width, self.cache.usable)
 
@@ -213,7 +216,7 @@ class DecodeRunner:
 
         _, rows, width = host.shape
         slots = torch.tensor(slot_rows, dtype=torch.long)
-        if rows > PREFILL_ROWS or width > PREFILL_WIDTH:  # too large for the static buffers: eagerly
+        if rows > PREFILL_ROWS or width > PREFILL_WIDTH or self.offline:  # too large for the buffers: eagerly
             inputs, slots = host.to(self.rows.device), slots.to(self.rows.device)
             self.cache.bind(slots[:, None], inputs[2], 0, rows, offset + width, gather=slots)
             return self._run(inputs[0], inputs[1], offset + width, extra)

@@ -41,7 +41,7 @@ def offline_engine(model: Any, tokenizer: Any, *, longest: int, slots: int = OFF
     limits = EngineLimits(max_batch=slots, max_queue=0, request_timeout=math.inf, prefill_budget=prefill_budget,
                           max_sequence_tokens=longest)
     engine = BatchedEngine(served, limits, ServeMetrics("batched"))
-    engine.runner.coarse_rows = True
+    engine.runner.offline = True  # coarse buckets, eager prefills
     engine.profile.every = math.inf  # one breakdown for the whole run, read by the caller
     return engine
 
