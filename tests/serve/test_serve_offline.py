@@ -24,7 +24,8 @@ def run(model, tok, bucketed: bool, budget: int) -> tuple[list[list[int]], list[
     return [[t.id for t in c.tokens] for c in run_offline(engine, requests)], groups
 
 
-def test_bucketed_prefill_groups_are_powers_of_two_and_change_no_token(tiny_llama_dir, load_tiny):
+def test_bucketed_prefill_groups_are_powers_of_two_and_change_no_token(tiny_llama_dir, load_tiny, monkeypatch):
+    monkeypatch.setattr("tunebench.serve.batched.PREFILL_GROUP", 2)  # groups above 2 prompts are cut
     model, tok = load_tiny(tiny_llama_dir)
     longest = max(len(tok(t)["input_ids"]) for t in TEXTS)
     exact, exact_groups = run(model, tok, bucketed=False, budget=6 * longest)

@@ -154,16 +154,17 @@ class BatchedEngine(Engine):
 
     def _group_size(self) -> int:
         """How many waiting prompts the next prefill takes: as many as free slots and the padded token budget
-        allow (at least one). With shape buckets the group is cut to a power of two: a prefill of n prompts
-        runs as the next power of two of rows, so 40 prompts would compute 64 rows (the H200 profile of a
-        512-request burst: ~37 prompts per prefill), where 32 now and the rest next iteration compute 32 + 8."""
+        allow (at least one). With shape buckets a group larger than PREFILL_GROUP is cut to a power of two:
+        a prefill of n prompts runs as the next power of two of rows, so 40 prompts would compute 64 rows (the
+        H200 profile of a 512-request burst: ~37 prompts per prefill), where 32 now and the rest next
+        iteration compute 32 + 8. Small groups keep their padding rows: cheap next to another launch."""
         count, longest = 0, 0
         for seq in itertools.islice(self._waiting, self.slots - len(self.batch)):
             longest = max(longest, len(seq.request.prompt_ids))
             if count and longest * (count + 1) > self.limits.prefill_budget:
                 break  # this iteration's prefill is spent; the running batch decodes first
             count += 1
-        if self.runner.bucketed and count > 1:
+        if self.runner.bucketed and count > PREFILL_GROUP:
             count = 1 << (count.bit_length() - 1)
         return count
 
