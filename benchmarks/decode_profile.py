@@ -110,9 +110,6 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     per_column = cache.all_keys[:, 0, :, 0].numel() * 2 * cache.all_keys.element_size()  # keys + values, all layers
     bound = {str(r): round(1e3 * (weights + r * args.width * per_column) / args.bandwidth, 3) for r in rows_list}
-    tuned = {"sdpa_alone_ms_per_layer": runner.decode_timings,
-             "chosen": [b.name for b in runner.decode_backends] or "default"}
-    runner.decode_backends = []  # each variant below pins its own kernels ("default": torch's choice)
     results: dict[str, Any] = {}
     for name in BACKENDS:
         runner.sdpa_backends = sdpa_backends("" if name == "default" else name)
@@ -124,7 +121,7 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
     except Exception as err:
         kernels = {"error": f"{type(err).__name__}: {err}"[:300]}
     line = {"benchmark": "decode_profile", "model": args.model, "device": torch.cuda.get_device_name(0),
-            "slots": engine.slots, "width": args.width, "engine_tuning": tuned, "step_ms_by_rows": results,
+            "slots": engine.slots, "width": args.width, "step_ms_by_rows": results,
             "bandwidth_bound_ms_by_rows": bound, "weights_gb": round(weights / 1e9, 2),
             "kernels_eager_at_slots": kernels, "wall_s": round(time.monotonic() - started, 1)}
     print(json.dumps(line), flush=True)  # before FlexAttention, whose compilation may outlast the call

@@ -487,8 +487,7 @@ def collect_profiles(work: Path, out: Path) -> None:
     lines = []
     for path in sorted(work.glob("server-*.log")):
         lines += [f"{path.stem}: {line.strip()}" for line in path.read_text(errors="replace").splitlines()
-                  if "profile:" in line or "batched engine:" in line or "captured" in line
-                  or "decode attention" in line]
+                  if "profile:" in line or "batched engine:" in line or "captured" in line]
     (out / "engine_profile.log").write_text("\n".join(lines) + "\n")
     for line in lines[-12:]:
         log(line)

@@ -23,7 +23,6 @@ log = logging.getLogger("tunebench.serve")
 ACTIVATION_RESERVE_BYTES = 6 * 2**30
 PREFILL_GROUP = 16  # waiting requests that trigger a prefill at once, whatever their wait
 GIL_SWITCH_S = 0.001
-TUNE_WIDTH = 256  # columns of the decode shape the attention kernel is chosen on (100-token prompts + output)
 
 
 class BatchedEngine(Engine):
@@ -61,9 +60,6 @@ class BatchedEngine(Engine):
         self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device)
         use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
         self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
-        if use_graphs and self.runner.additive_dtype is None and not self.runner.sdpa_backends:
-            # The kernel for one query row over the cache, timed on this GPU (see tune_decode_attention).
-            self.runner.tune_decode_attention(self.slots, TUNE_WIDTH)
         self.batch = SlotBatch(self.runner)
         self._pending: deque[Pending] = deque()
         self.profile = StepProfile()

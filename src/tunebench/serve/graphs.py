@@ -83,8 +83,6 @@ class DecodeRunner:
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
         self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
-        self.decode_backends: list[Any] = []  # chosen by tune_decode_attention
-        self.decode_timings: dict[str, float] = {}
         # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
         # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
         # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
@@ -175,7 +173,7 @@ class DecodeRunner:
         from tunebench.serve.kvcache import visible_mask
 
         mask = visible_mask(positions, width, self.additive_dtype)
-        with self.attention_scope(decode=tokens.shape[1] == 1):
+        with self.attention_scope():
             out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
                              logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
         logits = out.logits[:, -1].float()
@@ -183,61 +181,15 @@ class DecodeRunner:
         logprob = torch.log_softmax(logits, dim=-1).gather(1, greedy[:, None])[:, 0]
         return StepOutput(logits, torch.stack([greedy.double(), logprob.double()]))
 
-    def attention_scope(self, decode: bool) -> Any:
-        """The SDPA kernels attention may use: `sdpa_backends` (TUNEBENCH_SDPA_BACKEND, e.g. "efficient" or
-        "cudnn,efficient") for every pass, else `decode_backends` (`tune_decode_attention`) for decode steps,
-        else torch's own choice. A graph keeps the kernels it was captured with, so this is read at capture
-        (and on every eager pass)."""
-        backends = self.sdpa_backends or (self.decode_backends if decode else [])
-        if not backends:
+    def attention_scope(self) -> Any:
+        """The SDPA kernels attention may use (`sdpa_backends`, from TUNEBENCH_SDPA_BACKEND, e.g.
+        "efficient" or "cudnn,efficient"; default: torch's own choice). A graph keeps the kernels it was
+        captured with, so this is read at capture (and on every eager pass)."""
+        if not self.sdpa_backends:
             return contextlib.nullcontext()
         from torch.nn.attention import sdpa_kernel
 
-        return sdpa_kernel(backends)
-
-    def tune_decode_attention(self, rows: int, width: int, repeats: int = 20) -> dict[str, float]:
-        """Time SDPA alone on a decode step's shape (one query per row over a strided `width`-column view of
-        the slot cache, the engine's boolean mask) with torch's default choice and each backend that takes it;
-        decode steps use the fastest from then on. On the H200 torch's default for this shape is cuDNN's
-        kernel, tiled for prefill (16 x 128 queries), which took 58% of a 256-row step. Returns ms per call."""
-        import torch
-        import torch.nn.functional as F
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        from tunebench.serve.kvcache import visible_mask
-
-        keys, values = self.cache.keys[0], self.cache.values[0]
-        rows, width = min(rows, self.cache.slots), min(width, self.cache.usable)
-        heads, dim = keys.shape[1], keys.shape[-1]
-        query = torch.randn((rows, heads, 1, dim), dtype=keys.dtype, device=keys.device)
-        k, v = keys[:rows, :, :width], values[:rows, :, :width]
-        lengths = torch.randint(1, width, (rows, 1), device=keys.device)
-        mask = visible_mask(lengths, width, self.additive_dtype)
-        timings: dict[str, float] = {}
-        candidates = {"default": [], "efficient": [SDPBackend.EFFICIENT_ATTENTION],
-                      "cudnn": [SDPBackend.CUDNN_ATTENTION], "math": [SDPBackend.MATH]}
-        for name, backends in candidates.items():
-            scope = sdpa_kernel(backends) if backends else contextlib.nullcontext()
-            try:
-                with scope:
-                    for _ in range(3):
-                        F.scaled_dot_product_attention(query, k, v, attn_mask=mask)
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    for _ in range(repeats):
-                        F.scaled_dot_product_attention(query, k, v, attn_mask=mask)
-                    end.record()
-                    torch.cuda.synchronize()
-                timings[name] = round(start.elapsed_time(end) / repeats, 4)
-            except RuntimeError:  # this backend does not take the shape or the mask
-                continue
-        self.decode_timings = timings
-        if timings:
-            best = min(timings, key=timings.__getitem__)
-            self.decode_backends = candidates[best]
-            log.info("decode attention at %d rows x %d columns: %s (ms per layer); using %s", rows, width,
-                     timings, best)
-        return timings
+        return sdpa_kernel(self.sdpa_backends)
 
     def step(self, rows: int, width: int, adapter: str | None, extra: dict[str, Any]) -> StepOutput:
         """Run one step; `adapter` is the one adapter every row uses (None: no adapters are loaded), and
