@@ -333,8 +333,18 @@ def generate_batched(model: Any, tokenizer: Any, encoded: list[list[int]], *, ma
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
         seed=None if seed is None else seed + i, stop=tuple(s for s in stop if s)))
         for i, ids in enumerate(encoded)]
-    completions = run_offline(engine, requests, on_finished=on_progress,
-                              prefix=cached_prefix(shared.ids, shared.cache) if shared is not None else None)
+    try:
+        completions = run_offline(engine, requests, on_finished=on_progress,
+                                  prefix=cached_prefix(shared.ids, shared.cache) if shared is not None else None)
+    finally:
+        del engine  # its KV cache takes most of the free device memory: hand it back to whatever runs next
+        if model.device.type == "cuda":
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
     ends = end_token_ids(model, tokenizer)
     return [finish(tokenizer, [t.id for t in c.tokens], ends=ends, pad=None, stop=stop,
                    max_new_tokens=max_new_tokens, prompt_tokens=len(ids))
