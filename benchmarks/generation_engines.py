@@ -1,22 +1,32 @@
-"""Which generation engine is faster on this GPU: padded batches or transformers' continuous batching?
+"""Evaluation's generation engines on the GPU: tunebench's engine offline vs `model.generate` padded batches vs
+transformers' continuous batching, on the same prompts.
 
-    python benchmarks/generation_engines.py [--model redpajama-3b] [--prompts 64] [--new-tokens 128]
+    python benchmarks/generation_engines.py [--model redpajama-3b] [--prompts 818] [--new-tokens 64]
 
-`tunebench.evaluate.generation.generate` has two engines: "padded" (`model.generate` on length-sorted,
-left-padded batches) and "continuous" (`model.generate_batch`). `eval.engine: auto` uses padded until this
-benchmark says continuous is faster. Random weights of a preset's architecture in bf16, prompts of mixed
-lengths, greedy decoding (random weights rarely hit EOS; tokens/s counts the tokens actually generated).
-Prints one JSON line: generated tokens/s per engine and whether the greedy outputs agree.
+The prompts have SAMSum validation lengths (818 dialogues): lengths are drawn from the SAMSum histogram of
+benchmarks/data/token_profile.json (training sequences, prompt + summary), scaled by the profile's mean prompt /
+mean sequence length, so the distribution is that of summarization prompts (zero-shot, no shared prefix).
+Random weights of a preset's architecture in bf16, greedy decoding up to --new-tokens (random weights rarely
+hit EOS; tokens/s counts the tokens actually generated). Each engine runs `tunebench.evaluate.generation.
+generate` as an evaluation does (the engine's CUDA-graph captures included in its time, and reported apart).
+Prints one JSON line: seconds, generated tokens/s and the ratio to padded per engine, how many greedy outputs
+equal padded's (bf16: batching changes rounding, so a close call can differ), and where the engine's time went.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+PROFILE = Path(__file__).resolve().parent / "data" / "token_profile.json"
+ENGINES = ("batched", "padded", "continuous")
 
 
 def build(model_name: str) -> tuple[Any, Any]:
@@ -29,7 +39,8 @@ def build(model_name: str) -> tuple[Any, Any]:
     arch = dict(PRESETS[model_name].architecture)
     torch.manual_seed(0)
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to("cuda").eval()
+    with torch.device("cuda"):  # random weights drawn on the GPU: seconds, not a minute of CPU
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     # A word-level tokenizer over numbers: prompts are token ids written out, no hub needed.
     vocab = {str(i): i for i in range(config.vocab_size)}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="0"))
@@ -38,9 +49,51 @@ def build(model_name: str) -> tuple[Any, Any]:
     return model, tok
 
 
-def prompts_for(n: int, vocab: int, seed: int = 0) -> list[str]:
+def samsum_lengths(n: int, seed: int = 0) -> list[int]:
+    """n prompt lengths with SAMSum's distribution (see the module docstring)."""
+    data = json.loads(PROFILE.read_text())["datasets"]["samsum"]
+    edges, counts = data["histogram"]["edges"], data["histogram"]["counts"]
+    scale = data["prompt"]["mean"] / data["sequence"]["mean"]
     rng = random.Random(seed)
-    return [" ".join(str(rng.randrange(1, vocab)) for _ in range(rng.randrange(32, 512))) for _ in range(n)]
+    bins = rng.choices(range(len(counts)), weights=counts, k=n)
+    return [max(8, round(rng.randrange(edges[b], edges[b + 1]) * scale)) for b in bins]
+
+
+def prompts_for(lengths: list[int], vocab: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(str(rng.randrange(1, vocab)) for _ in range(n)) for n in lengths]
+
+
+class EngineSpy:
+    """Keeps the offline engines `generate` builds, for their step profile (the benchmark's only hook)."""
+
+    def __init__(self) -> None:
+        import tunebench.serve.offline as offline
+
+        self.engines: list[Any] = []
+        self._module, self._original = offline, offline.offline_engine
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            engine = self._original(*args, **kwargs)
+            self.engines.append(engine)
+            return engine
+
+        offline.offline_engine = spy
+
+    def breakdown(self) -> dict[str, Any]:
+        if not self.engines:
+            return {}
+        engine = self.engines[-1]
+        p, runner = engine.profile, engine.runner
+        steps = max(p.steps, 1)
+        return {"slots": engine.slots, "steps": p.steps, "rows_per_step": round(p.rows / steps, 1),
+                "iteration_s": round(p.iteration_s, 3), "prefill_s": round(p.prefill_s, 3), "prefills": p.prefills,
+                "prompts_per_prefill": round(p.prefilled / max(p.prefills, 1), 1),
+                "gpu_wait_ms_per_step": round(1e3 * p.gpu_wait_s / steps, 3),
+                "launch_ms_per_step": round(1e3 * p.launch_s / steps, 3),
+                "tokens_ms_per_step": round(1e3 * p.host_s / steps, 3),
+                "scheduling_ms_per_step": round(1e3 * p.scheduling_s / steps, 3),
+                "graphs_captured": runner.captures, "capture_s": round(runner.capture_s, 2)}
 
 
 def timed(engine: str, model: Any, tok: Any, prompts: list[str], new_tokens: int, batch_size: int) -> dict[str, Any]:
@@ -62,25 +115,55 @@ def timed(engine: str, model: Any, tok: Any, prompts: list[str], new_tokens: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="redpajama-3b")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32, help="padded engine's batch size")
+    parser.add_argument("--prompts", type=int, default=818, help="818: SAMSum's validation split")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="padded engine's batch size")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--budget-s", type=float, default=400.0, help="skip engines once this much has passed")
     args = parser.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():
-        print(json.dumps({"skipped": "continuous batching needs a CUDA GPU"}))
+        print(json.dumps({"skipped": "the comparison needs a CUDA GPU"}))
         return 0
+    started = time.monotonic()
     model, tok = build(args.model)
-    prompts = prompts_for(args.prompts, model.config.vocab_size)
-    results = {engine: timed(engine, model, tok, prompts, args.new_tokens, args.batch_size)
-               for engine in ("padded", "continuous")}
-    agree = sum(a == b for a, b in zip(results["padded"].pop("texts"), results["continuous"].pop("texts"),
-                                       strict=True))
-    faster = max(results, key=lambda e: results[e]["tokens_per_s"])
+    lengths = samsum_lengths(args.prompts)
+    prompts = prompts_for(lengths, model.config.vocab_size)
+    spy = EngineSpy()
+    results: dict[str, Any] = {}
+    skipped = []
+    for engine in args.engines.split(","):
+        if time.monotonic() - started > args.budget_s:
+            skipped.append(engine)
+            continue
+        try:
+            results[engine] = timed(engine, model, tok, prompts, args.new_tokens, args.batch_size)
+        except Exception as err:  # a failing engine is a result too (continuous failed on every request once)
+            results[engine] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        if spy.engines:  # read the engine's profile, then let its KV cache go before the next engine runs
+            results[engine]["profile"] = spy.breakdown()
+            spy.engines.clear()
+        print(f"[{time.strftime('%H:%M:%S')}] {engine}: "
+              f"{ {k: v for k, v in results[engine].items() if k != 'texts'} }", file=sys.stderr, flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+    reference = results.get("padded", {}).get("texts")
+    for engine, result in results.items():
+        texts = result.pop("texts", None)
+        if reference and texts and engine != "padded":
+            result["greedy_equal_to_padded"] = f"{sum(a == b for a, b in zip(texts, reference, strict=True))}/" \
+                                               f"{len(texts)}"
+        if "tokens_per_s" in result and "tokens_per_s" in results.get("padded", {}) and engine != "padded":
+            result["speedup_over_padded"] = round(result["tokens_per_s"] / results["padded"]["tokens_per_s"], 2)
+    if "tokens_per_s" in results.get("batched", {}) and "tokens_per_s" in results.get("continuous", {}):
+        results["batched"]["speedup_over_continuous"] = round(
+            results["batched"]["tokens_per_s"] / results["continuous"]["tokens_per_s"], 2)
     print(json.dumps({"benchmark": "generation_engines", "model": args.model, "device": torch.cuda.get_device_name(0),
-                      "prompts": args.prompts, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
-                      **results, "greedy_outputs_equal": f"{agree}/{args.prompts}", "faster": faster}))
+                      "prompts": args.prompts, "prompt_tokens": {"mean": round(sum(lengths) / len(lengths), 1),
+                                                                 "max": max(lengths)},
+                      "new_tokens": args.new_tokens, "padded_batch_size": args.batch_size, **results,
+                      "skipped": skipped, "wall_s": round(time.monotonic() - started, 1)}))
     return 0
 
 

@@ -23,6 +23,12 @@ and parts that would overrun `--budget-s` are skipped (and say so).
       python3 benchmarks/serve_throughput.py --out $OUT            # full, ~8.5 min
       python3 benchmarks/serve_throughput.py --quick --out $OUT    # smoke, ~3 min: graph == eager, step profile
       python3 benchmarks/serve_throughput.py --adapters-only --out $OUT   # LoRA unmerged vs merged, ~3 min
+      python3 benchmarks/serve_throughput.py --offline --out $OUT  # served vs offline engine, ~4 min
+
+`--offline` measures what the HTTP front end costs: the batched server (the 512-request bursts at 100/64 and
+100/16, open-loop rates at fractions of saturation, a single stream), then the same bursts through the same
+engine in this process with no HTTP, no event loop and no engine thread (`tunebench.serve.offline`), one
+JSON line per profile with both and their ratio, and the LoRA adapter unmerged vs merged offline.
 
 Files in --out: results.jsonl (the JSON lines), cost_table.md (both profiles), engine_profile.log (the
 batched engine's step-time breakdown from the server logs), details.tar.gz (every loadtest.json, plot and
@@ -45,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_checks import graph_matches_eager, make_adapter, offline_bursts
 
 CORPUS = [
     "The engine makes a rattling noise when the car idles at a red light.",
@@ -80,6 +89,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         + ", ".join(PROFILES))
     parser.add_argument("--check", action="store_true", help="full run: first check graph output == eager output")
     parser.add_argument("--adapters-only", action="store_true", help="only the LoRA unmerged vs merged cases")
+    parser.add_argument("--offline", action="store_true", help="served vs offline engine on the same bursts")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train a BPE here)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
@@ -109,33 +119,6 @@ def prompt_texts(tokenizer_dir: Path, n: int = 256, tokens: int = PROMPT_TOKENS)
         text = tokenizer.decode(ids[start:start + tokens]).replace("\n", " ").strip()
         texts.append(text)
     return texts
-
-
-def make_adapter(model: str, out: Path) -> Path:
-    """A LoRA adapter (r=16 on the preset's LoRA targets, as training uses; random A and B) for the model,
-    built on the meta device so no 3B model is materialized here."""
-    import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
-    from tunebench.config.schema import ModelConfig
-    from tunebench.models.loading import architecture_config, resolve
-
-    cfg = ModelConfig(name=model, random_weights=True)
-    source = resolve(cfg)
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(architecture_config(source, cfg))
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=source.lora_targets, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(base, lora)
-    generator = torch.Generator().manual_seed(0)
-    state = {name: torch.randn(t.shape, generator=generator, dtype=torch.float32) * 0.01
-             for name, t in get_peft_model_state_dict(peft_model).items()}
-    out.mkdir(parents=True, exist_ok=True)
-    lora.base_model_name_or_path = None
-    lora.save_pretrained(out)
-    save_file(state, out / "adapter_model.safetensors")
-    return out
 
 
 # ---------------------------------------------------------------- plan and clock
@@ -170,6 +153,11 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
         return [("graph vs eager check (in-process model load)", 40), ("batched server", SERVER_START_S),
                 ("burst + 2 rates + single stream", 10 + 2 * short + 8), ("naive server", SERVER_START_S),
                 ("naive single stream", 10)]
+    if args.offline:
+        short = args.warmup + OFFLINE_RATE_S + 2
+        return [("batched server", SERVER_START_S),
+                ("bursts + rates + single stream", 25 + len(OFFLINE_FRACTIONS) * short + 16),
+                ("offline engine: load, bursts", 40), ("offline LoRA unmerged vs merged", 60)]
     adapters = [(f"LoRA {mode}: server, burst, {len(ADAPTER_FRACTIONS)} rates", adapter_seconds(args))
                 for mode in ("unmerged", "merged")]
     if args.adapters_only:
@@ -409,70 +397,6 @@ def write_cost_tables(summaries: dict[str, dict[str, Any]], work: Path, out: Pat
 # ---------------------------------------------------------------- quick: graph == eager, step profile
 
 
-def graph_matches_eager(args: argparse.Namespace, tokenizer: Path, texts: list[str]) -> dict[str, Any]:
-    """The same prompts (a mixed-length batch, so rows of different lengths share steps) through the batched
-    engine with CUDA graphs and without; same batches and shape buckets, so the kernels and tokens must match."""
-    import os
-
-    from tunebench.serve.engine import EngineLimits, create_engine
-    from tunebench.serve.loading import load_served
-    from tunebench.serve.metrics import ServeMetrics
-    from tunebench.serve.options import ModelOptions
-
-    served = load_served(ModelOptions(model=args.model, random_weights=True, tokenizer=str(tokenizer),
-                                      device=args.device))
-    prompts = [served.tokenizer(t, add_special_tokens=False)["input_ids"][:n] for t, n in
-               zip(texts, (100, 7, 60, 33, 100, 12, 90, 48), strict=False)]
-    limits = EngineLimits(max_batch=16, max_sequence_tokens=256)
-    outputs, profiles = {}, {}
-    for mode, flag in (("eager", "0"), ("graphs", "1")):
-        os.environ["TUNEBENCH_CUDA_GRAPHS"] = flag
-        engine = create_engine("batched", served, limits, ServeMetrics("batched"))
-        started = time.monotonic()
-        outputs[mode] = asyncio.run(generate_with(engine, prompts, 48))
-        profiles[mode] = {"wall_s": round(time.monotonic() - started, 3), **step_breakdown(engine)}
-        del engine
-    os.environ.pop("TUNEBENCH_CUDA_GRAPHS", None)
-    same = [a == b for a, b in zip(outputs["eager"], outputs["graphs"], strict=True)]
-    first_diff = [next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
-                  for a, b in zip(outputs["eager"], outputs["graphs"], strict=True)]
-    return {"check": "graph_vs_eager", "prompts": len(prompts), "identical": sum(same),
-            "first_difference_at": first_diff, "profiles": profiles}
-
-
-async def generate_with(engine: Any, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    from tunebench.serve.engine import GenerationRequest
-    from tunebench.serve.sampling import SamplingParams
-
-    engine.start(asyncio.get_running_loop())
-    try:
-        warm = engine.submit(GenerationRequest(prompts[0], SamplingParams(max_new_tokens=4, ignore_eos=True)))
-        await warm.result()
-        engine.profile.reset()
-        # All at once, so both runs see the same batches (one prefill group); different lengths make rows
-        # leave at different steps, so compaction and shrinking buckets are exercised.
-        handles = [engine.submit(GenerationRequest(ids, SamplingParams(max_new_tokens=new_tokens - 4 * i,
-                                                                       ignore_eos=True)))
-                   for i, ids in enumerate(prompts)]
-        results = [await h.result() for h in handles]
-    finally:
-        await asyncio.to_thread(engine.stop)
-    return [[t.id for t in r.tokens] for r in results]
-
-
-def step_breakdown(engine: Any) -> dict[str, Any]:
-    p = engine.profile
-    steps = max(p.steps, 1)
-    return {"steps": p.steps, "rows_per_step": round(p.rows / steps, 2),
-            "gpu_wait_ms_per_step": round(1e3 * p.gpu_wait_s / steps, 3),
-            "launch_ms_per_step": round(1e3 * p.launch_s / steps, 3),
-            "sampling_ms_per_step": round(1e3 * p.sampling_s / steps, 3),
-            "tokens_streaming_ms_per_step": round(1e3 * p.host_s / steps, 3),
-            "scheduling_ms_per_step": round(1e3 * p.scheduling_s / steps, 3),
-            "prefill_ms_each": round(1e3 * p.prefill_s / max(p.prefills, 1), 2), "prefills": p.prefills,
-            "graphs_captured": engine.runner.captures, "graphs_on_at_end": engine.runner.use_graphs}
-
-
 def check_graphs(args, tokenizer, texts, results) -> None:
     """Graph output == eager output on the same batches (in-process), then free the GPU for the servers."""
     import gc
@@ -501,6 +425,58 @@ def run_quick(args, work, tokenizer, texts, counter, clock, results) -> None:
         with Session(args, work, tokenizer, "naive", "naive") as url:
             emit({"benchmark": "serve_throughput", "engine": "naive", "profile": "single-stream-64",
                   **single_stream(url, texts, work / "naive-single", args, counter, requests=3)}, results)
+
+
+# ---------------------------------------------------------------- offline: the engine without HTTP
+
+
+OFFLINE_RATE_S = 8.0
+OFFLINE_FRACTIONS = (0.9,)  # one open-loop rate: how much of the burst's rate holds at p90 <= 2 s
+
+
+def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results) -> dict[str, dict[str, Any]]:
+    """The served half of `--offline`: bursts per profile, open-loop rates (100/64), a single stream."""
+    served: dict[str, dict[str, Any]] = {}
+    seconds = min(OFFLINE_RATE_S, args.duration)
+    short = argparse.Namespace(**{**vars(args), "duration": seconds})
+    with Session(args, work, tokenizer, "batched", "batched") as url:
+        burst(url, texts, 2 * args.slots, 8)  # every batch bucket's graph, before anything is measured
+        for profile, new_tokens in chosen_profiles(args).items():
+            served[profile] = burst(url, texts, 2 * args.slots, new_tokens)
+            log(f"served {profile} burst: {served[profile]}")
+        profile = "100in-64out"
+        if profile in served and clock.allows("open-loop rates", len(OFFLINE_FRACTIONS) * (args.warmup + seconds + 2)):
+            rates = capacity_rates(served[profile]["requests_per_s"], OFFLINE_FRACTIONS)
+            summary = loadtest(url, texts, rates, PROFILES[profile], work / "offline-served", short, counter,
+                               title="batched (served)")
+            emit(result_line("batched", f"{profile} ({seconds:g} s per rate)", summary, served[profile]),
+                 results)
+        if clock.allows("batched single stream", 15):
+            emit({"benchmark": "serve_throughput", "engine": "batched", "profile": "single-stream-64",
+                  **single_stream(url, texts, work / "batched-single", args, counter)}, results)
+    return served
+
+
+def run_offline_comparison(args, work, tokenizer, texts, counter, clock, results) -> None:
+    profiles = chosen_profiles(args)
+    served = run_served_for_offline(args, work, tokenizer, texts, counter, clock, results)
+    if not clock.allows("offline engine", 40):
+        return
+    offline = offline_bursts(args, tokenizer, texts, profiles)
+    for profile in profiles:
+        a, b = offline.get(profile), served.get(profile)
+        ratio = round(a["output_tokens_per_s"] / b["output_tokens_per_s"], 3) if a and b else None
+        emit({"benchmark": "serve_throughput", "comparison": "offline_vs_served", "profile": profile,
+              "requests": 2 * args.slots, "slots": args.slots, "served": b, "offline": a,
+              "offline_over_served": ratio}, results)
+    if clock.allows("offline LoRA", 60):
+        adapter = make_adapter(args.model, work / "lora-adapter")
+        profile = {"100in-64out": PROFILES["100in-64out"]}
+        by_mode = {mode: offline_bursts(args, tokenizer, texts, profile, ("lora", adapter, merge))["100in-64out"]
+                   for mode, merge in (("unmerged", False), ("merged", True))}
+        emit({"benchmark": "serve_throughput", "comparison": "lora_offline", "profile": "100in-64out", **by_mode,
+              "unmerged_over_merged": round(by_mode["unmerged"]["output_tokens_per_s"]
+                                            / by_mode["merged"]["output_tokens_per_s"], 3)}, results)
 
 
 # ---------------------------------------------------------------- main
@@ -537,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.quick:
             run_quick(args, work, tokenizer, texts, counter, clock, results)
+        elif args.offline:
+            run_offline_comparison(args, work, tokenizer, texts, counter, clock, results)
         else:
             if args.check and args.device == "cuda":
                 check_graphs(args, tokenizer, texts, results)

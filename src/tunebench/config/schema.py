@@ -113,9 +113,10 @@ class EvalConfig(Section):
     max_new_tokens: int | None = Field(None, ge=1, description="None: 8 for classification, 96 for summaries")
     batch_size: int = Field(16, ge=1)
     bootstrap: int = Field(1000, ge=0)
-    engine: Literal["auto", "padded", "continuous"] = Field(
-        "auto", description="generation batching: padded batches, or transformers' continuous batching (CUDA); "
-        "auto = padded until continuous measures faster")
+    engine: Literal["auto", "padded", "continuous", "batched"] = Field(
+        "auto", description="generation batching: padded batches (model.generate), tunebench's serving engine "
+        "offline (batched), or transformers' continuous batching (continuous, CUDA); auto = batched for a "
+        "causal full-attention model on CUDA, padded otherwise")
 
 
 class CostConfig(Section):

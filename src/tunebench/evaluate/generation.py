@@ -14,10 +14,13 @@ caches), that prefix is run once and its KV cache copied into each batch; the ro
 [rest], and the attention mask and positions skip the padding, so in fp32 the tokens are the same as without
 it (in bf16 the prefix's rounding differs, as batching's does, and a close call can go the other way).
 
-Engines: "padded" is `model.generate` on padded batches (any device, causal or seq2seq). "continuous" is
-transformers' continuous batching (`generate_batch`, CUDA and causal models only; stop strings are applied
-after generation there). "auto" picks "padded" everywhere for now: continuous batching is only worth it
-where it measures faster, so it stays a switch until the GPU benchmark says otherwise.
+Engines: "padded" is `model.generate` on padded batches (any device, causal or seq2seq). "batched" is
+tunebench's own serving engine run offline (`tunebench.serve.offline`: continuous batching over a slot KV
+cache, CUDA graphs on CUDA; causal models whose every layer is full attention; the shared prefix is computed
+once and copied into each prefill's slots). "continuous" is transformers' continuous batching
+(`generate_batch`, CUDA and causal models only; stop strings are applied after generation there), kept as the
+comparison peer. "auto" picks "batched" for a causal model on CUDA whose cache is full attention in every
+layer, "padded" otherwise (CPU, seq2seq, sliding windows): `benchmarks/generation_engines.py` measures them.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Engine = Literal["auto", "padded", "continuous"]
-ENGINES = ("auto", "padded", "continuous")
+Engine = Literal["auto", "padded", "continuous", "batched"]
+ENGINES = ("auto", "padded", "continuous", "batched")
 PREFIX_MIN_TOKENS = 32  # a shorter shared beginning is cheaper to recompute than to copy into every batch
 
 
@@ -131,7 +134,23 @@ def resolve_engine(engine: Engine, model: Any) -> str:
             raise UserError("continuous batching needs a causal model on a CUDA GPU",
                             "use eval.engine=padded (or auto) here")
         return "continuous"
+    if engine == "batched":
+        if is_seq2seq(model) or not has_full_attention(model):
+            raise UserError("eval.engine=batched needs a causal model whose every layer is full attention "
+                            "(no sliding window)", "use eval.engine=padded (or auto) for this model")
+        return "batched"
+    if engine == "auto" and model.device.type == "cuda" and not is_seq2seq(model) and has_full_attention(model):
+        return "batched"
     return "padded"
+
+
+def has_full_attention(model: Any) -> bool:
+    """Whether a one-token forward pass returns a cache that keeps every position in every layer."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=model.device), use_cache=True)
+    return full_attention(returned_cache(out))
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] = (),
@@ -149,7 +168,12 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
     if seed is not None:
         torch.manual_seed(seed)
     encoded = [encode(tokenizer, p) for p in prompts]
-    continuous = resolve_engine(engine, model) == "continuous"
+    chosen = resolve_engine(engine, model)
+    if chosen == "batched":
+        return generate_batched(model, tokenizer, encoded, max_new_tokens=max_new_tokens, stop=stop,
+                                batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                seed=seed, on_progress=on_progress)
+    continuous = chosen == "continuous"
     # Stop strings are a criterion of the padded path; continuous batching applies them afterwards.
     stop_strings = {"stop_strings": list(stop)} if stop and not continuous else {}
     config = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
@@ -276,7 +300,9 @@ def generate_continuous(model: Any, tokenizer: Any, encoded: list[list[int]], co
     in input order), so they are put back in input order by that number whatever order the dict has."""
     import torch
 
-    with torch.inference_mode():
+    # Not inference_mode: generate_batch's background thread updates its cache in place, which tensors made
+    # under inference mode refuse outside it ("Inplace update to inference tensor outside InferenceMode").
+    with torch.no_grad():
         outputs = model.generate_batch(inputs=encoded, generation_config=config, progress_bar=False)
     ordered = sorted(outputs.values(), key=lambda out: int(re.sub(r"\D", "", out.request_id) or 0))
     if len(ordered) != len(encoded):
@@ -288,3 +314,38 @@ def generate_continuous(model: Any, tokenizer: Any, encoded: list[list[int]], co
     if on_progress:
         on_progress(len(encoded))
     return results
+
+
+def generate_batched(model: Any, tokenizer: Any, encoded: list[list[int]], *, max_new_tokens: int,
+                     stop: Sequence[str], batch_size: int, do_sample: bool, temperature: float, top_p: float,
+                     seed: int | None, on_progress: Callable[[int], None] | None) -> list[Generation]:
+    """Every prompt through the serving engine offline (`tunebench.serve.offline`), at most
+    max(batch_size, OFFLINE_SLOTS) rows at once; the generated ids are finished exactly as the padded path's
+    (same end tokens, stop strings, decoding), so greedy text is the same in fp32."""
+    from tunebench.serve.offline import OFFLINE_SLOTS, cached_prefix, offline_engine, run_offline
+    from tunebench.serve.requests import GenerationRequest
+    from tunebench.serve.sampling import SamplingParams
+
+    shared = SharedPrefix.of(model, encoded)
+    engine = offline_engine(model, tokenizer, longest=max(len(ids) for ids in encoded) + max_new_tokens,
+                            slots=max(batch_size, OFFLINE_SLOTS))
+    requests = [GenerationRequest(ids, SamplingParams(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        seed=None if seed is None else seed + i, stop=tuple(s for s in stop if s)))
+        for i, ids in enumerate(encoded)]
+    try:
+        completions = run_offline(engine, requests, on_finished=on_progress,
+                                  prefix=cached_prefix(shared.ids, shared.cache) if shared is not None else None)
+    finally:
+        del engine  # its KV cache takes most of the free device memory: hand it back to whatever runs next
+        if model.device.type == "cuda":
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
+    ends = end_token_ids(model, tokenizer)
+    return [finish(tokenizer, [t.id for t in c.tokens], ends=ends, pad=None, stop=stop,
+                   max_new_tokens=max_new_tokens, prompt_tokens=len(ids))
+            for c, ids in zip(completions, encoded, strict=True)]

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,15 +78,25 @@ class DecodeRunner:
         self.use_graphs = use_graphs
         # Shape buckets on CUDA even when eager, so an eager step runs the kernels a graph would replay.
         self.bucketed = device.type == "cuda"
-        self.graphs: dict[tuple[str | None, int, int], tuple[Any, StepOutput]] = {}
+        self.graphs: dict[tuple[str, str | None, int, int], tuple[Any, StepOutput]] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
+        self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
+        # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
+        # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
+        # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
+        self.offline = False
         self.captures = 0
+        self.capture_s = 0.0  # host time spent warming up and capturing graphs
 
     def batch_bucket(self, rows: int) -> int:
         """Powers of two up to ROW_STEP rows, then multiples of ROW_STEP: idle rows still read `width` columns
-        of keys and values, and at 145 running rows a power of two would pay for 111 idle ones."""
+        of keys and values, and at 145 running rows a power of two would pay for 111 idle ones. Offline
+        (`offline`) only the tail of a run has fewer rows than slots, and each capture costs ~0.3 s of a
+        3B model, so the tail uses powers of two from ROW_STEP up (a few graphs instead of a dozen)."""
+        if self.offline:
+            return min(power_of_two_at_least(max(rows, ROW_STEP)), self.cache.slots)
         bucket = power_of_two_at_least(rows) if rows <= ROW_STEP else -(-rows // ROW_STEP) * ROW_STEP
         return min(bucket, self.cache.slots)
 
@@ -92,7 +104,7 @@ class DecodeRunner:
         """Powers of two, but steps of WIDTH_STEP between 128 and 512 columns: attention reads every column
         of the bucket, and a power of two wastes up to half of them."""
         width = power_of_two_at_least(longest, MIN_WIDTH)
-        if FINE_WIDTHS[0] < width <= FINE_WIDTHS[1]:
+        if FINE_WIDTHS[0] < width <= FINE_WIDTHS[1] and not self.offline:  # offline: fewer graphs to capture
             width = -(-longest // WIDTH_STEP) * WIDTH_STEP
         return min(width, self.cache.usable)
 
@@ -161,12 +173,23 @@ class DecodeRunner:
         from tunebench.serve.kvcache import visible_mask
 
         mask = visible_mask(positions, width, self.additive_dtype)
-        out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
-                         logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
+        with self.attention_scope():
+            out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+                             logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
         logits = out.logits[:, -1].float()
         greedy = logits.argmax(dim=-1)
         logprob = torch.log_softmax(logits, dim=-1).gather(1, greedy[:, None])[:, 0]
         return StepOutput(logits, torch.stack([greedy.double(), logprob.double()]))
+
+    def attention_scope(self) -> Any:
+        """The SDPA kernels attention may use (`sdpa_backends`, from TUNEBENCH_SDPA_BACKEND, e.g.
+        "efficient" or "cudnn,efficient"; default: torch's own choice). A graph keeps the kernels it was
+        captured with, so this is read at capture (and on every eager pass)."""
+        if not self.sdpa_backends:
+            return contextlib.nullcontext()
+        from torch.nn.attention import sdpa_kernel
+
+        return sdpa_kernel(self.sdpa_backends)
 
     def step(self, rows: int, width: int, adapter: str | None, extra: dict[str, Any]) -> StepOutput:
         """Run one step; `adapter` is the one adapter every row uses (None: no adapters are loaded), and
@@ -181,26 +204,32 @@ class DecodeRunner:
             return count, longest
         return power_of_two_at_least(count), self.width_bucket(longest)
 
-    def prefill(self, host: Any, slot_rows: list[int], adapter: str | None, extra: dict[str, Any]) -> StepOutput:
+    def prefill(self, host: Any, slot_rows: list[int], adapter: str | None, extra: dict[str, Any],
+                offset: int = 0) -> StepOutput:
         """`host`: (3, rows, width) CPU tensor of left-padded tokens, positions and write columns (padding
-        writes the scratch column); `slot_rows`: the slot of each row (idle rows: any slot, they write scratch)."""
+        writes the scratch column); `slot_rows`: the slot of each row (idle rows: any slot, they write scratch).
+        `offset`: columns 0..offset-1 of the rows' slots already hold a shared prefix's keys and values (the
+        tokens continue it), so attention reads offset + width columns."""
+        import functools
+
         import torch
 
         _, rows, width = host.shape
         slots = torch.tensor(slot_rows, dtype=torch.long)
-        if rows > PREFILL_ROWS or width > PREFILL_WIDTH:  # too large for the static buffers: eagerly
+        if rows > PREFILL_ROWS or width > PREFILL_WIDTH or self.offline:  # too large for the buffers: eagerly
             inputs, slots = host.to(self.rows.device), slots.to(self.rows.device)
-            self.cache.bind(slots[:, None], inputs[2], 0, rows, width, gather=slots)
-            return self._run(inputs[0], inputs[1], width, extra)
+            self.cache.bind(slots[:, None], inputs[2], 0, rows, offset + width, gather=slots)
+            return self._run(inputs[0], inputs[1], offset + width, extra)
         self.prefill_inputs[:, :rows, :width].copy_(host, non_blocking=True)
         self.prefill_rows[:rows].copy_(slots, non_blocking=True)
-        return self._replay("prefill", self.prefill_forward, rows, width, adapter, extra)
+        forward = functools.partial(self.prefill_forward, offset=offset) if offset else self.prefill_forward
+        return self._replay(f"prefill+{offset}" if offset else "prefill", forward, rows, width, adapter, extra)
 
-    def prefill_forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
+    def prefill_forward(self, rows: int, width: int, extra: dict[str, Any], offset: int = 0) -> StepOutput:
         tokens, positions, cols = (self.prefill_inputs[i, :rows, :width] for i in range(3))
         slots = self.prefill_rows[:rows]
-        self.cache.bind(slots[:, None], cols, 0, rows, width, gather=slots)
-        return self._run(tokens, positions, width, extra)
+        self.cache.bind(slots[:, None], cols, 0, rows, offset + width, gather=slots)
+        return self._run(tokens, positions, offset + width, extra)
 
     # ------------------------------------------------------------ graphs
 
@@ -210,8 +239,10 @@ class DecodeRunner:
             return forward(rows, width, extra)
         key = (kind, adapter, rows, width)
         if key not in self.graphs:
+            started = time.perf_counter()
             try:
                 self.graphs[key] = self.capture(forward, rows, width, adapter)
+                self.capture_s += time.perf_counter() - started
             except RuntimeError:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
                 log.exception("CUDA graph capture failed; running eagerly from now on")
                 self.use_graphs = False
@@ -238,6 +269,20 @@ class DecodeRunner:
                 output = forward(rows, width, {})
         self.captures += 1
         return graph, output
+
+
+def sdpa_backends(names: str) -> list[Any]:
+    """torch SDPBackend members for a comma-separated list of flash, efficient, cudnn, math ('' : none)."""
+    if not names.strip():
+        return []
+    from torch.nn.attention import SDPBackend
+
+    members = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    unknown = [n for n in names.split(",") if n.strip() not in members]
+    if unknown:
+        raise ValueError(f"TUNEBENCH_SDPA_BACKEND: unknown {unknown}; allowed: {', '.join(members)}")
+    return [members[n.strip()] for n in names.split(",")]
 
 
 @contextlib.contextmanager

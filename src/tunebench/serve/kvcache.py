@@ -73,6 +73,13 @@ class SlotCache(Cache):
         for both in (self.all_keys, self.all_values):
             both[:, dst, :, :length] = both[:, src, :, :length]
 
+    def write_prefix(self, slots: Any, keys: Any, values: Any) -> None:
+        """Columns 0..P-1 of `slots` (an index tensor) get a shared prefix's keys and values
+        ([layers, kv_heads, P, head_dim] each), in one copy per kind for every layer and slot."""
+        length = keys.shape[2]
+        self.all_keys[:, slots, :, :length] = keys[:, None].to(self.all_keys.dtype)
+        self.all_values[:, slots, :, :length] = values[:, None].to(self.all_values.dtype)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # every forward here passes explicit position ids and a 4-D mask; nothing asks
 

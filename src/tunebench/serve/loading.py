@@ -221,10 +221,14 @@ def attach_adapters(model: Any, adapters: list[AdapterSpec], *, merge: bool) -> 
     from peft import PeftModel
 
     first, *rest = adapters
+    # Served unmerged, the LoRA weights take the base model's dtype: peft's default keeps them in float32
+    # beside a bf16 model, so every LoRA layer of every decode step casts its input and multiplies in fp32.
+    # A merge is computed from float32 weights (peft's default), as before.
+    dtype = {"autocast_adapter_dtype": merge}
     try:
-        model = PeftModel.from_pretrained(model, str(first.path), adapter_name=first.name)
+        model = PeftModel.from_pretrained(model, str(first.path), adapter_name=first.name, **dtype)
         for spec in rest:
-            model.load_adapter(str(spec.path), adapter_name=spec.name)
+            model.load_adapter(str(spec.path), adapter_name=spec.name, **dtype)
     except (RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"cannot load the adapter(s) onto the served model: {str(err).splitlines()[0][:300]}",
                         "check that every adapter was trained on this base model") from None

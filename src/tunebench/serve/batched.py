@@ -1,0 +1,290 @@
+"""The `batched` engine: continuous batching over the slot KV cache (the scheduler; the model runner is
+`tunebench.serve.graphs`, the cache `tunebench.serve.kvcache`, the bookkeeping `tunebench.serve.batch_state`).
+See `tunebench.serve.engine` for the overview."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from tunebench.serve.batch_state import CachedPrefix, Pending, SlotBatch, StepProfile
+from tunebench.serve.engine_base import BASE, Engine
+from tunebench.serve.requests import EngineLimits, GenerationFailed, Sequence
+from tunebench.serve.sampling import choose_tokens
+
+log = logging.getLogger("tunebench.serve")
+
+# Device memory kept free beside the batched engine's KV cache: prefill activations, logits, CUDA graphs' pool.
+ACTIVATION_RESERVE_BYTES = 6 * 2**30
+PREFILL_GROUP = 16  # waiting requests that trigger a prefill at once, whatever their wait
+GIL_SWITCH_S = 0.001
+
+
+class BatchedEngine(Engine):
+    """Continuous batching over a slot-based static KV cache (see `tunebench.serve.kvcache`).
+
+    Between decode steps, finished, cancelled and expired sequences leave and waiting ones are prefilled
+    together in one left-padded forward pass (up to a token budget per iteration) straight into their slots;
+    while others decode, waiting requests are held up to `prefill_delay` so prefills come in groups.
+    A decode step runs every occupied row at once with per-row positions; on CUDA it replays a CUDA graph
+    captured per (batch bucket, width bucket, adapter). The greedy choice happens on the device and feeds the
+    next step there, so each iteration launches a step and then reads the previous one's tokens while it runs
+    (`_pending` holds the launched passes not read yet). Rows that sample or carry penalties go through
+    `choose_tokens` on the step's logits, after every earlier token was read.
+    """
+
+    kind = "batched"
+
+    def __init__(self, served: Any, limits: EngineLimits, metrics: Any) -> None:
+        import os
+
+        from tunebench.evaluate.generation import cache_argument
+        from tunebench.serve.graphs import DecodeRunner
+        from tunebench.serve.kvcache import SlotCache, bytes_per_slot, kv_geometry, slots_that_fit
+
+        super().__init__(served, limits, metrics)
+        self.cache_arg = cache_argument(served.model)
+        layers, heads, head_dim, dtype = kv_geometry(self.check_cache())
+        longest = min(served.context_length, limits.max_sequence_tokens or served.context_length)
+        max_len = longest + 1  # + the scratch column
+        per_slot = bytes_per_slot(layers, heads, head_dim, max_len, dtype)
+        self.slots = slots_that_fit(limits.max_batch, per_slot, self.device, ACTIVATION_RESERVE_BYTES)
+        if self.slots < limits.max_batch:
+            log.warning("KV cache: %d slots of %d tokens fit in free device memory (asked for %d)", self.slots,
+                        longest, limits.max_batch)
+        self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device)
+        use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
+        self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
+        self.batch = SlotBatch(self.runner)
+        self._pending: deque[Pending] = deque()
+        self.profile = StepProfile()
+        self.prefix: CachedPrefix | None = None  # set by offline runs whose prompts share a beginning
+        log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache), CUDA graphs %s", self.slots, longest,
+                 self.slots * per_slot / 2**30, "on" if use_graphs else "off")
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting) or bool(self.batch.seqs) or bool(self._pending)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The event loop and this engine's thread share the GIL; by default a thread that wants it waits up to
+        # 5 ms while the other runs Python (an eager prefill is ~20 ms of it), which shows in every stream.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
+        super().start(loop)
+
+    def check_cache(self) -> Any:
+        """Every layer must be full attention (one position per column); return a one-token probe cache."""
+        import torch
+
+        from tunebench.evaluate.generation import full_attention, returned_cache
+
+        with torch.inference_mode():
+            ids = torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device)
+            extra = {"adapter_names": [BASE]} if self.mixed_adapters else {}
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
+        cache = returned_cache(out)
+        if not full_attention(cache):
+            kinds = sorted({type(layer).__name__ for layer in getattr(cache, "layers", None) or []})
+            from tunebench.errors import UserError
+
+            raise UserError(f"the batched engine needs full attention in every layer; this model's cache has "
+                            f"{kinds or 'no layers'}", "serve it with --engine naive")
+        return cache
+
+    def _iteration(self) -> None:
+        started = time.perf_counter()
+        self._prune_waiting()
+        self._prune_running()
+        self._admit()
+        if self._pending and any(self._chosen_on_host(s) for s in self.batch.seqs):
+            self._read_pending()  # penalties and seeded draws need every earlier token
+        launched = self.step() if self.batch.seqs else None
+        # Read what ran before; a step whose tokens are still being copied runs on while the host works.
+        self._read_pending(keep=launched if launched is not None and launched.buffer is not None else None)
+        self.metrics.running.set(len(self.batch))
+        self.profile.iteration_s += time.perf_counter() - started
+        line = self.profile.report()
+        if line:
+            log.info(line)
+
+    def _prune_running(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for row, seq in enumerate(self.batch.seqs):
+            failure = self._drop_reason(seq, now)
+            if failure:
+                self._fail(seq, failure)
+            else:
+                keep.append(row)
+        self.batch.keep(keep)
+
+    def _prefill_due(self) -> bool:
+        if not self._waiting or len(self.batch) >= self.slots:
+            return False
+        if not self.batch.seqs or len(self._waiting) >= PREFILL_GROUP:
+            return True
+        return time.monotonic() - self._waiting[0].arrival >= self.limits.prefill_delay
+
+    def _admit(self) -> None:
+        """Take waiting requests into free slots while the padded prefill fits the token budget (at least one)."""
+        if not self._prefill_due():
+            return
+        chosen: list[Sequence] = []
+        cap = self._group_size()
+        while self._waiting and len(chosen) < cap:
+            seq = self._waiting.popleft()
+            if len(seq.request.prompt_ids) + seq.params.max_new_tokens > self.cache.usable + 1:
+                self._fail(seq, GenerationFailed("internal", f"the request needs more than the {self.cache.usable} "
+                                                 "tokens a KV-cache slot holds"))
+                continue
+            self._admitted(seq)
+            chosen.append(seq)
+        if not chosen:
+            return
+        try:
+            self._prefill(chosen)
+        except Exception as err:  # these requests fail; the running batch is untouched
+            log.exception("prefill failed")
+            for seq in chosen:
+                self._fail(seq, GenerationFailed("internal", f"generation failed: {type(err).__name__}: {err}"))
+
+    def _group_size(self) -> int:
+        """How many waiting prompts the next prefill takes: as many as free slots and the padded token budget
+        allow (at least one). With shape buckets a group larger than PREFILL_GROUP is cut to a power of two:
+        a prefill of n prompts runs as the next power of two of rows, so 40 prompts would compute 64 rows (the
+        H200 profile of a 512-request burst: ~37 prompts per prefill), where 32 now and the rest next
+        iteration compute 32 + 8. Small groups keep their padding rows: cheap next to another launch."""
+        count, longest = 0, 0
+        for seq in itertools.islice(self._waiting, self.slots - len(self.batch)):
+            longest = max(longest, len(seq.request.prompt_ids))
+            if count and longest * (count + 1) > self.limits.prefill_budget:
+                break  # this iteration's prefill is spent; the running batch decodes first
+            count += 1
+        if self.runner.bucketed and count > PREFILL_GROUP:
+            count = 1 << (count.bit_length() - 1)
+        return count
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Prefill `seqs` together (left-padded) into the slots after the running rows; they start decoding
+        from their first tokens, which the host reads later, like a step's."""
+        import torch
+
+        started = time.perf_counter()
+        first, count = len(self.batch), len(seqs)
+        prefix = self.prefix if self.prefix is not None and all(self.prefix.starts(s) for s in seqs) else None
+        skip = len(prefix.ids) if prefix is not None else 0  # prompt tokens whose keys and values are copied
+        rows, width = self.runner.prefill_shape(count, max(len(s.request.prompt_ids) for s in seqs) - skip)
+        ids, positions, columns = [], [], []
+        for seq in seqs:
+            prompt = seq.request.prompt_ids
+            pad = width - (len(prompt) - skip)
+            ids.append([0] * pad + list(prompt[skip:]))
+            positions.append([0] * pad + list(range(skip, len(prompt))))
+            columns.append([self.cache.scratch] * pad + list(range(skip, len(prompt))))
+        idle = rows - count  # shape-filling rows: they write the scratch column of slot 0 and are ignored
+        host = torch.tensor([ids + [[0] * width] * idle, positions + [[0] * width] * idle,
+                             columns + [[self.cache.scratch] * width] * idle], dtype=torch.long)
+        adapter, extra = self._adapter_choice(seqs, rows)
+        if prefix is not None:
+            slots = torch.arange(first, first + count).to(self.device, non_blocking=True)
+            self.cache.write_prefix(slots, prefix.keys, prefix.values)
+        out = self.runner.prefill(host, list(range(first, first + count)) + [0] * idle, adapter, extra, skip)
+        lengths = [len(s.request.prompt_ids) for s in seqs]
+        pending = self._chosen(out, seqs)
+        self.runner.start_rows(first, lengths, out.chosen[0] if pending.tokens is None else pending.tokens)
+        for seq, length in zip(seqs, lengths, strict=True):
+            self.batch.add(seq, length)
+        self._pending.append(pending)
+        self.profile.prefills += 1
+        self.profile.prefilled += count
+        self.profile.prefill_s += time.perf_counter() - started
+
+    def _adapter_choice(self, seqs: list[Sequence], rows: int) -> tuple[str | None, dict[str, Any]]:
+        """The one adapter all `seqs` use (graph path), or peft's mixed-batch argument (eager path)."""
+        if not self.mixed_adapters:
+            return None, {}
+        names = [s.request.adapter or BASE for s in seqs]
+        if len(set(names)) == 1 and self.runner.use_graphs:
+            return names[0], {}
+        return None, {"adapter_names": names + [BASE] * (rows - len(names))}
+
+    @staticmethod
+    def _chosen_on_host(seq: Sequence) -> bool:
+        return seq.params.do_sample or seq.params.penalized
+
+    def _chosen(self, out: Any, seqs: list[Sequence]) -> Pending:
+        """The tokens a forward pass chose for `seqs`: greedy ones are copied to the host in the background;
+        rows that sample or carry penalties are chosen here from the logits (a host sync)."""
+        seqs = list(seqs)  # the rows as launched; the batch changes before the tokens are read
+        if not any(self._chosen_on_host(s) for s in seqs):
+            if not self.runner.host_buffers:
+                self._read_pending(leave=False)  # every pinned buffer is in use: catch up (rows stay put)
+            buffer, pairs, event = self.runner.copy_to_host(out)
+            return Pending(seqs, buffer=buffer, pairs=pairs, event=event)
+        sampled = time.perf_counter()
+        tokens, logprobs = choose_tokens(out.logits[:len(seqs)], [s.row for s in seqs])
+        self.profile.sampling_s += time.perf_counter() - sampled
+        return Pending(seqs, tokens, logprobs)
+
+    def step(self) -> Pending:
+        """Launch one decode step for every running sequence; its tokens become the rows' next inputs on the
+        device. Returns the step's pending tokens (read by `_read_pending`)."""
+        batch, runner = self.batch, self.runner
+        count = len(batch)
+        self.metrics.observe_step(count)
+        started = time.perf_counter()
+        longest = max(batch.lengths) + 1
+        rows, width = ((runner.batch_bucket(count), runner.width_bucket(longest)) if runner.bucketed
+                       else (count, longest))
+        adapter, extra = self._adapter_choice(batch.seqs, rows)
+        out = runner.step(rows, width, adapter, extra)
+        pending = self._chosen(out, batch.seqs)
+        runner.advance(count, out, pending.tokens)
+        for i in range(count):
+            batch.lengths[i] += 1
+        self._pending.append(pending)
+        self.profile.steps += 1
+        self.profile.rows += count
+        self.profile.launch_s += time.perf_counter() - started
+        return pending
+
+    def _read_pending(self, keep: Pending | None = None, leave: bool = True) -> None:
+        """Read every launched pass's tokens (but `keep`'s, still running), in launch order: stream them,
+        finish sequences, and (`leave`) let finished ones leave the batch. A sequence that ended meanwhile
+        drops its token."""
+        profile = self.profile
+        while self._pending and self._pending[0] is not keep:
+            pending = self._pending.popleft()
+            tokens, logprobs = pending.tokens, pending.logprobs
+            if pending.buffer is not None:
+                waited = time.perf_counter()
+                if pending.event is not None:
+                    pending.event.synchronize()  # without the GIL: the event loop streams meanwhile
+                profile.gpu_wait_s += time.perf_counter() - waited
+                tokens, logprobs = pending.pairs[:, :len(pending.seqs)].tolist()
+                self.runner.host_buffers.append(pending.buffer)
+            handled = time.perf_counter()
+            for seq, token, logprob in zip(pending.seqs, tokens, logprobs, strict=True):
+                if not seq.ended:
+                    self._token(seq, int(token), logprob)
+            profile.host_s += time.perf_counter() - handled
+        if leave:
+            self.batch.keep([i for i, seq in enumerate(self.batch.seqs) if not seq.ended])
+
+    def _fail_all(self, failure: GenerationFailed) -> None:
+        super()._fail_all(failure)
+        for seq in self.batch.seqs:
+            self._fail(seq, failure)
+        for pending in self._pending:
+            if pending.buffer is not None:
+                self.runner.host_buffers.append(pending.buffer)
+        self._pending.clear()
+        self.batch = SlotBatch(self.runner)
+        try:  # the rows' device inputs back to idle; after a device error this may fail too
+            self.runner.release(0, self.cache.slots)
+        except Exception:  # the failures above must still reach their clients (the caller flushes them)
+            log.exception("could not reset the decode rows")

@@ -1,0 +1,35 @@
+"""The batched engine offline (`tunebench.serve.offline`) with the GPU's shape buckets, run on the CPU:
+prefill groups are cut to powers of two (a group of n prompts runs as the next power of two of rows), and
+the bucketed shapes change no greedy token."""
+
+from __future__ import annotations
+
+from tunebench.serve.offline import offline_engine, run_offline
+from tunebench.serve.requests import GenerationRequest
+from tunebench.serve.sampling import SamplingParams
+
+TEXTS = ["The engine makes a rattling noise", "Plant the tomato seedlings", "Anna: are we still on for lunch?",
+         "Solder the resistor to the board", "The rocket reached orbit", "Simmer the onions in butter",
+         "Our pitcher threw a no-hitter", "The city council voted"]
+
+
+def run(model, tok, bucketed: bool, budget: int) -> tuple[list[list[int]], list[int]]:
+    engine = offline_engine(model, tok, longest=64, slots=8, prefill_budget=budget)
+    engine.runner.bucketed = bucketed  # the GPU's shape buckets, here on the CPU
+    groups: list[int] = []
+    prefill = engine._prefill
+    engine._prefill = lambda seqs: (groups.append(len(seqs)), prefill(seqs))[1]
+    requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=6, ignore_eos=True))
+                for t in TEXTS]
+    return [[t.id for t in c.tokens] for c in run_offline(engine, requests)], groups
+
+
+def test_bucketed_prefill_groups_are_powers_of_two_and_change_no_token(tiny_llama_dir, load_tiny, monkeypatch):
+    monkeypatch.setattr("tunebench.serve.batched.PREFILL_GROUP", 2)  # groups above 2 prompts are cut
+    model, tok = load_tiny(tiny_llama_dir)
+    longest = max(len(tok(t)["input_ids"]) for t in TEXTS)
+    exact, exact_groups = run(model, tok, bucketed=False, budget=6 * longest)
+    bucketed, groups = run(model, tok, bucketed=True, budget=6 * longest)
+    assert bucketed == exact
+    assert exact_groups[0] == 6  # what the budget allows
+    assert groups[0] == 4 and all(g & (g - 1) == 0 for g in groups) and sum(groups) == len(TEXTS)
