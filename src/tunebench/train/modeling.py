@@ -116,6 +116,10 @@ def prepare_model(model: Any, cell: CellConfig, source: ModelSource, plan: Plan,
         model = wrap_lora(model, cell, source)
         if plan.precision != "fp32" and plan.quantization is None:
             keep_lora_inputs_in_compute_dtype(model)
+        if plan.fused_lora:
+            from tunebench.train.fastlora import install_fused_lora
+
+            install_fused_lora(model)
     return model
 
 

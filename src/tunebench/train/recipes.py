@@ -107,6 +107,8 @@ class Plan:
     fused_loss: bool = False        # liger-kernel fused linear cross-entropy (CUDA, liger_kernel importable)
     compile: bool = False           # torch.compile through the Trainer
     size_to_memory: bool = False    # tokens_per_batch is a ceiling, lowered once the model is loaded
+    fused_lora: bool = False        # LoRA adapter path as one autograd function (train/fastlora.py)
+    flash_sdpa: bool = False        # SDPA without cuDNN while training (train/fastlora.py)
 
     @property
     def adapter(self) -> bool:
