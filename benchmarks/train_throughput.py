@@ -91,9 +91,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile": {"overrides": {"compile": True}, "timeout": 90},
     "packed-flex": {"training": {"packing": "padding_free"}, "attn": "flex_attention", "timeout": 90},
     "adamw-unfused": {"training": {"optimizer": "adamw_torch"}},
-    "flash": {"overrides": {"flash_sdpa": True}},
-    "fused-lora": {"overrides": {"fused_lora": True}},
-    "flash-fused-lora": {"overrides": {"flash_sdpa": True, "fused_lora": True}},
+    # Issue 21's kernel choices (train/fastlora.py), each removed from `fast`, and all of them together:
+    "no-rope": {"overrides": {"fused_rope": False}},
+    "no-norms": {"overrides": {"norms_in_compute_dtype": False}},
+    "before-issue-21": {"overrides": {"fused_lora": False, "flash_sdpa": False, "norms_in_compute_dtype": False,
+                                      "fused_rope": False}},
 }
 DEFAULT_SECONDS = {"original": 60.0, "full-7b-fsdp": 45.0}
 
@@ -354,7 +356,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "loss_at_tokens": loss_at_tokens(records),
         "packing": plan["packing"], "attention_mask": plan["attention_mask"], "attn": spec["attn"] or "sdpa",
         "fused_loss": plan["fused_loss"], "compile": plan["compile"], "optimizer": plan["optimizer"],
-        "fused_lora": plan.get("fused_lora"), "flash_sdpa": plan.get("flash_sdpa"),
+        **{k: plan.get(k) for k in ("fused_lora", "flash_sdpa", "norms_in_compute_dtype", "fused_rope")},
         "precision": plan["precision"], "quantization": plan["quantization"],
         "tokens_per_batch": plan["tokens_per_batch"], "batch_size": plan["batch_size"],
         "gradient_accumulation": plan["gradient_accumulation"],
