@@ -23,7 +23,7 @@ parameters, no attention term); peak = torch.cuda.max_memory_allocated.
 The last line holds the ratios of every tunebench row to every peer, and to the fastest TRL row.
 
 Device (carry .whl: trl, datasets, dill, multiprocess, liger-kernel, bitsandbytes, pydantic...):
-    python3 benchmarks/train_peers.py --tunebench fast,flash-fused-lora --out $OUT
+    python3 benchmarks/train_peers.py --tunebench before-issue-21,fast --profile-after fast --out $OUT
 CPU smoke run (tiny architecture, a few seconds per system):
     python benchmarks/train_peers.py --tiny
 """

@@ -20,7 +20,10 @@ ratio of an unknown step count means nothing); all other hyperparameters are the
     full-7b-fsdp        full fine-tuning of 7B, FSDP full_shard over the GPUs (run it under torchrun)
 
 `--variants` sweeps engine knobs on the 3B `fast` case (token budget, attention path, liger, torch.compile,
-fused AdamW); `--profile CASE[,CASE]` writes a torch.profiler summary for those cases (top CUDA kernels, GPU busy
+fused AdamW, and issue 21's kernel choices: `no-norms`, `no-rope` (the same as `fast` while `fused_rope` is
+off by default), and `before-issue-21`, which is `fast` without any of them); `--profile-after CASE[,CASE]`
+profiles 3 steps after a case's timed ones, with a per-step device-time breakdown (benchmarks/train_profiling.py);
+`--profile CASE[,CASE]` writes a torch.profiler summary for those cases (top CUDA kernels, GPU busy
 vs. wall time, the largest idle gaps) to --out. Each single-GPU case runs in its own subprocess (a memory cap
 and a crash stay inside it; `--case-timeout` bounds it); under torchrun the cases run in the launched processes.
 The last line estimates the time and cost to fine-tune RedPajama-3B on the full 20 Newsgroups (5 epochs) and
