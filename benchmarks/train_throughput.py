@@ -20,7 +20,10 @@ ratio of an unknown step count means nothing); all other hyperparameters are the
     full-7b-fsdp        full fine-tuning of 7B, FSDP full_shard over the GPUs (run it under torchrun)
 
 `--variants` sweeps engine knobs on the 3B `fast` case (token budget, attention path, liger, torch.compile,
-fused AdamW); `--profile CASE[,CASE]` writes a torch.profiler summary for those cases (top CUDA kernels, GPU busy
+fused AdamW, and issue 21's kernel choices: `no-norms`, `no-rope` (the same as `fast` while `fused_rope` is
+off by default), and `before-issue-21`, which is `fast` without any of them); `--profile-after CASE[,CASE]`
+profiles 3 steps after a case's timed ones, with a per-step device-time breakdown (benchmarks/train_profiling.py);
+`--profile CASE[,CASE]` writes a torch.profiler summary for those cases (top CUDA kernels, GPU busy
 vs. wall time, the largest idle gaps) to --out. Each single-GPU case runs in its own subprocess (a memory cap
 and a crash stay inside it; `--case-timeout` bounds it); under torchrun the cases run in the launched processes.
 The last line estimates the time and cost to fine-tune RedPajama-3B on the full 20 Newsgroups (5 epochs) and
@@ -56,6 +59,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from train_profiling import write_profile
+
 HERE = Path(__file__).resolve().parent
 PROFILE = HERE / "data" / "token_profile.json"
 LABELS = [f"topic{i:02d}" for i in range(20)]
@@ -65,6 +70,7 @@ GIB = 2**30
 PROFILED = "-profiled"  # suffix of the profiled runs' case names (their rates carry the profiler's overhead)
 CONTEXT = 2048  # RedPajama's context: both recipes truncate an example to it
 LOSS_GRID = [2**k * 1024 for k in range(4, 12)]  # 16k ... 2M tokens
+PROFILE_AFTER_STEPS = 3
 
 CASES: dict[str, dict[str, Any]] = {
     "original": {"model": "3b", "method": "qlora", "training": {"recipe": "original"}},
@@ -88,6 +94,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile": {"overrides": {"compile": True}, "timeout": 90},
     "packed-flex": {"training": {"packing": "padding_free"}, "attn": "flex_attention", "timeout": 90},
     "adamw-unfused": {"training": {"optimizer": "adamw_torch"}},
+    # Issue 21's kernel choices (train/fastlora.py), each removed from `fast`, and all of them together:
+    "no-rope": {"overrides": {"fused_rope": False}},
+    "no-norms": {"overrides": {"norms_in_compute_dtype": False}},
+    "before-issue-21": {"overrides": {"fused_lora": False, "flash_sdpa": False, "norms_in_compute_dtype": False,
+                                      "fused_rope": False}},
 }
 DEFAULT_SECONDS = {"original": 60.0, "full-7b-fsdp": 45.0}
 
@@ -99,6 +110,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", action="store_true", help=f"sweep: {', '.join(VARIANTS)}")
     parser.add_argument("--only-variants", default=None, help="comma-separated subset of the variants")
     parser.add_argument("--profile", default=None, help="comma-separated cases or variants to profile")
+    parser.add_argument("--profile-after", default="", help="comma-separated cases or variants that, after their "
+                        "timed steps, profile PROFILE_AFTER_STEPS more (the rate is not affected)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="timed seconds per case after warm-up (default 30; original 60; variants 12)")
     parser.add_argument("--warmup-steps", type=int, default=4)
@@ -185,6 +198,7 @@ def case_spec(name: str, args: argparse.Namespace, root: Path, variant: bool) ->
             "overrides": {**base.get("overrides", {}), **extra.get("overrides", {})},
             "memory_gib": extra.get("memory_gib", base.get("memory_gib")), "attn": extra.get("attn"),
             "seconds": seconds, "warmup_steps": args.warmup_steps, "profile": False,
+            "profile_after": name in args.profile_after.split(","),
             "timeout": min(args.case_timeout, extra.get("timeout", args.case_timeout)),
             "out": str(args.out) if args.out else None}
 
@@ -216,6 +230,7 @@ def timer_callback(spec: dict[str, Any]) -> Any:
             self.profiler: Any = None
             self.profiled_steps = 0
             self.profile_wall = 0.0
+            self.timed_end: int | None = None
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == spec["warmup_steps"]:
@@ -227,6 +242,11 @@ def timer_callback(spec: dict[str, Any]) -> Any:
                 if self.profiled_steps == 5:
                     self.stop_profile()
             if self.started is not None and self.profiler is None and self.time_is_up(state.global_step):
+                if spec.get("profile_after") and self.timed_end is None:
+                    self.timed_end = state.global_step  # the rate ends here; the profiled steps follow
+                    self.start_profile()
+                    self.profiled_steps = -PROFILE_AFTER_STEPS + 5  # stop_profile after PROFILE_AFTER_STEPS
+                    return
                 control.should_training_stop = True
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -254,7 +274,8 @@ def timer_callback(spec: dict[str, Any]) -> Any:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+                record_shapes=bool(spec.get("profile_after")))
             self.profiler.__enter__()
             self.profile_wall = time.perf_counter()
 
@@ -265,56 +286,11 @@ def timer_callback(spec: dict[str, Any]) -> Any:
                 torch.cuda.synchronize()
             wall = time.perf_counter() - self.profile_wall
             self.profiler.__exit__(None, None, None)
-            write_profile(self.profiler, wall, max(1, self.profiled_steps), spec)
+            steps = PROFILE_AFTER_STEPS if self.timed_end is not None else max(1, self.profiled_steps)
+            write_profile(self.profiler, wall, steps, spec)
             self.profiler = None
 
     return StopAfter()
-
-
-def merged_busy(intervals: list[tuple[float, float]]) -> tuple[float, list[float]]:
-    """Total covered time of (start, end) intervals, and the idle gaps between them, both in µs."""
-    busy, gaps = 0.0, []
-    end = None
-    for s, e in sorted(intervals):
-        if end is None or s > end:
-            if end is not None:
-                gaps.append(s - end)
-            busy += e - s
-            end = e
-        elif e > end:
-            busy += e - end
-            end = e
-    return busy, gaps
-
-
-def write_profile(prof: Any, wall_s: float, steps: int, spec: dict[str, Any]) -> None:
-    """Top CUDA kernels by time, GPU busy vs wall, idle gaps and CPU op time, for `steps` optimizer steps."""
-    from torch.autograd import DeviceType
-
-    events = prof.events()
-    kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
-    busy_us, gaps = merged_busy(kernels)
-    averages = prof.key_averages()
-    if not kernels:  # device events not listed one by one: their summed self time, without gaps
-        busy_us = sum(getattr(k, "self_device_time_total", 0.0) for k in averages)
-    table = averages.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
-    cpu_table = averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)
-    summary = {
-        "profile": spec["name"], "steps": steps, "wall_s": round(wall_s, 4),
-        "step_wall_ms": round(1e3 * wall_s / steps, 2), "gpu_busy_ms_per_step": round(busy_us / 1e3 / steps, 2),
-        "gpu_busy_fraction": round(busy_us / 1e6 / wall_s, 4), "kernels": len(kernels),
-        "kernels_per_step": len(kernels) // steps,
-        "idle_gaps_over_100us": sum(g > 100 for g in gaps), "idle_ms_in_gaps_over_100us":
-            round(sum(g for g in gaps if g > 100) / 1e3, 2),
-        "largest_gaps_ms": [round(g / 1e3, 2) for g in sorted(gaps, reverse=True)[:10]],
-    }
-    print(json.dumps(summary), flush=True)
-    if spec["out"]:
-        out = Path(spec["out"])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"profile-{spec['name']}.txt").write_text(
-            json.dumps(summary, indent=2) + "\n\nTop kernels/ops by self CUDA time:\n" + table
-            + "\n\nTop ops by self CPU time:\n" + cpu_table + "\n")
 
 
 def loss_at_tokens(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -356,9 +332,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     run = RunDir(Path(spec["root"]) / "runs" / spec["name"])
     start = time.perf_counter()
     options = RunOptions(plan_overrides=spec["overrides"], logging_steps=1, save=False)
-    summary = train_cell(cell_for(spec), run, force=True, progress=False, callbacks=[timer_callback(spec)],
-                         options=options)
+    timer = timer_callback(spec)
+    summary = train_cell(cell_for(spec), run, force=True, progress=False, callbacks=[timer], options=options)
     records = [json.loads(line) for line in (run.train / "metrics.jsonl").read_text().splitlines()]
+    if timer.timed_end is not None:  # leave the profiled steps out of the rate and the losses
+        records = [r for r in records if r.get("step", 0) <= timer.timed_end]
     rate = steady(records, spec["warmup_steps"])
     losses = [r["loss"] for r in records if "loss" in r]
     plan = summary["plan"]
@@ -381,6 +359,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "loss_at_tokens": loss_at_tokens(records),
         "packing": plan["packing"], "attention_mask": plan["attention_mask"], "attn": spec["attn"] or "sdpa",
         "fused_loss": plan["fused_loss"], "compile": plan["compile"], "optimizer": plan["optimizer"],
+        **{k: plan.get(k) for k in ("fused_lora", "flash_sdpa", "norms_in_compute_dtype", "fused_rope")},
         "precision": plan["precision"], "quantization": plan["quantization"],
         "tokens_per_batch": plan["tokens_per_batch"], "batch_size": plan["batch_size"],
         "gradient_accumulation": plan["gradient_accumulation"],

@@ -247,11 +247,12 @@ def build_trainer(cfg: CellConfig, run: RunDir, plan: Plan, model: Any, tokenize
 
 
 def run_training(trainer: Any, cfg: CellConfig, plan: Plan, run: RunDir, checkpoint: Path | None) -> Any:
+    from tunebench.train.fastlora import sdpa_kernels
     from tunebench.train.trainer import DiskFullError
 
     trainer.meter.start_training()
     try:
-        with out_of_memory_is_user_error(cfg, plan):
+        with out_of_memory_is_user_error(cfg, plan), sdpa_kernels(plan.flash_sdpa):
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except DiskFullError as err:
         kept = f"the previous checkpoint {err.previous} is intact" if err.previous else "no earlier checkpoint exists"

@@ -116,7 +116,19 @@ def prepare_model(model: Any, cell: CellConfig, source: ModelSource, plan: Plan,
         model = wrap_lora(model, cell, source)
         if plan.precision != "fp32" and plan.quantization is None:
             keep_lora_inputs_in_compute_dtype(model)
+        install_speed_knobs(model, plan)
     return model
+
+
+def install_speed_knobs(model: Any, plan: Plan) -> None:
+    from tunebench.train import fastlora
+
+    if plan.fused_lora:
+        fastlora.install_fused_lora(model)
+    if plan.norms_in_compute_dtype:
+        fastlora.install_norms_in_compute_dtype(model)
+    if plan.fused_rope:
+        fastlora.install_fused_rope(model)
 
 
 def keep_lora_inputs_in_compute_dtype(model: Any) -> None:

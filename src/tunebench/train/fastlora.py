@@ -1,0 +1,165 @@
+"""Training-speed kernels around peft's LoRA and SDPA, switched on by the plan (the `fast` recipe on CUDA).
+
+`install_fused_lora`: peft's `lora.Linear` computes `result + lora_B(lora_A(dropout(x))) * scaling` as seven
+kernels and four autograd nodes per target module (two weight casts under autocast, two matmuls, a multiply and
+an add over the full output, and their backward twins). Here the adapter path after the dropout is one autograd
+function: h = x_d A^T (the rank-r product), then out = addmm(result, h, B^T, alpha=scaling), so the scaling and
+the residual add ride in the second matmul's epilogue, and the backward scales the r-wide matrices instead of
+the full output gradient. The dropout is peft's own module on the same input, so its random mask is drawn
+as peft draws it (on CPU in fp32: the same loss and adapter gradients as peft to 1e-6, tested). Adapter
+weights stay fp32 (the optimizer's masters); only their matmul copies are in the activations' dtype, which
+is what autocast did anyway. An fp32 input under autocast (a LayerNorm's output) is rounded to the base
+layer's dtype once, for the base matmul and the adapter alike. Anything this path does not cover (DoRA and
+other variants, adapter biases, merged or disabled adapters, mixed-adapter batches, quantized bases) falls
+back to peft's forward, module by module.
+
+`install_norms_in_compute_dtype` and `install_fused_rope`: see their docstrings (found in the same profile:
+LayerNorm outputs in fp32 under autocast, and the rotary embedding's concatenations at ~50 ms per step).
+
+`sdpa_kernels`: cuDNN's SDPA, which PyTorch prefers on Hopper, builds and caches an execution graph per input
+shape; length-grouped batches bring a new width nearly every step, and the profile of the 3B `fast` case showed
+~7 ms of CPU per attention call. The flash kernel has no such per-shape cost (`Plan.flash_sdpa`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import MethodType
+from typing import Any
+
+import torch
+
+
+class _LoraDelta(torch.autograd.Function):
+    """result + scaling * (x_d A^T) B^T for x_d [..., in], A [r, in], B [out, r]; one node forward and back."""
+
+    @staticmethod
+    def forward(ctx: Any, result: torch.Tensor, x_d: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                scaling: float) -> torch.Tensor:
+        dtype = x_d.dtype
+        a_c, b_c = a.to(dtype), b.to(dtype)
+        flat = x_d.reshape(-1, x_d.shape[-1])
+        h = flat @ a_c.t()
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), h, b_c.t(), alpha=scaling)
+        ctx.save_for_backward(flat, h, a_c, b_c)
+        ctx.scaling = scaling
+        ctx.x_shape = x_d.shape
+        ctx.weight_dtypes = (a.dtype, b.dtype)
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        flat, h, a_c, b_c = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_h = g @ (b_c * ctx.scaling)                    # [T, r]: scale the small matrix, not the output
+        grad_a = (grad_h.t() @ flat).to(ctx.weight_dtypes[0]) if ctx.needs_input_grad[2] else None
+        grad_b = ((g.t() @ h) * ctx.scaling).to(ctx.weight_dtypes[1]) if ctx.needs_input_grad[3] else None
+        grad_x = (grad_h @ a_c).view(ctx.x_shape) if ctx.needs_input_grad[1] else None
+        return grad, grad_x, grad_a, grad_b, None
+
+
+def lora_delta(result: torch.Tensor, x_d: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+    return _LoraDelta.apply(result, x_d, a, b, scaling)
+
+
+def _covered(layer: Any, x: torch.Tensor, kwargs: dict[str, Any]) -> bool:
+    """Plain LoRA on an nn.Linear base, unmerged, no variant or bias: the only case the fused path computes."""
+    if layer.disable_adapters or layer.merged or kwargs.get("adapter_names") is not None:
+        return False
+    if not isinstance(layer.base_layer, torch.nn.Linear):
+        return False
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        if name in getattr(layer, "lora_variant", {}) or layer.lora_A[name].bias is not None \
+                or layer.lora_B[name].bias is not None:
+            return False
+    return x.is_floating_point()
+
+
+def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    if not _covered(self, x, kwargs):
+        return type(self).forward(self, x, *args, **kwargs)
+    self._check_forward_args(x, *args, **kwargs)
+    compute = self.base_layer.weight.dtype
+    if x.dtype != compute:
+        if not torch.is_autocast_enabled(x.device.type):
+            return type(self).forward(self, x, *args, **kwargs)
+        # Under autocast a LayerNorm hands its fp32 output to the next linear (qkv, MLP up), which autocast
+        # rounds to the compute dtype anyway: round it once here, for the base matmul and the adapter alike.
+        x = x.to(compute)
+    result = self.base_layer(x, *args, **kwargs)
+    for name in self.active_adapters:
+        if name not in self.lora_A:
+            continue
+        result = lora_delta(result, self.lora_dropout[name](x), self.lora_A[name].weight, self.lora_B[name].weight,
+                            self.scaling[name])
+    return result
+
+
+def install_fused_lora(model: Any) -> int:
+    """Route every peft `lora.Linear` of `model` through the fused adapter path; returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    patched = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:  # subclasses (bitsandbytes, other backends) keep their own forward
+            module.forward = MethodType(_fused_forward, module)
+            patched += 1
+    return patched
+
+
+def _norm_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != self.weight.dtype or not torch.is_autocast_enabled(x.device.type):
+        return type(self).forward(self, x)
+    with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 inside the kernel, output in x's dtype
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def install_norms_in_compute_dtype(model: Any) -> int:
+    """LayerNorms of a bf16 model return bf16 under autocast instead of fp32. Autocast runs layer_norm in fp32
+    and every consumer (the next linear, LoRA's dropout) rounds the output back to bf16, so the fp32 tensor costs
+    a wider write, a cast copy per consumer and fp32 gradients on the way back, for the same rounded values
+    (the kernel accumulates in fp32 either way). Returns how many norms were switched."""
+    patched = 0
+    for module in model.modules():
+        if type(module) is torch.nn.LayerNorm and module.weight is not None \
+                and module.weight.dtype in (torch.bfloat16, torch.float16):
+            module.forward = MethodType(_norm_forward, module)
+            patched += 1
+    return patched
+
+
+def install_fused_rope(model: Any) -> bool:
+    """GPT-NeoX's rotary embedding (two rotate-half concatenations, four multiplies, two adds and two more
+    concatenations per layer, forward and back) as liger-kernel's one Triton kernel each way. transformers looks
+    the function up in its module at every call, so this replaces it for the process (CUDA only; same math).
+    Returns whether it was installed."""
+    if getattr(model.config, "model_type", None) != "gpt_neox" or not torch.cuda.is_available():
+        return False
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                             unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        return liger_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+
+    modeling_gpt_neox.apply_rotary_pos_emb = apply_rotary_pos_emb
+    return True
+
+
+@contextmanager
+def sdpa_kernels(flash: bool) -> Iterator[None]:
+    """With `flash`, SDPA may not pick cuDNN while training (flash, memory-efficient and math stay allowed);
+    the process-wide flag is restored afterwards."""
+    if not flash or not torch.cuda.is_available():
+        yield
+        return
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

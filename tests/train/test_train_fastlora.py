@@ -1,0 +1,183 @@
+"""The fused LoRA path (train/fastlora.py) computes what peft's lora.Linear computes, dropout mask included."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tunebench.train import fastlora
+from tunebench.train.fastlora import install_fused_lora, install_norms_in_compute_dtype, lora_delta, sdpa_kernels
+from tunebench.train.modeling import keep_lora_inputs_in_compute_dtype
+from tunebench.train.recipes import Device, speed_knobs
+
+TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def lora_model(model_dir, dropout: float, dtype=torch.float32):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    base.config.use_cache = False
+    torch.manual_seed(1)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, lora_dropout=dropout, target_modules=TARGETS))
+    for name, p in model.named_parameters():  # B starts at zero in peft: give it values so its gradient path counts
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return model.train()
+
+
+def loss_and_grads(model, ids, seed: int):
+    torch.manual_seed(seed)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_matches_peft_loss_and_adapter_gradients(tiny_neox_dir, dropout):
+    ids = torch.randint(3, 200, (3, 24), generator=torch.Generator().manual_seed(0))
+    plain, fused = lora_model(tiny_neox_dir, dropout), lora_model(tiny_neox_dir, dropout)
+    assert install_fused_lora(fused) == 2 * len(TARGETS)
+    loss_p, grads_p = loss_and_grads(plain, ids, seed=7)
+    loss_f, grads_f = loss_and_grads(fused, ids, seed=7)  # same seed: peft's dropout draws the same masks
+    torch.testing.assert_close(loss_f, loss_p, rtol=1e-6, atol=1e-6)
+    assert grads_f.keys() == grads_p.keys() and len(grads_p) == 4 * len(TARGETS)
+    for name in grads_p:
+        torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("norms", [False, True])
+def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft_under_autocast(tiny_neox_dir, norms, monkeypatch):
+    """The GPU setting, on the CPU: bf16 base and activations, fp32 adapter weights, bf16 autocast. Both paths
+    round differently, so each is compared with the same model in fp32; the reference path is the engine's
+    before the fused one (peft without its fp32 input casts)."""
+    ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(1))
+    plain, fused = lora_model(tiny_neox_dir, 0.0, torch.bfloat16), lora_model(tiny_neox_dir, 0.0, torch.bfloat16)
+    exact = lora_model(tiny_neox_dir, 0.0, torch.bfloat16).float()
+    keep_lora_inputs_in_compute_dtype(plain)
+    install_fused_lora(fused)
+    if norms:  # the LayerNorms' bf16 outputs too (5 per 2-layer NeoX: two per layer and the final one)
+        assert install_norms_in_compute_dtype(fused) == 5
+    fused_calls = []
+    monkeypatch.setattr(fastlora, "lora_delta", lambda *a: fused_calls.append(1) or _delta(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_p, grads_p = loss_and_grads(plain, ids, seed=3)
+        loss_f, grads_f = loss_and_grads(fused, ids, seed=3)
+    assert len(fused_calls) == 2 * len(TARGETS)  # LayerNorm-fed targets too (their fp32 input is rounded once)
+    loss_x, grads_x = loss_and_grads(exact, ids, seed=3)
+    assert all(g.dtype == torch.float32 for g in grads_f.values())  # fp32 masters keep fp32 gradients
+
+    def error(grads):
+        return float(sum((grads[n] - grads_x[n]).norm() ** 2 for n in grads_x) ** 0.5
+                     / sum(g.norm() ** 2 for g in grads_x.values()) ** 0.5)
+
+    assert abs(float(loss_f) - float(loss_x)) <= 2 * abs(float(loss_p) - float(loss_x)) + 2e-3
+    assert error(grads_f) <= 1.5 * error(grads_p) + 1e-3, (error(grads_f), error(grads_p))
+
+
+_delta = lora_delta
+
+
+def test_norms_in_compute_dtype_give_the_fp32_norm_rounded_to_bf16():
+    norm = torch.nn.LayerNorm(64).to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    exact = torch.nn.functional.layer_norm(x.float(), (64,), norm.weight.float(), norm.bias.float())
+    install_norms_in_compute_dtype(norm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), exact, rtol=8e-3, atol=8e-3)  # bf16 rounding of the same values
+
+
+def test_fused_lora_rounds_an_fp32_input_once_under_autocast(tiny_neox_dir, monkeypatch):
+    """What a LayerNorm hands the qkv and MLP-up targets under CUDA autocast: fp32 into a bf16 base layer."""
+    plain, fused = lora_model(tiny_neox_dir, 0.0, torch.bfloat16), lora_model(tiny_neox_dir, 0.0, torch.bfloat16)
+    keep_lora_inputs_in_compute_dtype(plain)
+    install_fused_lora(fused)
+    layer_p = plain.base_model.model.gpt_neox.layers[0].attention.query_key_value
+    layer_f = fused.base_model.model.gpt_neox.layers[0].attention.query_key_value
+    x = torch.randn(2, 7, layer_p.in_features, generator=torch.Generator().manual_seed(4))
+    calls = []
+    monkeypatch.setattr(fastlora, "lora_delta", lambda *a: calls.append(a[1].dtype) or _delta(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_p = layer_p(x)
+        out_f = layer_f(x)
+    assert out_f.dtype == out_p.dtype == torch.bfloat16 and calls == [torch.bfloat16]  # the fused path ran
+    torch.testing.assert_close(out_f.float(), out_p.float(), rtol=2e-2, atol=2e-2)
+    with pytest.raises(RuntimeError):  # outside autocast the mismatch stays peft's (and torch's) error
+        layer_f(x)
+
+
+def test_speed_knobs_only_for_bf16_lora_of_causal_models_on_cuda():
+    gpu = Device(cuda=True, bf16=True, liger=True)
+    knobs = speed_knobs(False, "causal", "lora", gpu)
+    assert knobs.pop("fused_rope") is False  # not measured yet: an override only
+    assert all(knobs.values())
+    for off in (speed_knobs(True, "causal", "lora", gpu), speed_knobs(False, "causal", "qlora", gpu),
+                speed_knobs(False, "seq2seq", "lora", gpu), speed_knobs(False, "causal", "lora", Device(cuda=False))):
+        assert not any(off.values())
+
+
+def test_lora_delta_gradients_by_finite_differences():
+    gen = torch.Generator().manual_seed(2)
+    args = [torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+            for shape in ((2, 3, 5), (2, 3, 4), (2, 4), (5, 2))]
+    assert torch.autograd.gradcheck(lambda r, x, a, b: lora_delta(r, x, a, b, 0.7), args)
+
+
+def test_disabled_or_merged_adapters_fall_back_to_peft(tiny_neox_dir):
+    ids = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(3))
+    plain, fused = lora_model(tiny_neox_dir, 0.0).eval(), lora_model(tiny_neox_dir, 0.0).eval()
+    install_fused_lora(fused)
+    with torch.no_grad():
+        with plain.disable_adapter(), fused.disable_adapter():
+            torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits)
+        plain.merge_adapter()
+        fused.merge_adapter()
+        torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_kernels_is_a_no_op_without_cuda():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with sdpa_kernels(True):
+        if not torch.cuda.is_available():
+            assert torch.backends.cuda.cudnn_sdp_enabled() == before
+        else:
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+                    reason="liger-kernel's rope is a Triton kernel (CUDA)")
+def test_fused_rope_matches_gpt_neox_rotary_embedding_on_cuda():
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    original = modeling_gpt_neox.apply_rotary_pos_emb
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    qkv = torch.randn(2, 64, 4, 3 * 80, device="cuda", generator=gen).to(torch.bfloat16)
+    q, k = (t.transpose(1, 2).requires_grad_() for t in (qkv[..., :80].clone(), qkv[..., 80:160].clone()))
+    angles = torch.arange(64, device="cuda")[None, :, None] * torch.rand(1, 1, 40, device="cuda", generator=gen)
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16)
+    config = type("Config", (), {"model_type": "gpt_neox"})()
+    try:
+        assert fastlora.install_fused_rope(type("Model", (), {"config": config})())
+        outs = []
+        for fn, args in ((original, (q.float(), k.float(), cos.float(), sin.float())), (original, (q, k, cos, sin)),
+                         (modeling_gpt_neox.apply_rotary_pos_emb, (q, k, cos, sin))):
+            q_out, k_out = fn(*args)
+            grads = torch.autograd.grad((q_out.float().square().sum() + k_out.float().sum()), (q, k))
+            outs.append((q_out, k_out, *grads))
+        # bf16 outputs round differently (liger rounds once, the reference after every op; the H200 run of the
+        # plain assert_close saw 7 of 40,960 elements one bf16 step apart): each is compared with fp32 math.
+        for exact, plain, fused in zip(*outs, strict=True):
+            error = [float((t.float() - exact.float()).norm() / exact.float().norm()) for t in (plain, fused)]
+            assert error[1] <= 1.5 * error[0] + 1e-3, error
+    finally:
+        modeling_gpt_neox.apply_rotary_pos_emb = original
