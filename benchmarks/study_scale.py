@@ -8,8 +8,8 @@ driver (decide, submit, record in results.db) on a `ray.cluster_utils.Cluster` o
 Each cell's data.train_count encodes its duration, so the driver's own cost estimate (examples x epochs) is what
 orders the units, as for a real study. Ideal makespan = max(total GPU-seconds / GPUs, longest unit). Before the
 timed run one warm-up wave keeps every worker busy (each imports tunebench and torch once; Ray reuses them).
-Then the inline executor runs 20 short cells (after one warm-up cell), against the sum of their sleeps: the seam's own cost.
-Prints one JSON line.
+Then the inline executor runs 20 short cells (after one warm-up cell), against the sum of their sleeps: the
+seam's own cost. Prints one JSON line.
 """
 
 from __future__ import annotations
