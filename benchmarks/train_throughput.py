@@ -96,6 +96,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "adamw-unfused": {"training": {"optimizer": "adamw_torch"}},
     # Issue 21's kernel choices (train/fastlora.py), each removed from `fast`, and all of them together:
     "no-rope": {"overrides": {"fused_rope": False}},
+    "rope": {"overrides": {"fused_rope": True}},
     "no-norms": {"overrides": {"norms_in_compute_dtype": False}},
     "before-issue-21": {"overrides": {"fused_lora": False, "flash_sdpa": False, "norms_in_compute_dtype": False,
                                       "fused_rope": False}},
