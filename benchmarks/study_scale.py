@@ -46,9 +46,10 @@ def quick_eval(cfg, run, **kwargs):
 STAGES = st.StageFunctions(train=sleep_train, evaluate=quick_eval)
 
 
-def durations(n: int, low: float, high: float, seed: int) -> list[tuple[float, int]]:
+def durations(n: int, low: float, high: float, seed: int, two_gpu: float = 0.1) -> list[tuple[float, int]]:
     rng = random.Random(seed)
-    return [(math.exp(rng.uniform(math.log(low), math.log(high))), 2 if rng.random() < 0.1 else 1) for _ in range(n)]
+    return [(math.exp(rng.uniform(math.log(low), math.log(high))), 2 if rng.random() < two_gpu else 1)
+            for _ in range(n)]
 
 
 def study_file(folder: Path, name: str, cells: list[tuple[float, int]]) -> Path:
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--min-s", type=float, default=0.3)
     p.add_argument("--max-s", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--two-gpu", type=float, default=0.1, help="fraction of cells that need 2 GPUs")
     args = p.parse_args()
 
     import ray
@@ -101,7 +103,7 @@ def main() -> None:
         # every worker busy at once, so each one starts and imports what a unit needs (torch included) once
         warm = durations(gpus, 3.0, 3.0, args.seed + 1)
         run(study_file(tmp, "warmup", [(s, 1) for s, _ in warm]), tmp / "warmup", "ray")
-        cells = durations(args.cells, args.min_s, args.max_s, args.seed)
+        cells = durations(args.cells, args.min_s, args.max_s, args.seed, args.two_gpu)
         makespan, driver_cpu, outcome = run(study_file(tmp, "scale", cells), tmp / "scale", "ray")
     finally:
         ray.shutdown()

@@ -73,7 +73,8 @@ def run_remote(task: UnitTask, sink: Any, stages: Any) -> UnitResult:
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "") if task.resources.gpus else ""
     node_id = ray.get_runtime_context().get_node_id()
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node {node_id[:8]})"
-    sink.put.remote(UnitStarted(task.unit_id, node, gpus, gpu_type(task), os.getpid(), attempt))
+    # awaited, like every stage boundary: the sink's threads would not keep fire-and-forget calls in order
+    ray.get(sink.put.remote(UnitStarted(task.unit_id, node, gpus, gpu_type(task), os.getpid(), attempt)))
     last_poll, stop = 0.0, False
 
     def emit(event: Any, important: bool = False) -> None:
