@@ -278,6 +278,11 @@ def model_ref(cfg: CellConfig, run: RunDir) -> str:
     return cfg.model.name if cfg.method in PROMPT_METHODS else str(run.path)
 
 
+# comparison.json's engine fields stored as they are (inference table, schema 2)
+ENGINE_FIELDS = ("engine_version", "engine_command", "served", "adapters", "output_tokens_per_s", "ttft_p90_s",
+                 "pricing")
+
+
 def loadtest_record(cfg: CellConfig, run: RunDir, measured: float | None, study_dir: Path) -> Record:
     comparison = read_json(loadtest_marker(run))
     rows, metrics = [], []
@@ -289,7 +294,8 @@ def loadtest_record(cfg: CellConfig, run: RunDir, measured: float | None, study_
                      "tokens_per_request": row.get("tokens_per_request"), "price_per_hour": row.get("price_per_hour"),
                      "instance": row.get("instance"), "usd_per_1k_tokens": row.get("cost_per_1k_tokens"),
                      "usd_per_1k_requests": row.get("cost_per_1k_requests"),
-                     "result": os.path.relpath(result, study_dir) if result else None})
+                     "result": os.path.relpath(result, study_dir) if result else None,
+                     **{key: row.get(key) for key in ENGINE_FIELDS}})
         for key in ("max_sustainable_rps", "throughput_rps", "latency_p90_s", "cost_per_1k_tokens"):
             if isinstance(row.get(key), int | float):
                 metrics.append(Metric(f"{engine}.{key}", float(row[key])))

@@ -22,7 +22,18 @@ from typing import Any
 from tunebench.errors import UserError
 
 DB_NAME = "results.db"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Version 2 added the inference table's engine columns (engine_version ... pricing). A version-1 store is read
+# as it is (the columns are absent, readers use .get) and upgraded in place, with ALTER TABLE ADD COLUMN, the
+# first time a command opens it to write.
+MIGRATIONS = {"1": ("ALTER TABLE inference ADD COLUMN engine_version TEXT",
+                    "ALTER TABLE inference ADD COLUMN engine_command TEXT",
+                    "ALTER TABLE inference ADD COLUMN served TEXT",
+                    "ALTER TABLE inference ADD COLUMN adapters INTEGER",
+                    "ALTER TABLE inference ADD COLUMN output_tokens_per_s REAL",
+                    "ALTER TABLE inference ADD COLUMN ttft_p90_s REAL",
+                    "ALTER TABLE inference ADD COLUMN pricing TEXT")}
+READABLE_VERSIONS = ("1", SCHEMA_VERSION)
 STAGE_NAMES = ("train", "eval", "loadtest")
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -128,9 +139,19 @@ CREATE TABLE IF NOT EXISTS inference (
     usd_per_1k_tokens   REAL,
     usd_per_1k_requests REAL,
     result              TEXT,               -- path of loadtest.json, relative to the study directory
+    engine_version      TEXT,               -- 'tunebench 0.1.0', vLLM's or SGLang's version (schema 2)
+    engine_command      TEXT,               -- the command line that started the server
+    served              TEXT,               -- vllm/sglang: base | merged | adapters (unmerged LoRA)
+    adapters            INTEGER,            -- LoRA adapters the engine held
+    output_tokens_per_s REAL,               -- at the max sustainable rate
+    ttft_p90_s          REAL,               -- time to first token, when the load test streamed
+    pricing             TEXT,               -- 'per hour' (the server's hourly price) or 'per token' (a hosted API)
     PRIMARY KEY (cell_id, engine)
 );
 """
+INFERENCE_COLUMNS = ("engine", "max_rps", "throughput_rps", "p90_s", "tokens_per_request", "price_per_hour",
+                     "instance", "usd_per_1k_tokens", "usd_per_1k_requests", "result", "engine_version",
+                     "engine_command", "served", "adapters", "output_tokens_per_s", "ttft_p90_s", "pricing")
 TABLES = ("meta", "study", "cells", "stages", "metrics", "costs", "artifacts", "provenance", "inference")
 
 
@@ -198,6 +219,7 @@ class Store:
         try:
             if existed:
                 store.check()
+                store.migrate()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -244,10 +266,26 @@ class Store:
         missing = [t for t in TABLES if t not in names]
         if missing:
             raise corrupt_error(self.path, f"not a tunebench results store (tables missing: {', '.join(missing)})")
-        version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if not version or version[0] != SCHEMA_VERSION:
-            found = version[0] if version else "none"
-            raise corrupt_error(self.path, f"schema version {found}, this tunebench reads {SCHEMA_VERSION}")
+        found = self.version()
+        if found not in READABLE_VERSIONS:
+            if found.isdigit() and int(found) > int(SCHEMA_VERSION):
+                raise UserError(f"{self.path} was written by a newer tunebench (schema version {found}; this one "
+                                f"reads {', '.join(READABLE_VERSIONS)})",
+                                "upgrade tunebench (pip install -U tunebench) to read or extend this study")
+            raise corrupt_error(self.path, f"schema version {found}, this tunebench reads "
+                                f"{', '.join(READABLE_VERSIONS)}")
+
+    def version(self) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return row[0] if row else "none"
+
+    def migrate(self) -> None:
+        """Upgrade an older readable store to SCHEMA_VERSION, in one transaction (all of it or nothing)."""
+        while (found := self.version()) != SCHEMA_VERSION:
+            with self.transaction() as tx:
+                for statement in MIGRATIONS[found]:
+                    tx.execute(statement)
+                tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(int(found) + 1),))
 
     def close(self) -> None:
         self.conn.close()
@@ -366,11 +404,9 @@ class Store:
                 tx.execute("DELETE FROM inference WHERE cell_id = ?", (cell_id,))
                 for row in inference:
                     tx.execute(
-                        "INSERT INTO inference (cell_id, engine, max_rps, throughput_rps, p90_s, tokens_per_request, "
-                        "price_per_hour, instance, usd_per_1k_tokens, usd_per_1k_requests, result) VALUES (:cell_id, "
-                        ":engine, :max_rps, :throughput_rps, :p90_s, :tokens_per_request, :price_per_hour, "
-                        ":instance, :usd_per_1k_tokens, :usd_per_1k_requests, :result)",
-                        {**row, "cell_id": cell_id},
+                        f"INSERT INTO inference (cell_id, {', '.join(INFERENCE_COLUMNS)}) VALUES (:cell_id, "
+                        f"{', '.join(':' + c for c in INFERENCE_COLUMNS)})",
+                        {**dict.fromkeys(INFERENCE_COLUMNS), **row, "cell_id": cell_id},
                     )
             tx.execute(
                 "UPDATE stages SET status = 'done', error = NULL, finished = ?, seconds = ?, detail = ? "
