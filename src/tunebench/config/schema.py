@@ -29,6 +29,14 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+    # a hosted model as the baseline (zero/few-shot only): prompts are built with `name`'s tokenizer, sent here
+    endpoint: str | None = Field(None, description="base URL of an OpenAI-compatible API, e.g. http://host:8000")
+    endpoint_model: str | None = Field(None, description="the `model` field sent; None: `name`")
+    endpoint_api: Literal["completions", "chat"] = Field("completions", description="/v1/completions, or the "
+                                                         "prompt as one user message to /v1/chat/completions")
+    endpoint_api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    endpoint_input_usd_per_1m: float = Field(0.0, ge=0, description="USD per 1M input tokens")
+    endpoint_output_usd_per_1m: float = Field(0.0, ge=0, description="USD per 1M output tokens")
 
 
 class CleaningConfig(Section):
@@ -195,6 +203,13 @@ class CellConfig(Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig)
+
+    @model_validator(mode="after")
+    def _endpoint_prompts_only(self) -> CellConfig:
+        if self.model.endpoint and self.method not in PROMPT_METHODS:
+            raise ValueError(f"model.endpoint is a hosted model: it can be prompted (zero_shot, few_shot), not "
+                             f"fine-tuned (method {self.method})")
+        return self
 
     def normalized(self) -> CellConfig:
         """Reset what cannot affect this method's results, so equal work gets one cell id.

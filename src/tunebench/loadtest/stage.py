@@ -58,6 +58,13 @@ def export_options(cell: CellConfig, model_ref: str) -> Any:
 def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progress: bool = True) -> dict[str, Any]:
     """Serve and load-test each engine of the cell; results under run.serve; a dict for the results store."""
     cfg = cell.loadtest
+    m = cell.model
+    if m.endpoint:  # a hosted model: nothing to start; its endpoint is load-tested and priced per token
+        cfg = cfg.model_copy(update={"engines": [], "url": m.endpoint.rstrip("/").removesuffix("/v1"),
+                                     "url_name": "hosted", "url_model": m.endpoint_model or m.name,
+                                     "url_api_key_env": m.endpoint_api_key_env, "url_price_per_hour": None,
+                                     "url_input_usd_per_1m": m.endpoint_input_usd_per_1m,
+                                     "url_output_usd_per_1m": m.endpoint_output_usd_per_1m})
     prompts = read_prompt_file(Path(cfg.prompts)) if cfg.prompts else builtin_prompts()
     price = resolve_price(cell.cost.instance, cell.cost.price_per_hour, local_device())
     plan = BenchPlan(serve_args=[*model_arguments(cell, model_ref), *serve_options(cell)], engines=list(cfg.engines),

@@ -187,6 +187,14 @@ def eval_record(cfg: CellConfig, run: RunDir, measured: float | None) -> Record:
                           note="tokens/s over the scoring loop, model loading excluded")
         if processing and tokens:
             cost = replace(cost, tokens_per_second=tokens / processing)
+    hosted = doc.get("endpoint")
+    if hosted and seconds:  # a hosted model bills tokens: its usage × its per-token prices, not hours
+        billed = (hosted.get("input_tokens") or 0) + (hosted.get("output_tokens") or 0)
+        cost = Cost(wall_seconds=seconds, device="hosted", instance=f"{hosted['model']} at {hosted['url']}",
+                    usd=hosted.get("usd"), tokens=billed or None,
+                    tokens_per_second=billed / processing if billed and processing else None,
+                    note=f"per-token prices: ${hosted['input_usd_per_1m']:g} per 1M input, "
+                         f"${hosted['output_usd_per_1m']:g} per 1M output tokens")
     return Record(metrics=metrics, cost=cost, seconds=seconds, detail=doc.get("model_note"),
                   artifacts={"metrics": folder / "metrics.json", "predictions": folder / "predictions.jsonl"})
 
