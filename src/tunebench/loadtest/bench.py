@@ -75,6 +75,7 @@ class BenchPlan:
     title: str = "tunebench serve"
     external: EngineLauncher | None = None  # how to export and launch vllm / sglang
     remote: RemoteServer | None = None  # loadtest.url: a server already running elsewhere, tested after the engines
+    served: str | None = None  # what tunebench's own engines serve: base | merged | adapters (for the report)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def bench_engines(plan: BenchPlan, *, console: Console | None = None, progress: 
                                    startup_timeout=plan.startup_timeout)
             cfg, model = plan.cfg, None
             launches[engine] = {"engine": engine, "version": f"tunebench {own_version()}",
-                                "command": shlex.join(server.command), "served": None, "adapters": None}
+                                "command": shlex.join(server.command), "served": plan.served,
+                                "adapters": 1 if plan.served == "adapters" else None}
         console.print(f"[bold]starting[/] {launches[engine]['command']}", highlight=False, soft_wrap=True)
         with server:
             job = LoadtestJob(server.url, cfg, plan.prompts, plan.out / engine, counter=plan.counter,

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunebench.config.schema import CellConfig
+from tunebench.config.schema import ADAPTER_METHODS, CellConfig
 from tunebench.cost import resolve_price
 from tunebench.errors import UserError
 from tunebench.loadtest.bench import BenchPlan, RemoteServer, bench_engines
@@ -46,6 +46,15 @@ def model_arguments(cell: CellConfig, model_ref: str) -> list[str]:
     return [model_ref, "--random-weights"] if cell.model.random_weights else [model_ref]
 
 
+def served_by(cell: CellConfig, model_ref: str) -> str:
+    """What a cell's server holds: its LoRA adapter unmerged (or merged, serve.merge), full weights, or the base."""
+    if not (Path(model_ref) / "resolved-config.yaml").exists():
+        return "base"
+    if cell.method in ADAPTER_METHODS:
+        return "merged" if cell.serve.merge else "adapters"
+    return "merged"  # full fine-tuning: weights of the base model's shapes
+
+
 def export_options(cell: CellConfig, model_ref: str) -> Any:
     """What vllm / sglang serve: the cell's run (its adapter, merged when serve.merge) or the base model."""
     from tunebench.serve.options import ModelOptions
@@ -71,6 +80,7 @@ def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progres
                      cfg=cfg, prompts=prompts, out=run.serve, counter=load_counter(cell.model.name, cell.model),
                      price=price, host=cell.serve.host, title=cell.model.name,
                      remote=RemoteServer.from_config(cfg))
+    plan.served = served_by(cell, model_ref)
     if any(e in EXTERNAL_ENGINES for e in cfg.engines):
         plan.external = launcher_for(cell.serve, cell.model.dtype, export_options(cell, model_ref),
                                      run.serve / "export")

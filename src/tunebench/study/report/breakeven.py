@@ -19,6 +19,7 @@ from tunebench.study.report.document import (
     money,
     slug,
 )
+from tunebench.study.report.multilora import options_section
 from tunebench.study.results import (
     FINE_TUNED,
     METHOD_ORDER,
@@ -111,6 +112,7 @@ def breakeven_section(results: StudyResults, report: Report, plots_dir: Path) ->
             breakeven_table(task, model, rows, price, report, plots_dir)
     if not any_rows:
         report.add(Para("Needs a fine-tuned cell and a prompting cell of the same model and task."))
+    options_section(results, report)  # multi-LoRA and hosted baselines (report/multilora.py)
 
 
 def breakeven_row(model: str, method: str, entry: Entry, price: be.TokenPrice) -> BreakEvenRow:
