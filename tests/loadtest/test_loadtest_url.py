@@ -81,3 +81,15 @@ def test_the_loadtest_cli_takes_per_token_prices(cli, fake_server, tmp_path):
     assert cost["pricing"] == "per token" and cost["cost_per_1k_output_tokens"] == pytest.approx(0.0006)
     bad = cli("loadtest", "--url", url, "--input-usd-per-1m", "0.15", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--output-usd-per-1m" in bad.stderr
+
+
+def test_a_per_token_price_needs_no_passing_rate(fake_server, tmp_path):
+    """Billed per token, the cost is known even when no rate met the SLO (a hosted API's latency)."""
+    from tunebench.loadtest.runner import LoadtestJob, run_loadtest
+
+    url = fake_server(delay=0.2, tokens=4)
+    cfg = LoadtestConfig(api="openai", **{**FAST, "slo": "p90<=10ms"})
+    job = LoadtestJob(url, cfg, builtin_prompts(), tmp_path, token_prices=TokenPrices(1.0, 4.0))
+    summary = run_loadtest(job, progress=False)
+    assert summary["max_sustainable"]["offered_rps"] is None  # the SLO failed
+    assert summary["cost"]["pricing"] == "per token" and summary["cost"]["cost_per_1k_requests"] > 0

@@ -40,6 +40,7 @@ def vllm_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-loras", type=int, default=1)
     serve.add_argument("--max-lora-rank", type=int, choices=VLLM_LORA_RANKS, default=16)
     serve.add_argument("--distributed-executor-backend", choices=("ray", "mp", "uni", "external_launcher"))
+    serve.add_argument("--api-key")
     return parser
 
 
@@ -57,6 +58,7 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-paths", nargs="*", default=[])
     parser.add_argument("--max-loras-per-batch", type=int, default=8)
     parser.add_argument("--max-lora-rank", type=int)
+    parser.add_argument("--api-key")
     return parser
 
 
@@ -90,6 +92,8 @@ def main() -> None:
         command += ["--max-concurrency", str(concurrency)]
     for adapter in adapters:
         command += ["--adapter", adapter]
+    if args.api_key:
+        command += ["--api-key", args.api_key]
     os.execv(sys.executable, command)
 
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -227,8 +228,8 @@ def test_tunebench_serve_runs_vllm_in_the_foreground(standins, tiny_llama_dir, t
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tunebench.cli", "serve", str(tiny_llama_dir), "--engine", "vllm",
-                             "--port", str(port), "--max-concurrency", "2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--max-concurrency", "2", "--api-key", "sk-engine-key"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
@@ -241,12 +242,18 @@ def test_tunebench_serve_runs_vllm_in_the_foreground(standins, tiny_llama_dir, t
         (started,) = starts(standins)
         body = json.dumps({"model": started["argv"][1], "prompt": "Hello", "max_tokens": 3}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
-                                         {"Content-Type": "application/json"})
+                                         {"Content-Type": "application/json",
+                                          "Authorization": "Bearer sk-engine-key"})
         with urllib.request.urlopen(request, timeout=60) as resp:
             assert json.loads(resp.read())["usage"]["completion_tokens"] >= 1
+        request.remove_header("Authorization")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 401  # the key reached the engine
         assert flag(started["argv"], "--max-num-seqs") == "2"
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0]
     assert "starting vllm 0.0.0+standin" in output, output
+    assert "sk-engine-key" not in output and "--api-key ***" in output  # passed on, never printed
     assert gone(started["pid"])  # the engine went down with tunebench serve

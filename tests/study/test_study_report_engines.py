@@ -27,7 +27,7 @@ def test_engines_side_by_side_with_their_break_even(study_dir):  # noqa: F811
          "output_tokens_per_s": 39.0, "ttft_p90_s": 0.05}])
     text = to_markdown(study_report(study_dir, study_dir / "plots"), study_dir)
     assert "### Engines compared" in text
-    assert "| redpajama-3b | LoRA | vllm 0.11.0 | 20.00 |" in text  # the main table names the version too
+    assert "| redpajama-3b | LoRA | vllm | 20.00 |" in text and "| vllm 0.11.0 |" in text  # version, last column
     # few-shot (998 + 2 tokens) vs LoRA (98 + 2 tokens), training $0.36 (mean of the seeds): at $0.001 per 1K
     # tokens it pays back after 0.36 / (0.9 / 1000) = 400 requests; on vLLM at $0.0002, after 2,000
     assert ("| batched | tunebench 0.1.0 | 4.00 | 7.8 | 0.500 | – | $0.001 | 1,800 (vs zero-shot); 400 (vs few-shot) "

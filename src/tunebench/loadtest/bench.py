@@ -13,12 +13,12 @@ after a grace period) whatever happens to the load test (serve/process.py).
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunebench.config.schema import LoadtestConfig
@@ -31,7 +31,7 @@ from tunebench.loadtest.runner import LoadtestJob, one_line_summary, prepare, ru
 from tunebench.loadtest.spec import parse_slo
 from tunebench.rundir import write_atomic, write_json
 from tunebench.serve.external import EXTERNAL_ENGINES, EngineLauncher
-from tunebench.serve.process import ServerProcess, free_port, port_is_free  # noqa: F401  (re-exported)
+from tunebench.serve.process import ServerProcess, free_port, port_is_free, shown  # noqa: F401  (re-exported)
 
 ENGINES = ("naive", "batched", *EXTERNAL_ENGINES)
 OWN_ENGINES = ("naive", "batched")
@@ -158,9 +158,9 @@ def bench_engines(plan: BenchPlan, *, console: Console | None = None, progress: 
                                    startup_timeout=plan.startup_timeout)
             cfg, model = plan.cfg, None
             launches[engine] = {"engine": engine, "version": f"tunebench {own_version()}",
-                                "command": shlex.join(server.command), "served": plan.served,
+                                "command": shown(server.command), "served": plan.served,
                                 "adapters": 1 if plan.served == "adapters" else None}
-        console.print(f"[bold]starting[/] {launches[engine]['command']}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]starting[/] {escape(launches[engine]['command'])}", highlight=False, soft_wrap=True)
         with server:
             job = LoadtestJob(server.url, cfg, plan.prompts, plan.out / engine, counter=plan.counter,
                               price=plan.price, model=model, title=f"{plan.title} ({engine})")

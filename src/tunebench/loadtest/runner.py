@@ -228,7 +228,14 @@ def build_summary(job: LoadtestJob, target: Target, slo: Slo, results: list[Rate
                   started: float) -> dict[str, Any]:
     best = max_sustainable(results)
     best_mean = next((r.mean for r in results if r.offered_rps == best["offered_rps"]), None)
-    cost = cost_at_max_rate(job.price, best, best_mean, job.token_prices)
+    priced, priced_mean = best, best_mean
+    served = [r for r in results if r.mean["throughput_rps"] > 0]
+    if job.token_prices is not None and best_mean is None and served:
+        # billed per token, a hosted API costs the same at any rate: price the busiest rate that had successes
+        busiest = max(served, key=lambda r: r.mean["throughput_rps"])
+        priced = {"offered_rps": busiest.offered_rps, "throughput_rps": busiest.mean["throughput_rps"]}
+        priced_mean = busiest.mean
+    cost = cost_at_max_rate(job.price, priced, priced_mean, job.token_prices)
     cost_note = None
     if cost is None:
         cost_note = ("no price: give --price-per-hour or --instance"

@@ -58,6 +58,7 @@ class EngineSettings:
     gpu_memory_fraction: float = 0.9
     extra_args: tuple[str, ...] = ()
     in_cluster: bool = False
+    api_key: str | None = None  # `tunebench serve --engine vllm --api-key`: both engines take --api-key
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,16 @@ class Launch:
     served: str
     adapters: int
 
+    @property
+    def shown(self) -> str:
+        """The command line as printed and recorded: an API key never leaves the process."""
+        from tunebench.serve.process import shown
+
+        return shown(self.command)
+
     def record(self) -> dict[str, Any]:
-        return {"engine": self.engine, "version": self.version, "command": shlex.join(self.command),
-                "served": self.served, "adapters": self.adapters}
+        return {"engine": self.engine, "version": self.version, "command": self.shown, "served": self.served,
+                "adapters": self.adapters}
 
 
 def launcher(engine: str, vllm_command: str = "vllm", sglang_command: str | None = None) -> list[str]:
@@ -162,6 +170,8 @@ def engine_command(engine: str, exe: list[str], exported: Exported, s: EngineSet
             cmd += ["--enable-lora", "--lora-paths", *(f"{n}={p}" for n, p in exported.adapters.items()),
                     "--max-loras-per-batch", str(len(exported.adapters)), "--max-lora-rank",
                     str(exported.max_lora_rank)]
+    if s.api_key:
+        cmd += ["--api-key", s.api_key]
     return [*cmd, *s.extra_args]
 
 
@@ -209,8 +219,8 @@ EXPORT_DTYPES = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32
 class EngineLauncher:
     """Launches for vllm/sglang with one serve section; the model is exported once, on first use."""
 
-    def __init__(self, serve: Any, dtype: str, export: Callable[[], Exported]) -> None:
-        self.serve, self.dtype, self._export = serve, dtype, export
+    def __init__(self, serve: Any, dtype: str, export: Callable[[], Exported], api_key: str | None = None) -> None:
+        self.serve, self.dtype, self._export, self.api_key = serve, dtype, export, api_key
         self._exported: Exported | None = None
 
     def check(self, engine: str) -> list[str]:
@@ -228,25 +238,27 @@ class EngineLauncher:
         settings = EngineSettings(host=s.host, port=port, dtype=self.dtype, max_concurrency=s.max_concurrency,
                                   context_length=s.max_input_tokens + s.max_new_tokens,
                                   gpu_memory_fraction=s.gpu_memory_fraction, extra_args=tuple(s.engine_args),
-                                  in_cluster=inside_cluster_task())
+                                  in_cluster=inside_cluster_task(), api_key=self.api_key)
         exported = self.exported()
         return Launch(engine, engine_command(engine, exe, exported, settings), request_model(engine, exported),
                       engine_version(engine, exe), exported.served, len(exported.adapters))
 
 
-def launcher_for(serve: Any, model_dtype: str, opts: Any, out: Path) -> EngineLauncher:
+def launcher_for(serve: Any, model_dtype: str, opts: Any, out: Path, api_key: str | None = None) -> EngineLauncher:
     """An EngineLauncher exporting `opts` (serve.options.ModelOptions) into `out`."""
-    return EngineLauncher(serve, model_dtype, lambda: export_for_engine(opts, out, EXPORT_DTYPES[model_dtype]))
+    return EngineLauncher(serve, model_dtype, lambda: export_for_engine(opts, out, EXPORT_DTYPES[model_dtype]),
+                          api_key)
 
 
-def serve_in_foreground(engine: str, opts: Any, serve: Any, model_dtype: str, out: Path, console: Any) -> None:
+def serve_in_foreground(engine: str, opts: Any, serve: Any, model_dtype: str, out: Path, console: Any,
+                        api_key: str | None = None) -> None:
     """`tunebench serve --engine vllm|sglang`: export, start the engine, wait for health, run until Ctrl-C."""
     from tunebench.serve.process import ServerProcess
 
-    engines = launcher_for(serve, model_dtype, opts, out)
+    engines = launcher_for(serve, model_dtype, opts, out, api_key)
     engines.check(engine)
     launch = engines.launch(engine, serve.port)
-    console.print(f"starting {engine} {launch.version}: {shlex.join(launch.command)}", highlight=False,
+    console.print(f"starting {engine} {launch.version}: {launch.shown}", highlight=False, markup=False,
                   soft_wrap=True)
     server = ServerProcess([], host=serve.host, port=serve.port, log=out / f"server-{engine}.log",
                            startup_timeout=serve.startup_timeout, command=launch.command)
@@ -285,7 +297,8 @@ def serve_external(options: Any, serve: Any, opts: Any, console: Any) -> None:
         serve = serve.model_copy(update={"port": free_port(serve.host)})
     launcher(options.engine, serve.vllm_command, serve.sglang_command)
     if opts.run is not None:
-        serve_in_foreground(options.engine, opts, serve, opts.dtype, Path(opts.run) / "serve" / "export", console)
+        serve_in_foreground(options.engine, opts, serve, opts.dtype, Path(opts.run) / "serve" / "export", console,
+                            options.api_key)
         return
     with tempfile.TemporaryDirectory(prefix=f"tunebench-{options.engine}-") as tmp:
-        serve_in_foreground(options.engine, opts, serve, opts.dtype, Path(tmp) / "export", console)
+        serve_in_foreground(options.engine, opts, serve, opts.dtype, Path(tmp) / "export", console, options.api_key)

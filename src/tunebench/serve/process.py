@@ -25,6 +25,15 @@ STOP_GRACE_S = 20.0
 LOG_TAIL_CHARS = 2000
 
 
+def shown(command: list[str]) -> str:
+    """A command line as printed and recorded: the value of an --api-key never leaves the process."""
+    parts = list(command)
+    for i, part in enumerate(parts[:-1]):
+        if part == "--api-key":
+            parts[i + 1] = "***"
+    return shlex.join(parts)
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # as servers bind: a port left in TIME_WAIT is free, one something listens on is not
@@ -82,7 +91,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise UserError(f"{self.name} exited with code {self.process.returncode} before it was healthy "
-                                f"({shlex.join(self.command)}); the log ends:\n{self._log_tail()}",
+                                f"({shown(self.command)}); the log ends:\n{self._log_tail()}",
                                 f"fix the server options; the whole log is in {self.log}")
             if self._healthy():
                 return

@@ -42,12 +42,12 @@ def engines_section(results: StudyResults, report: Report) -> None:
             report.add(Para("Started as: " + "; ".join(commands) + "."))
 
 
-def server_name(row: dict[str, Any]) -> str:
-    """'vllm 0.11.0': the engine with the version that was measured (tunebench's own engines: its version)."""
+def server_version(row: dict[str, Any]) -> str:
+    """The version that was measured: 'vllm 0.11.0', 'tunebench 0.1.0' ('–' for a server not started here)."""
     version = row.get("engine_version")
     if not version:
-        return row["engine"]
-    return f"{row['engine']} ({version})" if version.startswith("tunebench") else f"{row['engine']} {version}"
+        return "–"
+    return version if version.startswith("tunebench") else f"{row['engine']} {version}"
 
 
 def served_text(row: dict[str, Any]) -> str:
