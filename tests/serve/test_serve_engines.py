@@ -255,5 +255,14 @@ def test_tunebench_serve_runs_vllm_in_the_foreground(standins, tiny_llama_dir, t
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0]
     assert "starting vllm 0.0.0+standin" in output, output
-    assert "sk-engine-key" not in output and "--api-key ***" in output  # passed on, never printed
+    assert "sk-engine-key" not in output and "--api-key REDACTED" in output  # passed on, never printed
     assert gone(started["pid"])  # the engine went down with tunebench serve
+
+
+def test_tunebench_serve_refuses_a_taken_port_before_exporting(standins, cli, tiny_llama_dir):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        result = cli("serve", str(tiny_llama_dir), "--engine", "vllm", "--port", str(holder.getsockname()[1]))
+    assert result.returncode == 2 and "is taken" in result.stderr and "Traceback" not in result.stderr
+    assert starts(standins) == []

@@ -296,6 +296,11 @@ def serve_external(options: Any, serve: Any, opts: Any, console: Any) -> None:
 
         serve = serve.model_copy(update={"port": free_port(serve.host)})
     launcher(options.engine, serve.vllm_command, serve.sglang_command)
+    from tunebench.serve.process import port_is_free
+
+    if not port_is_free(serve.host, serve.port):  # before the export, which takes a while
+        raise UserError(f"--port {serve.port}: port {serve.port} on {serve.host} is taken, so {options.engine} "
+                        "cannot listen there", "stop what listens there, or pick another port (--port 0: a free one)")
     if opts.run is not None:
         serve_in_foreground(options.engine, opts, serve, opts.dtype, Path(opts.run) / "serve" / "export", console,
                             options.api_key)

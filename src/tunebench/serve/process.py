@@ -30,7 +30,7 @@ def shown(command: list[str]) -> str:
     parts = list(command)
     for i, part in enumerate(parts[:-1]):
         if part == "--api-key":
-            parts[i + 1] = "***"
+            parts[i + 1] = "REDACTED"
     return shlex.join(parts)
 
 
