@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tunebench.config.schema import CellConfig, CostConfig, LoadtestConfig, ModelConfig, ServeConfig
+from tunebench.config.schema import LoadtestConfig, ServeConfig
 from tunebench.errors import UserError
 from tunebench.serve.external import EngineSettings, Exported, engine_command, launcher, request_model
 
@@ -103,41 +103,7 @@ def test_the_cli_exits_2_with_the_hint_when_vllm_is_missing(cli, tiny_llama_dir,
     assert "Traceback" not in result.stderr
 
 
-# ---------------------------------------------------------------- the study stage, end to end
-
-
-@pytest.mark.slow
-def test_study_stage_launches_both_engines_and_records_them(standins, tiny_llama_dir, tmp_path):
-    from tunebench.loadtest.stage import run_serve_loadtest
-    from tunebench.rundir import RunDir
-
-    cell = CellConfig(model=ModelConfig(name=str(tiny_llama_dir)), cost=CostConfig(instance="cpu-2core"),
-                      serve=ServeConfig(max_concurrency=3, gpu_memory_fraction=0.5, sglang_command="sglang-launch"),
-                      loadtest=LoadtestConfig(enabled=True, engines=["vllm", "sglang"], **FAST_LOAD))
-    run = RunDir(tmp_path / "cell")
-    result = run_serve_loadtest(cell, run, str(tiny_llama_dir), progress=False)
-    logged = starts(standins)
-    assert [s["engine"] for s in logged] == ["vllm", "sglang"]
-    vllm, sglang = logged[0]["argv"], logged[1]["argv"]
-    assert vllm[0] == "serve" and flag(vllm, "--max-num-seqs") == "3"
-    assert flag(vllm, "--gpu-memory-utilization") == "0.5"
-    assert flag(sglang, "--max-running-requests") == "3" and flag(sglang, "--mem-fraction-static") == "0.5"
-    exported = json.loads((run.serve / "export" / "export.json").read_text())
-    assert vllm[1] == exported["model"] == flag(sglang, "--model-path")  # one export, both engines
-    for name, entry in result["engines"].items():
-        assert entry["engine_version"] == "0.0.0+standin" and entry["served"] == "base"
-        assert entry["max_sustainable_rps"] == 1 and entry["cost_per_1k_tokens"] > 0
-        assert name in Path(entry["engine_command"].split()[0]).name or "sglang" in entry["engine_command"]
-        summary = json.loads(Path(entry["loadtest"]).read_text())
-        assert summary["target"]["api"] == "openai" and summary["rates"][0]["mean"]["success_ratio"] == 1.0
-    assert all(gone(s["pid"]) for s in logged)  # stopped after its load test
-
-    from tunebench.study.stages import loadtest_record
-
-    record = loadtest_record(cell, run, 1.0, tmp_path)
-    rows = {r["engine"]: r for r in record.inference}
-    assert rows["vllm"]["engine_version"] == "0.0.0+standin" and "--max-model-len" in rows["vllm"]["engine_command"]
-    assert rows["sglang"]["pricing"] == "per hour"
+# ---------------------------------------------------------------- multi-LoRA (the study stage: *_study.py)
 
 
 @pytest.mark.slow
