@@ -100,3 +100,32 @@ def test_a_hosted_cell_s_load_test_measures_its_endpoint(served, tiny_llama_dir,
     (row,) = result["engines"].values()
     assert row["engine"] == "hosted" and row["pricing"] == "per token" and row["max_sustainable_rps"] == 1
     assert row["cost_per_1k_requests"] > 0
+
+
+def test_tunebench_run_reports_the_hosted_baseline(served, cli, tiny_llama_dir, tmp_path):
+    """Through the real CLI: a study with a hosted zero-shot cell, its billed cost in results.db, its report row."""
+    import sqlite3
+
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""
+name: hosted
+defaults:
+  model: {{name: "{tiny_llama_dir}", endpoint: "{served}", endpoint_model: "{tiny_llama_dir}",
+          endpoint_api_key_env: HOSTED_KEY, endpoint_input_usd_per_1m: 2.0, endpoint_output_usd_per_1m: 8.0}}
+  data: {{source: "builtin:classification", task: classification}}
+  eval: {{limit: 4, bootstrap: 20, max_new_tokens: 4}}
+experiments:
+  - method: zero_shot
+""")
+    out = tmp_path / "runs"
+    result = cli("run", str(study), "--out", str(out), env={"HOSTED_KEY": KEY, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    (metrics,) = out.glob("*/eval/test-zero_shot/metrics.json")
+    billed = json.loads(metrics.read_text())["endpoint"]["usd"]
+    with sqlite3.connect(out / "results.db") as conn:
+        (usd, device), = conn.execute("SELECT usd, device FROM costs WHERE stage = 'eval'").fetchall()
+        (model,), = conn.execute("SELECT model FROM cells").fetchall()
+    assert usd == pytest.approx(billed) and billed > 0 and device == "hosted"
+    assert model == f"{tiny_llama_dir} (hosted)"
+    assert cli("report", str(out)).returncode == 0
+    assert f"| {tiny_llama_dir} (hosted) |" in (out / "report.md").read_text()
