@@ -48,7 +48,7 @@ def test_a_study_runs_vllm_and_sglang_and_compares_them(standins, cli, tiny_llam
         conn.row_factory = sqlite3.Row
         rows = {r["engine"]: dict(r) for r in conn.execute("SELECT * FROM inference")}
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert version == "2" and set(rows) == {"vllm", "sglang"}
+    assert version == "3" and set(rows) == {"vllm", "sglang"}
     for row in rows.values():
         assert row["engine_version"] == "0.0.0+standin" and row["served"] == "base" and row["max_rps"] == 1
         assert row["usd_per_1k_tokens"] > 0 and row["pricing"] == "per hour"

@@ -22,18 +22,13 @@ from typing import Any
 from tunebench.errors import UserError
 
 DB_NAME = "results.db"
-SCHEMA_VERSION = "2"
-# Version 2 added the inference table's engine columns (engine_version ... pricing). A version-1 store is read
-# as it is (the columns are absent, readers use .get) and upgraded in place, with ALTER TABLE ADD COLUMN, the
-# first time a command opens it to write.
-MIGRATIONS = {"1": ("ALTER TABLE inference ADD COLUMN engine_version TEXT",
-                    "ALTER TABLE inference ADD COLUMN engine_command TEXT",
-                    "ALTER TABLE inference ADD COLUMN served TEXT",
-                    "ALTER TABLE inference ADD COLUMN adapters INTEGER",
-                    "ALTER TABLE inference ADD COLUMN output_tokens_per_s REAL",
-                    "ALTER TABLE inference ADD COLUMN ttft_p90_s REAL",
-                    "ALTER TABLE inference ADD COLUMN pricing TEXT")}
-READABLE_VERSIONS = ("1", SCHEMA_VERSION)
+SCHEMA_VERSION = "3"
+# Version 1 lacks stages.node and stages.gpus; version 2 lacks the inference table's engine columns (issue 22).
+# Both are read as they are (readers use .get) and upgraded in place, columns added and nothing removed, the
+# first time a command opens the store to write. A newer version is refused: upgrade tunebench to read it.
+READABLE_VERSIONS = ("1", "2", "3")
+INFERENCE_ADDED = (("engine_version", "TEXT"), ("engine_command", "TEXT"), ("served", "TEXT"), ("adapters", "INTEGER"),
+                   ("output_tokens_per_s", "REAL"), ("ttft_p90_s", "REAL"), ("pricing", "TEXT"))
 STAGE_NAMES = ("train", "eval", "loadtest")
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -86,6 +81,8 @@ CREATE TABLE IF NOT EXISTS stages (
     error    TEXT,                          -- why it failed
     detail   TEXT,                          -- e.g. 'epoch 2 checkpoint of <cell>'
     pid      INTEGER,                       -- the process that ran it
+    node     TEXT,                          -- where it ran: host (and IP) of the node
+    gpus     TEXT,                          -- the GPUs its executor assigned (CUDA_VISIBLE_DEVICES)
     PRIMARY KEY (cell_id, stage)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -139,10 +136,10 @@ CREATE TABLE IF NOT EXISTS inference (
     usd_per_1k_tokens   REAL,
     usd_per_1k_requests REAL,
     result              TEXT,               -- path of loadtest.json, relative to the study directory
-    engine_version      TEXT,               -- 'tunebench 0.1.0', vLLM's or SGLang's version (schema 2)
-    engine_command      TEXT,               -- the command line that started the server
-    served              TEXT,               -- vllm/sglang: base | merged | adapters (unmerged LoRA)
-    adapters            INTEGER,            -- LoRA adapters the engine held
+    engine_version      TEXT,               -- 'tunebench 0.1.0', vLLM's or SGLang's version (schema 3)
+    engine_command      TEXT,               -- the command line that started the server (API keys: REDACTED)
+    served              TEXT,               -- base | merged | adapters (LoRA unmerged)
+    adapters            INTEGER,            -- LoRA adapters the server held
     output_tokens_per_s REAL,               -- at the max sustainable rate
     ttft_p90_s          REAL,               -- time to first token, when the load test streamed
     pricing             TEXT,               -- 'per hour' (the server's hourly price) or 'per token' (a hosted API)
@@ -150,8 +147,8 @@ CREATE TABLE IF NOT EXISTS inference (
 );
 """
 INFERENCE_COLUMNS = ("engine", "max_rps", "throughput_rps", "p90_s", "tokens_per_request", "price_per_hour",
-                     "instance", "usd_per_1k_tokens", "usd_per_1k_requests", "result", "engine_version",
-                     "engine_command", "served", "adapters", "output_tokens_per_s", "ttft_p90_s", "pricing")
+                     "instance", "usd_per_1k_tokens", "usd_per_1k_requests", "result",
+                     *(name for name, _ in INFERENCE_ADDED))
 TABLES = ("meta", "study", "cells", "stages", "metrics", "costs", "artifacts", "provenance", "inference")
 
 
@@ -280,12 +277,19 @@ class Store:
         return row[0] if row else "none"
 
     def migrate(self) -> None:
-        """Upgrade an older readable store to SCHEMA_VERSION, in one transaction (all of it or nothing)."""
-        while (found := self.version()) != SCHEMA_VERSION:
-            with self.transaction() as tx:
-                for statement in MIGRATIONS[found]:
-                    tx.execute(statement)
-                tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(int(found) + 1),))
+        """Bring an older store up to this schema in place (columns added, nothing removed)."""
+        if self.version() == SCHEMA_VERSION:
+            return
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(stages)")}
+        engine_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(inference)")}
+        with self.transaction() as tx:
+            for name in ("node", "gpus"):
+                if name not in columns:
+                    tx.execute(f"ALTER TABLE stages ADD COLUMN {name} TEXT")
+            for name, kind in INFERENCE_ADDED:
+                if name not in engine_columns:
+                    tx.execute(f"ALTER TABLE inference ADD COLUMN {name} {kind}")
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.conn.close()
@@ -357,12 +361,13 @@ class Store:
         ).fetchone()
         return StageRow(**dict(row)) if row else None
 
-    def stage_started(self, cell_id: str, stage: str) -> None:
+    def stage_started(self, cell_id: str, stage: str, *, node: str | None = None, gpus: str | None = None,
+                      pid: int | None = None) -> None:
         with self.transaction() as tx:
             tx.execute(
                 "UPDATE stages SET status = 'running', attempts = attempts + 1, started = ?, finished = NULL, "
-                "seconds = NULL, error = NULL, pid = ? WHERE cell_id = ? AND stage = ?",
-                (now(), os.getpid(), cell_id, stage),
+                "seconds = NULL, error = NULL, pid = ?, node = ?, gpus = ? WHERE cell_id = ? AND stage = ?",
+                (now(), pid or os.getpid(), node, gpus, cell_id, stage),
             )
 
     def stage_pending(self, cell_id: str, stage: str, why: str) -> None:
@@ -424,6 +429,8 @@ class Store:
             )
 
     def relative(self, path: Path) -> str:
+        if not Path(path).is_absolute():   # already relative to the storage root (a task's record)
+            return Path(path).as_posix()
         try:
             return str(Path(path).resolve().relative_to(self.study_dir.resolve()))
         except ValueError:
