@@ -243,17 +243,20 @@ def _table_cells(row: dict[str, Any]) -> list[str]:
         rate = _fmt(row["max_sustainable_rps"], "g") + (" (all passed)" if row["every_rate_passed"] else "")
     return [row["engine"], rate, _fmt(row["throughput_rps"]), _fmt(row["latency_p90_s"]),
             _fmt(row["peak_throughput_rps"]), _fmt(row["tokens_per_request"], ".0f"),
-            _fmt(row["cost_per_1k_tokens"], ".3g"), _fmt(row["cost_per_1k_requests"], ".3g")]
+            _fmt(row["cost_per_1k_tokens"], ".3g"), _fmt(row["cost_per_1k_requests"], ".3g"),
+            row.get("engine_version") or "-"]
 
 
 COLUMNS = ("engine", "max sustainable req/s", "throughput req/s", "p90 s", "peak throughput req/s", "tokens/request",
-           "$ per 1K tokens", "$ per 1K requests")
+           "$ per 1K tokens", "$ per 1K requests", "version")
 
 
 def comparison_markdown(comparison: dict[str, Any]) -> str:
     lines = [f"# {comparison['title']}: engines compared (SLO {comparison['slo']})", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_table_cells(row)) + " |" for row in comparison["engines"]]
+    lines += ["", *(f"- {row['engine']}: `{row['engine_command']}`" for row in comparison["engines"]
+                    if row.get("engine_command"))]
     lines += ["", "![latency](latency.png)", "", "![throughput](throughput.png)", ""]
     return "\n".join(lines)
 
