@@ -29,6 +29,14 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+    # a hosted model as the baseline (zero/few-shot only): prompts are built with `name`'s tokenizer, sent here
+    endpoint: str | None = Field(None, description="base URL of an OpenAI-compatible API, e.g. http://host:8000")
+    endpoint_model: str | None = Field(None, description="the `model` field sent; None: `name`")
+    endpoint_api: Literal["completions", "chat"] = Field("completions", description="/v1/completions, or the "
+                                                         "prompt as one user message to /v1/chat/completions")
+    endpoint_api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    endpoint_input_usd_per_1m: float = Field(0.0, ge=0, description="USD per 1M input tokens")
+    endpoint_output_usd_per_1m: float = Field(0.0, ge=0, description="USD per 1M output tokens")
 
 
 class CleaningConfig(Section):
@@ -124,8 +132,11 @@ class CostConfig(Section):
     price_per_hour: float | None = Field(None, gt=0)
 
 
+Engine = Literal["batched", "naive", "vllm", "sglang"]
+
+
 class ServeConfig(Section):
-    engine: Literal["batched", "naive"] = "batched"
+    engine: Engine = Field("batched", description="tunebench's own (batched, naive) or an installed vllm / sglang")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     merge: bool = False
@@ -134,11 +145,19 @@ class ServeConfig(Section):
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     request_timeout: float = Field(300.0, gt=0, description="seconds a request may take, queueing included")
+    # vllm / sglang only (tunebench's own engines ignore these)
+    gpu_memory_fraction: float = Field(0.9, gt=0, le=1, description="vllm --gpu-memory-utilization, sglang "
+                                       "--mem-fraction-static")
+    engine_args: list[str] = Field(default_factory=list, description="extra flags passed to vllm / sglang as given")
+    vllm_command: str = Field("vllm", description="the vLLM CLI to run (its `serve` subcommand is added)")
+    sglang_command: str | None = Field(None, description="SGLang's launcher; None: this Python's "
+                                       "`-m sglang.launch_server`")
+    startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for the engine's GET /health")
 
 
 class LoadtestConfig(Section):
     enabled: bool = False
-    engines: list[Literal["batched", "naive"]] = Field(default_factory=lambda: ["naive", "batched"])
+    engines: list[Engine] = Field(default_factory=lambda: ["naive", "batched"])
     rates: list[float] | None = None
     sweep: str | None = Field(None, description="START:STOP:STEP or START:STOP:xFACTOR")
     duration: float = Field(30.0, gt=0)
@@ -155,6 +174,14 @@ class LoadtestConfig(Section):
     bisect: int = Field(3, ge=0, description="bisection steps between the last passing and first failing rate")
     max_requests: int = Field(1_000_000, ge=1, description="refuse a plan that could send more requests")
     seed: int = 0
+    # a server the user already runs elsewhere (any OpenAI-compatible endpoint), load-tested beside the engines
+    url: str | None = Field(None, description="base URL of an OpenAI-compatible server, e.g. http://host:8000")
+    url_name: str = Field("external", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="its row's name")
+    url_model: str | None = Field(None, description="the `model` field sent to it; None: its first /v1/models")
+    url_api_key_env: str | None = Field(None, description="environment variable holding its API key")
+    url_price_per_hour: float | None = Field(None, gt=0, description="USD per hour of that server")
+    url_input_usd_per_1m: float | None = Field(None, ge=0, description="per-token pricing: USD per 1M input tokens")
+    url_output_usd_per_1m: float | None = Field(None, ge=0, description="USD per 1M output tokens")
 
     @field_validator("rates")
     @classmethod
@@ -189,6 +216,13 @@ class CellConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _endpoint_prompts_only(self) -> CellConfig:
+        if self.model.endpoint and self.method not in PROMPT_METHODS:
+            raise ValueError(f"model.endpoint is a hosted model: it can be prompted (zero_shot, few_shot), not "
+                             f"fine-tuned (method {self.method})")
+        return self
 
     def normalized(self) -> CellConfig:
         """Reset what cannot affect this method's results, so equal work gets one cell id.

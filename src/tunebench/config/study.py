@@ -41,7 +41,8 @@ class Cell:
         c = self.config
         trained = c.method not in ("zero_shot", "few_shot")
         return {
-            "model": c.model.name,
+            # a hosted model is its own row of the report, beside the local model whose tokenizer it borrows
+            "model": f"{c.model.endpoint_model or c.model.name} (hosted)" if c.model.endpoint else c.model.name,
             "task": c.data.task,
             "method": c.method,
             "fraction": c.data.train_fraction if trained else None,

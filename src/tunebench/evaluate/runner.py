@@ -55,6 +55,10 @@ def split_name(split: str) -> str:
 
 def evaluate_cell(cell: CellConfig, run: RunDir, *, limit: int | None = None, progress: bool = True) -> dict:
     """Evaluate a cell with its run's model/adapter; writes run.eval_dir(split, method) and returns metrics.json."""
+    if cell.model.endpoint:  # a hosted model: no weights to load
+        from tunebench.evaluate.endpoint import evaluate_endpoint
+
+        return evaluate_endpoint(cell, run, limit=limit, progress=progress)
     start = time.perf_counter()
     loaded = load_for_eval(cell, run)
     trained = recorded_labels(*run_label_places(run, None))
@@ -63,12 +67,17 @@ def evaluate_cell(cell: CellConfig, run: RunDir, *, limit: int | None = None, pr
 
 
 def evaluate(cell: CellConfig, loaded: Loaded, out_dir: Path, *, limit: int | None = None, progress: bool = True,
-             trained_labels: list[str] | None = None, load_seconds: float = 0.0) -> dict:
+             trained_labels: list[str] | None = None, load_seconds: float = 0.0, predictor: Callable | None = None,
+             extra: dict[str, Callable[[], Any]] | None = None) -> dict:
     """Evaluate on the cell's eval split and write predictions.jsonl + metrics.json (+ confusion.png) to out_dir.
 
     `trained_labels` is the label set the model was fine-tuned on (train/labels.json); the data's labels must
-    match it.
+    match it. `predictor` replaces `predict` (a hosted model: evaluate/endpoint.py); `extra` adds fields to
+    metrics.json, each computed once prediction is done.
     """
+    if cell.model.endpoint and predictor is None:
+        raise UserError(f"model.endpoint {cell.model.endpoint} is a hosted model, evaluated through its API",
+                        "evaluate it in a study: tunebench run STUDY.yaml")
     from tunebench.data import load_task_data
     from tunebench.prompts import PromptBuilder
 
@@ -86,12 +95,14 @@ def evaluate(cell: CellConfig, loaded: Loaded, out_dir: Path, *, limit: int | No
     content_free = content_free_prompts(cell, loaded, builder, labels)
     with progress_bar(len(kept), f"eval {cell.method} on {eval_split(cell)}", progress) as advance:
         start = time.perf_counter()
-        outputs, prior = predict(cell, loaded, kept, labels, builder.stops_for(cell.method), advance, content_free)
+        outputs, prior = (predictor or predict)(cell, loaded, kept, labels, builder.stops_for(cell.method), advance,
+                                                content_free)
         wall = time.perf_counter() - start
     scored = score(cell, outputs, [ex.target for ex, _ in kept], labels)
     if cell.data.task == "classification":
         scored.extra["calibration"] = calibration_record(cell, loaded, prior)
     result = metrics_document(cell, loaded, data, prompts, builder, scored, wall, load_seconds)
+    result |= {name: make() for name, make in (extra or {}).items()}
     write_outputs(out_dir, examples, prompts, scored, result)
     if progress:
         print_summary(result)
@@ -290,7 +301,8 @@ def metrics_document(cell: CellConfig, loaded: Loaded, data: Any, prompts: list[
         "metrics": scored.metrics, **scored.extra,
         "speed": speed(n_evaluated, scored.generated_tokens, wall, load_seconds),
         "bootstrap": {"resamples": cell.eval.bootstrap, "seed": cell.data.seed, "level": 0.95},
-        "settings": {"dtype": str(loaded.model.dtype).removeprefix("torch."), "engine": cell.eval.engine,
+        "settings": {"dtype": str(getattr(loaded.model, "dtype", "hosted")).removeprefix("torch."),
+                     "engine": cell.eval.engine,
                      "calibrate": calibration(cell, loaded),
                      "batch_size": cell.eval.batch_size,
                      "max_new_tokens": max_new_tokens(cell),

@@ -204,6 +204,11 @@ def loadtest(
     model: str | None = typer.Option(None, "--model", help="OpenAI 'model' field; with --api tgi, the "
                                        "adapter to use (TGI's parameters.adapter_id)",
                                        show_default="the first of /v1/models; tgi: the server's default"),
+    input_usd_per_1m: float | None = typer.Option(None, "--input-usd-per-1m", help="a hosted API's price per 1M "
+                                                  "input tokens (with --output-usd-per-1m; instead of an hourly "
+                                                  "price)"),
+    output_usd_per_1m: float | None = typer.Option(None, "--output-usd-per-1m", help="its price per 1M output "
+                                                   "tokens"),
     *,
     opts: LoadOptions,
 ) -> None:
@@ -217,8 +222,10 @@ def loadtest(
     prepare(url, cfg, api_key, model)  # every check that needs neither the server nor a tokenizer, first
     tokenizer = opts.tokenizer or DEFAULT_TOKENIZER
     out = opts.out_dir("loadtest")
+    tokens = token_prices(input_usd_per_1m, output_usd_per_1m, opts)
     job = LoadtestJob(url, cfg, opts.prompt_set(cfg, tokenizer), out, counter=load_counter(tokenizer),
-                      price=opts.price(is_loopback(url)), api_key=api_key, model=model)
+                      price=None if tokens else opts.price(is_loopback(url)), token_prices=tokens, api_key=api_key,
+                      model=model)
     summary = run_loadtest(job, progress=not opts.no_progress)
     Console().print(one_line_summary(summary, out))
 
@@ -227,7 +234,7 @@ def loadtest(
 def bench_serve(
     model: str | None = typer.Argument(None, help="model to serve: preset, hub id or local path"),
     run: Path | None = typer.Option(None, "--run", help="serve a trained cell's directory instead of MODEL"),
-    engines: str = typer.Option("naive,batched", "--engines", help="engines to compare, in order"),
+    engines: str = typer.Option("naive,batched", "--engines", help="in order: naive, batched, vllm, sglang"),
     startup_timeout: str = typer.Option("600s", "--startup-timeout", help="wait this long for GET /health"),
     server_args: list[str] = typer.Option([], "--server-arg", help="extra option for tunebench serve (repeatable)"),
     *,
@@ -253,7 +260,27 @@ def bench_serve(
     serve_args = [model] if model is not None else ["--run", str(run)]
     plan = BenchPlan([*serve_args, *server_args], engine_list, cfg, prompts, out, counter=load_counter(tokenizer),
                      price=opts.price(local_server=True), startup_timeout=wait_s, title=model or str(run))
+    if any(e in ("vllm", "sglang") for e in engine_list):
+        from tunebench.config.schema import ServeConfig
+        from tunebench.serve.external import launcher_for
+        from tunebench.serve.options import ModelOptions
+
+        plan.external = launcher_for(ServeConfig(), "auto", ModelOptions(model=model, run=run), out / "export")
     bench_engines(plan, progress=not opts.no_progress)
+
+
+def token_prices(input_usd: float | None, output_usd: float | None, opts: LoadOptions) -> Any:
+    from tunebench.loadtest.inference_cost import TokenPrices
+
+    if input_usd is None and output_usd is None:
+        return None
+    if input_usd is None or output_usd is None or min(input_usd, output_usd) < 0:
+        raise UserError("per-token prices need --input-usd-per-1m and --output-usd-per-1m, both >= 0",
+                        "give both (0 for a kind of token the API does not charge)")
+    if opts.price_per_hour is not None or opts.instance is not None:
+        raise UserError("give per-token prices or --price-per-hour/--instance, not both",
+                        "a hosted API bills tokens; a server you rent bills hours")
+    return TokenPrices(input_usd, output_usd)
 
 
 def served_model_name(model: str | None, run: Path | None) -> str:

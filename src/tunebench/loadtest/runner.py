@@ -27,7 +27,7 @@ from tunebench.config.schema import LoadtestConfig
 from tunebench.cost import Price
 from tunebench.errors import UserError
 from tunebench.loadtest.engine import LoadClient, Record, Target, check_url, run_schedule
-from tunebench.loadtest.inference_cost import cost_at_max_rate
+from tunebench.loadtest.inference_cost import TokenPrices, cost_at_max_rate
 from tunebench.loadtest.metrics import aggregate, summarize
 from tunebench.loadtest.plots import plot_latency, plot_throughput
 from tunebench.loadtest.prompt_sets import PromptSet, TokenCounter
@@ -167,6 +167,7 @@ class LoadtestJob:
     out: Path
     counter: TokenCounter | None = None
     price: Price | None = None
+    token_prices: TokenPrices | None = None  # a hosted API's per-token prices (instead of an hourly price)
     api_key: str | None = None
     model: str | None = None
     title: str = "load test"
@@ -227,10 +228,18 @@ def build_summary(job: LoadtestJob, target: Target, slo: Slo, results: list[Rate
                   started: float) -> dict[str, Any]:
     best = max_sustainable(results)
     best_mean = next((r.mean for r in results if r.offered_rps == best["offered_rps"]), None)
-    cost = cost_at_max_rate(job.price, best, best_mean)
+    priced, priced_mean = best, best_mean
+    served = [r for r in results if r.mean["throughput_rps"] > 0]
+    if job.token_prices is not None and best_mean is None and served:
+        # billed per token, a hosted API costs the same at any rate: price the busiest rate that had successes
+        busiest = max(served, key=lambda r: r.mean["throughput_rps"])
+        priced = {"offered_rps": busiest.offered_rps, "throughput_rps": busiest.mean["throughput_rps"]}
+        priced_mean = busiest.mean
+    cost = cost_at_max_rate(job.price, priced, priced_mean, job.token_prices)
     cost_note = None
     if cost is None:
-        cost_note = ("no price: give --price-per-hour or --instance" if job.price is None
+        cost_note = ("no price: give --price-per-hour or --instance"
+                     if job.price is None and job.token_prices is None
                      else "no rate passed, so there is no sustainable cost")
     entries = [{"offered_rps": r.offered_rps, "phase": r.phase, "passed": r.passed, "reasons": r.reasons,
                 "achieved_rps": r.mean["achieved_rps"], "throughput_rps": r.mean["throughput_rps"],

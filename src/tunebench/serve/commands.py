@@ -17,6 +17,7 @@ from tunebench.errors import UserError
 ADAPTER_HELP = "a LoRA adapter to serve as NAME=DIR (repeatable); requests pick it by name"
 TARGETS = ("vllm", "tgi")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+EXTERNAL_ENGINES = ("vllm", "sglang")  # serve.external's; named here so the CLI imports nothing to check them
 
 
 def model_options(model: str | None, run: Path | None, adapters: list[str], merge: bool, random_weights: bool,
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         run: Path | None = typer.Option(None, "--run", help="a run directory: its model, adapter, labels, prompt"),
         adapter: list[str] = typer.Option([], "--adapter", help=ADAPTER_HELP),
         merge: bool = typer.Option(False, "--merge", help="merge the (single) adapter into the weights"),
-        engine: str | None = typer.Option(None, "--engine", help="batched (continuous batching) or naive"),
+        engine: str | None = typer.Option(None, "--engine", help="batched, naive, or an installed vllm / sglang"),
         host: str | None = typer.Option(None, "--host", help="address to bind (default 127.0.0.1)"),
         port: int | None = typer.Option(None, "--port", help="port (default 8080; 0 picks a free one)"),
         api_key: str | None = typer.Option(None, "--api-key", envvar="TUNEBENCH_API_KEY",
@@ -83,6 +84,11 @@ def register(app: typer.Typer) -> None:
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         console = Console(stderr=True)
+        if options.engine in EXTERNAL_ENGINES:  # vLLM / SGLang on an export of the model, in the foreground
+            from tunebench.serve.external import serve_external
+
+            serve_external(options, cfg, opts, console)
+            return
         if not is_loopback(options.host) and not options.api_key:
             console.print(f"[yellow]warning:[/] listening on {options.host} without an API key: anyone who can "
                           "reach this port can use the model (set --api-key or TUNEBENCH_API_KEY)")
@@ -115,8 +121,9 @@ def register(app: typer.Typer) -> None:
 def check_server_options(options: Any, given: tuple) -> None:
     from tunebench.serve.engine import ENGINES
 
-    if options.engine not in ENGINES:
-        raise UserError(f"--engine '{options.engine}' is not an engine", f"allowed: {', '.join(ENGINES)}")
+    if options.engine not in (*ENGINES, *EXTERNAL_ENGINES):
+        raise UserError(f"--engine '{options.engine}' is not an engine",
+                        f"allowed: {', '.join((*ENGINES, *EXTERNAL_ENGINES))}")
     names = ("--max-concurrency", "--max-queue", "--max-input-tokens", "--max-new-tokens", "--timeout")
     for name, value in zip(names, given, strict=True):
         if value is not None and value <= 0:

@@ -96,6 +96,9 @@ class RequestBuilder:
             return None
         if name in served.adapters:
             return name
+        base, _, adapter = (name or "").rpartition(":")
+        if openai and adapter in served.adapters and base in (served.model_id, served.merged):
+            return adapter  # SGLang's way of naming an adapter, `<model>:<adapter>`, so its clients work here
         field = "model" if openai else "parameters.adapter_id"
         message = f"{field}: unknown model '{name}'; available: {', '.join(served.model_names())}"
         raise ApiError(404, "not_found", message) if openai else invalid(message)

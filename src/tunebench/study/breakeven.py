@@ -77,3 +77,30 @@ def payback(training_usd: float, prompting_per_1k: Interval, finetuned_per_1k: I
 
     return Payback(requests=requests(saving_per_request.value), low=requests(saving_per_request.high),
                    high=requests(saving_per_request.low), saving_per_1m=saving_per_1m)
+
+
+# ---------------------------------------------------------------- multi-LoRA: N adapters on one base, or N merged
+
+
+@dataclass(frozen=True)
+class Deployment:
+    replicas: int            # servers running
+    usd_per_hour: float
+
+    def usd_per_1k_requests(self, total_rps: float) -> float:
+        return self.usd_per_hour / (total_rps * 3.6) if total_rps > 0 else math.inf  # 3600 s / 1000 requests
+
+
+def merged_deployments(n: int, total_rps: float, merged_max_rps: float, price_per_hour: float) -> Deployment:
+    """N fine-tuned models merged into their own weights: each its own deployment, at least one server each,
+    sized for its share of the traffic at the merged model's max sustainable rate."""
+    per_model = math.ceil(total_rps / n / merged_max_rps - 1e-9) if merged_max_rps > 0 else 1
+    replicas = n * max(1, per_model)
+    return Deployment(replicas, replicas * price_per_hour)
+
+
+def multi_lora_deployment(total_rps: float, adapters_max_rps: float, price_per_hour: float) -> Deployment:
+    """N adapters unmerged on one base (vLLM/SGLang multi-LoRA): every server holds every adapter, so the
+    traffic of all N shares one pool, sized at the unmerged-adapter max sustainable rate."""
+    replicas = max(1, math.ceil(total_rps / adapters_max_rps - 1e-9)) if adapters_max_rps > 0 else 1
+    return Deployment(replicas, replicas * price_per_hour)

@@ -191,6 +191,14 @@ def eval_record(cfg: CellConfig, run: RunDir, measured: float | None) -> Record:
                           note="tokens/s over the scoring loop, model loading excluded")
         if processing and tokens:
             cost = replace(cost, tokens_per_second=tokens / processing)
+    hosted = doc.get("endpoint")
+    if hosted and seconds:  # a hosted model bills tokens: its usage × its per-token prices, not hours
+        billed = (hosted.get("input_tokens") or 0) + (hosted.get("output_tokens") or 0)
+        cost = Cost(wall_seconds=seconds, device="hosted", instance=f"{hosted['model']} at {hosted['url']}",
+                    usd=hosted.get("usd"), tokens=billed or None,
+                    tokens_per_second=billed / processing if billed and processing else None,
+                    note=f"per-token prices: ${hosted['input_usd_per_1m']:g} per 1M input, "
+                         f"${hosted['output_usd_per_1m']:g} per 1M output tokens")
     return Record(metrics=metrics, cost=cost, seconds=seconds, detail=doc.get("model_note"),
                   artifacts={"metrics": folder / "metrics.json", "predictions": folder / "predictions.jsonl"})
 
@@ -282,6 +290,11 @@ def model_ref(cfg: CellConfig, run: RunDir) -> str:
     return cfg.model.name if cfg.method in PROMPT_METHODS else str(run.path)
 
 
+# comparison.json's engine fields stored as they are (inference table, schema 2)
+ENGINE_FIELDS = ("engine_version", "engine_command", "served", "adapters", "output_tokens_per_s", "ttft_p90_s",
+                 "pricing")
+
+
 def loadtest_record(cfg: CellConfig, run: RunDir, measured: float | None, study_dir: Path) -> Record:
     comparison = read_json(loadtest_marker(run))
     rows, metrics = [], []
@@ -293,7 +306,8 @@ def loadtest_record(cfg: CellConfig, run: RunDir, measured: float | None, study_
                      "tokens_per_request": row.get("tokens_per_request"), "price_per_hour": row.get("price_per_hour"),
                      "instance": row.get("instance"), "usd_per_1k_tokens": row.get("cost_per_1k_tokens"),
                      "usd_per_1k_requests": row.get("cost_per_1k_requests"),
-                     "result": os.path.relpath(result, study_dir) if result else None})
+                     "result": os.path.relpath(result, study_dir) if result else None,
+                     **{key: row.get(key) for key in ENGINE_FIELDS}})
         for key in ("max_sustainable_rps", "throughput_rps", "latency_p90_s", "cost_per_1k_tokens"):
             if isinstance(row.get(key), int | float):
                 metrics.append(Metric(f"{engine}.{key}", float(row[key])))

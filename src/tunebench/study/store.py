@@ -22,8 +22,13 @@ from typing import Any
 from tunebench.errors import UserError
 
 DB_NAME = "results.db"
-SCHEMA_VERSION = "2"
-READABLE_VERSIONS = ("1", "2")   # version 1 lacks stages.node and stages.gpus; opening it to write adds them
+SCHEMA_VERSION = "3"
+# Version 1 lacks stages.node and stages.gpus; version 2 lacks the inference table's engine columns (issue 22).
+# Both are read as they are (readers use .get) and upgraded in place, columns added and nothing removed, the
+# first time a command opens the store to write. A newer version is refused: upgrade tunebench to read it.
+READABLE_VERSIONS = ("1", "2", "3")
+INFERENCE_ADDED = (("engine_version", "TEXT"), ("engine_command", "TEXT"), ("served", "TEXT"), ("adapters", "INTEGER"),
+                   ("output_tokens_per_s", "REAL"), ("ttft_p90_s", "REAL"), ("pricing", "TEXT"))
 STAGE_NAMES = ("train", "eval", "loadtest")
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -131,9 +136,19 @@ CREATE TABLE IF NOT EXISTS inference (
     usd_per_1k_tokens   REAL,
     usd_per_1k_requests REAL,
     result              TEXT,               -- path of loadtest.json, relative to the study directory
+    engine_version      TEXT,               -- 'tunebench 0.1.0', vLLM's or SGLang's version (schema 3)
+    engine_command      TEXT,               -- the command line that started the server (API keys: REDACTED)
+    served              TEXT,               -- base | merged | adapters (LoRA unmerged)
+    adapters            INTEGER,            -- LoRA adapters the server held
+    output_tokens_per_s REAL,               -- at the max sustainable rate
+    ttft_p90_s          REAL,               -- time to first token, when the load test streamed
+    pricing             TEXT,               -- 'per hour' (the server's hourly price) or 'per token' (a hosted API)
     PRIMARY KEY (cell_id, engine)
 );
 """
+INFERENCE_COLUMNS = ("engine", "max_rps", "throughput_rps", "p90_s", "tokens_per_request", "price_per_hour",
+                     "instance", "usd_per_1k_tokens", "usd_per_1k_requests", "result",
+                     *(name for name, _ in INFERENCE_ADDED))
 TABLES = ("meta", "study", "cells", "stages", "metrics", "costs", "artifacts", "provenance", "inference")
 
 
@@ -248,18 +263,32 @@ class Store:
         missing = [t for t in TABLES if t not in names]
         if missing:
             raise corrupt_error(self.path, f"not a tunebench results store (tables missing: {', '.join(missing)})")
-        version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if not version or version[0] not in READABLE_VERSIONS:
-            found = version[0] if version else "none"
-            raise corrupt_error(self.path, f"schema version {found}, this tunebench reads {SCHEMA_VERSION}")
+        found = self.version()
+        if found not in READABLE_VERSIONS:
+            if found.isdigit() and int(found) > int(SCHEMA_VERSION):
+                raise UserError(f"{self.path} was written by a newer tunebench (schema version {found}; this one "
+                                f"reads {', '.join(READABLE_VERSIONS)})",
+                                "upgrade tunebench (pip install -U tunebench) to read or extend this study")
+            raise corrupt_error(self.path, f"schema version {found}, this tunebench reads "
+                                f"{', '.join(READABLE_VERSIONS)}")
+
+    def version(self) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return row[0] if row else "none"
 
     def migrate(self) -> None:
         """Bring an older store up to this schema in place (columns added, nothing removed)."""
+        if self.version() == SCHEMA_VERSION:
+            return
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(stages)")}
+        engine_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(inference)")}
         with self.transaction() as tx:
             for name in ("node", "gpus"):
                 if name not in columns:
                     tx.execute(f"ALTER TABLE stages ADD COLUMN {name} TEXT")
+            for name, kind in INFERENCE_ADDED:
+                if name not in engine_columns:
+                    tx.execute(f"ALTER TABLE inference ADD COLUMN {name} {kind}")
             tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
@@ -380,11 +409,9 @@ class Store:
                 tx.execute("DELETE FROM inference WHERE cell_id = ?", (cell_id,))
                 for row in inference:
                     tx.execute(
-                        "INSERT INTO inference (cell_id, engine, max_rps, throughput_rps, p90_s, tokens_per_request, "
-                        "price_per_hour, instance, usd_per_1k_tokens, usd_per_1k_requests, result) VALUES (:cell_id, "
-                        ":engine, :max_rps, :throughput_rps, :p90_s, :tokens_per_request, :price_per_hour, "
-                        ":instance, :usd_per_1k_tokens, :usd_per_1k_requests, :result)",
-                        {**row, "cell_id": cell_id},
+                        f"INSERT INTO inference (cell_id, {', '.join(INFERENCE_COLUMNS)}) VALUES (:cell_id, "
+                        f"{', '.join(':' + c for c in INFERENCE_COLUMNS)})",
+                        {**dict.fromkeys(INFERENCE_COLUMNS), **row, "cell_id": cell_id},
                     )
             tx.execute(
                 "UPDATE stages SET status = 'done', error = NULL, finished = ?, seconds = ?, detail = ? "
