@@ -277,3 +277,18 @@ def test_ctrl_c_cancels_running_tasks_and_leaves_them_resumable(tmp_path, tiny_l
     assert row["status"] == "pending" and row["error"] == "interrupted", output
     assert list(checkpoints.glob("checkpoint-*")) and not (out / cell / "train" / "summary.json").exists()
     assert "interrupted" in output and "Traceback" not in output
+
+
+def test_a_load_test_unit_gets_its_node_alone(tmp_path):
+    from tunebench.study.executor.ray_cluster import RayExecutor
+    from tunebench.study.runner import Driver, RunOptions
+    from tunebench.study.plan import plan
+    from tunebench.study.storage import Storage
+    from tunebench.study.store import Store
+
+    study = load_study(standin_study(tmp_path, [(1, 1)]), ["loadtest.enabled=true"])
+    executor = RayExecutor()
+    with Store.open(tmp_path) as store:
+        driver = Driver(tmp_path, store, Storage(str(tmp_path)), executor, quiet(), RunOptions())
+        task = driver.task_for(plan(study.cells)[0], "[1/1]", 1)
+    assert (task.resources.cpus, task.resources.gpus) == (4.0, 2)      # the whole (only) node of this instance

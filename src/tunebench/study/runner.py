@@ -233,10 +233,16 @@ class Driver:
         members = [*unit.cells] + ([unit.trainer] if unit.trainer and unit.trainer not in unit.cells else [])
         first = (unit.trainer or unit.cells[0]).config.resources
         gpus = first.gpus if first.gpus is not None else gpus_default
+        cpus = first.cpus
+        if any(w.stage == "loadtest" for w in work) and self.executor.name != "inline":
+            # a load test measures $ per 1K tokens: a training neighbour on its node would skew it, so the unit
+            # declares the whole (largest) node
+            node_cpus, node_gpus = self.executor.node_shape()
+            cpus, gpus = max(cpus, node_cpus), max(gpus, node_gpus)
         return UnitTask(
             unit_id=unit.id, configs={c.id: c.config.model_dump(mode="json") for c in members}, work=tuple(work),
             storage=self.storage.uri, trainer=unit.trainer.id if unit.trainer else None, epoch_of=unit.epoch_of,
-            resources=Resources(gpus=gpus, cpus=first.cpus, memory_gb=first.memory_gb, retries=first.retries),
+            resources=Resources(gpus=gpus, cpus=cpus, memory_gb=first.memory_gb, retries=first.retries),
             cost=unit_cost(unit), progress=self.options.progress and self.executor.name == "inline")
 
     def plan_stage(self, cell: Cell, stage: str, work: list[StageWork], unit: Unit, share: bool = False) -> bool:

@@ -127,6 +127,8 @@ class Executor(Protocol):
 
     def gpus_available(self) -> int: ...
 
+    def node_shape(self) -> tuple[float, int]: ...   # (CPUs, GPUs) of the largest node: a unit that needs a node alone
+
     def submit(self, task: UnitTask) -> Handle: ...
 
     def wait(self, handles: list[Handle], timeout: float | None, listener: Listener) -> list[tuple[Handle,

@@ -27,6 +27,9 @@ class InlineExecutor:
     def gpus_available(self) -> int:
         return 0   # resources are not reserved in-process: a unit uses whatever this process sees
 
+    def node_shape(self) -> tuple[float, int]:
+        return (0.0, 0)
+
     def submit(self, task: UnitTask) -> InlineHandle:
         return InlineHandle(task.unit_id, task)
 

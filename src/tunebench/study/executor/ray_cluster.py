@@ -161,6 +161,13 @@ class RayExecutor:
 
         return int(ray.cluster_resources().get("GPU", 0))
 
+    def node_shape(self) -> tuple[float, int]:
+        import ray
+
+        alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        best = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        return float(best.get("CPU", 0)), int(best.get("GPU", 0))
+
     def submit(self, task: UnitTask) -> RayHandle:
         r = task.resources
         options: dict[str, Any] = {"num_cpus": r.cpus, "num_gpus": r.gpus, "max_retries": r.retries,
