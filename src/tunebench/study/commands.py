@@ -108,6 +108,9 @@ def register(app: typer.Typer) -> None:
         selected = select_cells(study.cells, only)
         if dry_run:
             print_plan(study, {c.id for c in selected}, console)
+            from tunebench.study.predict import predict_cells, print_prediction
+
+            print_prediction(predict_cells(selected, out or default_study_dir(study)), console)
             return
         from tunebench.study.runner import run_study
 

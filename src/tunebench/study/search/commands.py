@@ -31,10 +31,8 @@ def print_search_plan(study: Study, study_dir: Path, console: Console) -> None:
     console.print(f"objectives: {objectives} · sampler: {search.sampler} · pruner: {pruner.name}"
                   + (f" on {pruner.prune_on}" if pruner.name != "none" else "")
                   + f" · budget: {', '.join(x for x in limits if x)}", highlight=False)
-    try:
-        from tunebench.study.search.predict import print_search_prediction
-    except ImportError:   # the prediction module is optional in this build
-        return
+    from tunebench.study.predict import print_search_prediction
+
     print_search_prediction(study, study_dir, console)
 
 
