@@ -134,6 +134,17 @@ def test_two_objectives_give_a_non_dominated_set(tmp_path, tiny_llama_dir):
     assert not any(dominates(o, f) for f in front for o in complete)
     assert all(any(dominates(f, o) for f in front) for o in complete if o not in front)
 
+    # the report plots that set: its front (quality against train $, from results.db) is Optuna's
+    from tunebench.study.report import write_report
+
+    path, _ = write_report(out)
+    text = path.read_text()
+    assert "## Search" in text and (out / "report-plots" / "search-front.png").stat().st_size > 0
+    section = text[text.index("## Search"):]
+    shown = {int(line.split("|")[1]) for line in section.splitlines() if line.startswith("| ") and
+             line.split("|")[2].strip() == "complete"}
+    assert shown == {t.number for t in front}
+
 
 BAD = [
     ("  parameters: {lora.alpah: {low: 1, high: 4}}\n  budget: {trials: 2}\n", "unknown field 'lora.alpah'",
