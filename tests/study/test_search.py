@@ -182,3 +182,41 @@ def test_the_cli_exits_2_on_a_bad_search_spec_and_dry_runs_a_good_one(tmp_path, 
     assert result.returncode == 0, result.stderr
     assert "training.learning_rate" in result.stdout and "5 trials" in result.stdout
     assert not (tmp_path / "runs" / "search.journal").exists()   # a dry run starts nothing
+
+
+@pytest.mark.slow
+def test_the_cli_search_killed_mid_trial_resumes(tmp_path, tiny_llama_dir):
+    """The real CLI, SIGKILLed while its second trial trains: the rerun redoes only that trial (same cell)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tinystudy import stage_rows
+
+    spec = LR_SPACE + "  budget: {trials: 2}\n"
+    path = write_study(tmp_path, search_study(tiny_llama_dir, spec, epochs=1))
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "tunebench.cli", "run", str(path), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    second = False
+    for line in process.stdout:
+        second = second or "search trial 1:" in line
+        if second and "· train" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    left = [t for t in open_search(load_study(path), out).get_trials() if t.state.name == "RUNNING"]
+    assert len(left) == 1
+
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "asked again with the same parameters" in result.stdout
+    trials = open_search(load_study(path), out).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    rows = stage_rows(out / "results.db")
+    assert rows[(trials[0].user_attrs["cell_id"], "train")]["attempts"] == 1          # never repeated
+    assert trials[2].user_attrs["cell_id"] == left[0].user_attrs["cell_id"]
+    assert rows[(trials[2].user_attrs["cell_id"], "train")]["attempts"] == 2          # the killed one, redone
