@@ -168,13 +168,21 @@ def predict_cell(cfg: CellConfig, cid: str, figures: Figures, *, shares_training
     known_tokens = figures.tokens_per_example.get((model, cfg.data.task))
     need_tokenizer = (trained and not known_tokens) or cfg.data.cleaning.max_input_tokens is not None
     tokenizer = None
-    if need_tokenizer:
-        if model not in tokenizers:
-            from tunebench.data.commands import tokenizer_of
+    try:
+        if need_tokenizer:
+            if model not in tokenizers:
+                from tunebench.data.commands import tokenizer_of
 
-            tokenizers[model] = tokenizer_of(cfg.model)[1]
-        tokenizer = tokenizers[model]
-    n_train, p.eval_examples, data_tokens = data_counts(cfg, tokenizer)
+                tokenizers[model] = tokenizer_of(cfg.model)[1]
+            tokenizer = tokenizers[model]
+        key = ("data", model if tokenizer is not None else "", cfg.data.model_dump_json(), cfg.eval.split,
+               cfg.eval.limit)
+        if key not in tokenizers:   # the data of a cell is read once per study, whatever its cell count
+            tokenizers[key] = data_counts(cfg, tokenizer)
+        n_train, p.eval_examples, data_tokens = tokenizers[key]
+    except Exception as err:  # a hub model or data set out of reach (offline): say so, predict nothing
+        p.sources.append(f"the data or tokenizer cannot be read here ({type(err).__name__})")
+        return p
     kind = "trained" if trained else "prompt"
     per_eval = figures.eval_s_per_example.get((model, cfg.data.task, kind))
     eval_fit = fitted(figures.eval_points.get((model, cfg.data.task, kind), []), p.eval_examples)
