@@ -1,5 +1,5 @@
-"""Cost before launch: a cell's predicted $ from an earlier, smaller run of the same model, against what it
-then cost (the real tiny Llama, trained and evaluated)."""
+"""Cost before launch: a cell's predicted $ from earlier runs of the same model at other sizes, against what
+it then cost (the real tiny Llama, trained and evaluated)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def test_the_predicted_cost_of_a_cell_is_within_25_percent_of_its_actual_cost(tm
     # the first stage a process runs also pays its imports and cold caches, once: warm up elsewhere, as a
     # study of many cells amortizes it
     run_study(lora(8, 1, 2, "warm"), tmp_path / "warm", console=Console(quiet=True))
-    for count, limit in ((16, 4), (24, 6)):     # two earlier runs of different sizes
-        run_study(lora(count, 1, limit, f"small{count}"), out, console=Console(quiet=True))
-    big = lora(48, 2, 12, "big")
+    for count, epochs, limit in ((16, 1, 4), (48, 3, 16)):     # two earlier runs, a smaller and a larger one
+        run_study(lora(count, epochs, limit, f"earlier{count}"), out, console=Console(quiet=True))
+    big = lora(32, 2, 12, "new")
     prediction = predict_cells(big.cells, out)
     (cell,) = prediction.cells
-    assert "train s: fitted to earlier runs" in cell.sources and cell.train_examples == 48 and cell.eval_examples == 12
+    assert "train s: fitted to earlier runs" in cell.sources and cell.train_examples == 32 and cell.eval_examples == 12
     console = Console(record=True, width=200)
     print_prediction(prediction, console)
     assert "predicted total" in console.export_text()
