@@ -281,8 +281,8 @@ def test_ctrl_c_cancels_running_tasks_and_leaves_them_resumable(tmp_path, tiny_l
 
 def test_a_load_test_unit_gets_its_node_alone(tmp_path):
     from tunebench.study.executor.ray_cluster import RayExecutor
-    from tunebench.study.runner import Driver, RunOptions
     from tunebench.study.plan import plan
+    from tunebench.study.runner import Driver, RunOptions
     from tunebench.study.storage import Storage
     from tunebench.study.store import Store
 

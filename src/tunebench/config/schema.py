@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunebench.config.search import SearchConfig
+
 Task = Literal["classification", "summarization"]
 Method = Literal["zero_shot", "few_shot", "lora", "qlora", "full"]
 PROMPT_METHODS = ("zero_shot", "few_shot")
@@ -272,3 +274,4 @@ class StudyConfig(Section):
                                 "URI (s3://bucket/prefix, gs://...); None: the study directory itself")
     defaults: dict[str, Any] = Field(default_factory=dict)
     experiments: list[Experiment] = Field(default_factory=lambda: [Experiment()])
+    search: SearchConfig | None = Field(None, description="sample cells instead of a grid (tunebench.study.search)")

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tunebench.config.schema import CellConfig, Experiment, Section, StudyConfig
 from tunebench.errors import UserError, closest, did_you_mean
 
 # Study-level fields: one value per study, so a sweep over them is meaningless.
-NOT_SWEEPABLE = {"name", "description", "defaults", "experiments", "executor", "storage"}
+NOT_SWEEPABLE = {"name", "description", "defaults", "experiments", "executor", "storage", "search"}
 # Sections that never change what a cell computes; left out of the cell id.
 NOT_IN_CELL_ID = ("serve", "loadtest", "cost", "resources")
 
@@ -112,6 +113,16 @@ def load_study(path: str | Path, sets: list[str] | None = None, source: str | No
         check_path(key, where="--set")
     study = validated(StudyConfig, raw, where)
     cells = expand(study, overrides, where)
+    if study.search is not None:
+        from tunebench.config.search import check_search
+
+        if len(cells) != 1:
+            raise UserError(f"{where}: a study with a search: section samples its cells, and its experiments "
+                            f"expand to {len(cells)}", "drop the experiments' sweep/zip (the defaults are the base "
+                            "of every trial), or drop search: to run the grid")
+        for key in study.search.parameters:
+            check_field(key, f"{where}: search.parameters")
+        check_search(study.search, where, cells[0].config.data.task)
     return Study(config=study, cells=cells, path=path)
 
 
@@ -156,16 +167,21 @@ def combinations(exp: Experiment, at: str) -> list[dict[str, Any]]:
 
 
 def check_axis(key: str, values: Any, at: str) -> None:
-    if key in NOT_SWEEPABLE:
-        raise UserError(f"{at}: '{key}' is a study-level field and cannot vary",
-                        "sweep cell fields such as lora.r, data.train_fraction or method")
-    annotation = check_path(key, where=at)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        raise UserError(f"{at}: '{key}' is a section, not a field, and cannot be swept as a whole",
-                        f"sweep its fields instead, e.g. {key}.{next(iter(annotation.model_fields))}")
+    check_field(key, at, "sweep")
     if not isinstance(values, list) or not values:
         raise UserError(f"{at}: axis '{key}' needs a non-empty list of values, got {values!r}",
                         f"e.g. {key}: [value1, value2]")
+
+
+def check_field(key: str, at: str, verb: str = "search") -> None:
+    """A key that may vary across cells (a sweep axis or a search parameter): a field of a cell, not a section."""
+    if key.split(".")[0] in NOT_SWEEPABLE:
+        raise UserError(f"{at}: '{key}' is a study-level field and cannot vary",
+                        f"{verb} cell fields such as lora.r, data.train_fraction or method")
+    annotation = check_path(key, where=at)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        raise UserError(f"{at}: '{key}' is a section, not a field, and cannot vary as a whole",
+                        f"{verb} its fields instead, e.g. {key}.{next(iter(annotation.model_fields))}")
 
 
 def check_path(dotted: str, where: str) -> Any:
@@ -224,6 +240,8 @@ def section_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel]:
     for part in loc:
         field_info = model.model_fields.get(part)
         ann = field_info.annotation if field_info else None
+        # an optional section (search: SearchConfig | None) is still that section
+        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             break
         model = ann

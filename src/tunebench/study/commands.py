@@ -99,9 +99,18 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         study = load_study(study_file, sets)
+        if study.config.search is not None:   # a search samples its cells: tunebench.study.search
+            from tunebench.study.search.commands import run_search_command
+
+            run_search_command(study, out or default_study_dir(study), console, dry_run=dry_run, executor=executor,
+                               address=address, storage=storage, gpus=parse_gpus(gpus), retry_failed=retry_failed)
+            return
         selected = select_cells(study.cells, only)
         if dry_run:
             print_plan(study, {c.id for c in selected}, console)
+            from tunebench.study.predict import predict_cells, print_prediction
+
+            print_prediction(predict_cells(selected, out or default_study_dir(study)), console)
             return
         from tunebench.study.runner import run_study
 

@@ -132,7 +132,7 @@ class Driver:
     """Decides and records; the executor runs. One per `run_study` call."""
 
     def __init__(self, study_dir: Path, store: Store, storage: Storage, executor: Executor, console: Console,
-                 options: RunOptions, on_epoch: Callable[[Running, EpochMetrics], None] | None = None) -> None:
+                 options: RunOptions, on_epoch: Callable[[Running, EpochMetrics], bool | None] | None = None) -> None:
         self.study_dir, self.store, self.storage = study_dir, store, storage
         self.executor, self.console, self.options = executor, console, options
         self.on_epoch = on_epoch
@@ -405,8 +405,9 @@ class Driver:
             if running is not None:
                 running.step = f"{event.step}/{event.total}"
         elif isinstance(event, EpochMetrics):
-            if self.on_epoch is not None and running is not None:
-                self.on_epoch(running, event)
+            # the callback (a search's pruner) returns True to stop that unit at its next step
+            if self.on_epoch is not None and running is not None and self.on_epoch(running, event):
+                self.executor.stop_early(running.handle)
         elif isinstance(event, StageFinished):
             self.stage_finished(event)
 
@@ -492,7 +493,7 @@ def executor_choice(study: Study, executor: str | None, gpus: list[str] | None) 
 def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_failed: bool = False,
               gpus: list[str] | None = None, yes: bool = False, stages: st.StageFunctions | None = None,
               console: Console | None = None, executor: str | None = None, address: str | None = None,
-              storage: str | None = None, on_epoch: Callable[[Running, EpochMetrics], None] | None = None,
+              storage: str | None = None, on_epoch: Callable[[Running, EpochMetrics], bool | None] | None = None,
               ) -> StudyOutcome:
     console = console or Console()
     selected = select_cells(study.cells, only)

@@ -143,7 +143,11 @@ def study_report(study_dir: Path, plots_dir: Path) -> Report:
 
     with Store.open_readonly(Path(study_dir)) as store:
         results = load_results(store)
-    return build_report(results, plots_dir)
+    report = build_report(results, plots_dir)
+    from tunebench.study.search.report import add_search_section  # a search's own section (its module)
+
+    add_search_section(report, Path(study_dir), plots_dir)
+    return report
 
 
 def save_report(report: Report, fmt_name: str, out: Path) -> Path:

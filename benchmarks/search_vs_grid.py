@@ -1,0 +1,171 @@
+"""Search against grid: what a search finds with a fraction of the grid's cost, on a grid recorded once.
+
+    python benchmarks/search_vs_grid.py [--out runs/search-vs-grid] [--seeds 20] [--trials 12] [--live]
+
+1. The grid (learning rate × LoRA rank × epochs = 48 cells; cells differing only in epochs share one
+   training run and evaluate its per-epoch checkpoints) runs once through `run_study` on the tiny Llama of
+   tests/conftest.py (CPU, seconds a cell), recording every cell's accuracy and cost in results.db.
+2. The search is replayed over the recorded grid: Optuna's TPE (and random sampling, the baseline) asks
+   for `--trials` configurations; each is answered from results.db. Per seed: regret (the grid's best
+   accuracy minus that of the trial the search would pick) and the fraction of the grid's $ spent (each
+   distinct cell once). Median and worst over the seeds.
+3. `--live`: one real search (tunebench.study.search.loop.run_search) over the same space and budget,
+   confirming the replay with a run that trains every trial.
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LRS = [1e-4, 1e-3, 5e-3, 2e-2]
+RANKS = [2, 4, 8]
+EPOCHS = [1, 2, 3, 4]
+
+
+def tiny_model(out: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import build_tiny_model, train_tokenizer
+
+    model = out / "tiny-llama"
+    if not (model / "config.json").exists():
+        build_tiny_model("llama", train_tokenizer(out / "tokenizer"), model)
+    return model
+
+
+def study_text(model: Path, name: str, body: str) -> str:
+    return f"""name: {name}
+defaults:
+  model: {{name: "{model}"}}
+  method: lora
+  data: {{source: "builtin:classification", task: classification, train_count: 32}}
+  eval: {{limit: 24, bootstrap: 50, max_new_tokens: 8}}
+  training: {{save_steps: 1000}}
+{body}"""
+
+
+def grid_body() -> str:
+    return f"""experiments:
+  - sweep:
+      training.learning_rate: {LRS}
+      lora.r: {RANKS}
+      training.epochs: {EPOCHS}
+"""
+
+
+def search_body(trials: int, seed: int) -> str:
+    return f"""search:
+  parameters:
+    training.learning_rate: {{choices: {LRS}}}
+    lora.r: {{choices: {RANKS}}}
+    training.epochs: {{choices: {EPOCHS}}}
+  objectives: [{{metric: accuracy}}]
+  sampler: tpe
+  seed: {seed}
+  budget: {{trials: {trials}}}
+"""
+
+
+def recorded(db: Path) -> dict[tuple[float, int, int], tuple[float, float]]:
+    """(learning rate, rank, epochs) -> (accuracy, $ of the cell: its training share and its evaluation)."""
+    out = {}
+    with sqlite3.connect(db) as conn:
+        for params, acc, usd in conn.execute(
+                "SELECT c.params, m.value, (SELECT SUM(usd) FROM costs k WHERE k.cell_id = c.cell_id) FROM cells c "
+                "JOIN metrics m ON m.cell_id = c.cell_id AND m.stage = 'eval' AND m.name = 'accuracy'"):
+            p = json.loads(params)
+            out[(p["training"]["learning_rate"], p["lora"]["r"], p["training"]["epochs"])] = (acc, usd or 0.0)
+    return out
+
+
+def replay(grid: dict[tuple[float, int, int], tuple[float, float]], sampler_name: str, seed: int,
+           trials: int) -> tuple[float, float]:
+    """(regret, fraction of the grid's $) of one search answered from the recorded grid."""
+    from tunebench.study.search.loop import quiet_optuna
+
+    optuna = quiet_optuna()
+    sampler = (optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(10, max(2, trials // 4)))
+               if sampler_name == "tpe" else optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    seen: set[tuple[float, int, int]] = set()
+    for _ in range(trials):
+        t = study.ask()
+        key = (t.suggest_categorical("training.learning_rate", LRS), t.suggest_categorical("lora.r", RANKS),
+               t.suggest_categorical("training.epochs", EPOCHS))
+        seen.add(key)
+        study.tell(t, grid[key][0])
+    best = max(v[0] for v in grid.values())
+    total = sum(v[1] for v in grid.values())
+    return best - study.best_value, sum(grid[k][1] for k in seen) / total
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 4), "worst": round(max(values), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "search-vs-grid")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--live", action="store_true", help="also run one real search (seed 0)")
+    args = parser.parse_args()
+
+    import torch
+    from rich.console import Console
+
+    from tunebench.config.study import load_study
+    from tunebench.study.runner import run_study
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = tiny_model(args.out)
+    grid_file = args.out / "grid.yaml"
+    grid_file.write_text(study_text(model, "grid", grid_body()))
+    started = time.perf_counter()
+    grid_study = load_study(grid_file)
+    run_study(grid_study, args.out / "grid", console=Console(quiet=True), yes=True)   # reused when recorded
+    grid_s = time.perf_counter() - started
+    grid = recorded(args.out / "grid" / "results.db")
+    result: dict[str, object] = {
+        "benchmark": "search_vs_grid", "model": "tiny-llama (tests/conftest.py, 2 layers, hidden 32)",
+        "grid_cells": len(grid), "grid_trainings": len(LRS) * len(RANKS), "grid_run_s": round(grid_s, 1),
+        "grid_best_accuracy": max(v[0] for v in grid.values()),
+        "grid_usd": round(sum(v[1] for v in grid.values()), 6), "trials": args.trials, "seeds": args.seeds,
+        "distinct_accuracies": len({v[0] for v in grid.values()}),
+    }
+    for name in ("tpe", "random"):
+        runs = [replay(grid, name, seed, args.trials) for seed in range(args.seeds)]
+        result[f"{name}_regret"] = summary([r for r, _ in runs])
+        result[f"{name}_grid_cost_fraction"] = summary([f for _, f in runs])
+    if args.live:
+        from tunebench.study.search.loop import open_search, run_search
+
+        live_dir = args.out / "live"
+        live_file = args.out / "live.yaml"
+        live_file.write_text(study_text(model, "live", search_body(args.trials, 0)))
+        study = load_study(live_file)
+        started = time.perf_counter()
+        run_search(study, live_dir, console=Console(quiet=True))
+        osearch = open_search(study, live_dir)
+        live_usd = sum(sum(v or 0.0 for (v,) in sqlite3.connect(live_dir / "results.db").execute(
+            "SELECT usd FROM costs WHERE cell_id = ?", (cid,))) for cid in
+            {t.user_attrs["cell_id"] for t in osearch.trials if "cell_id" in t.user_attrs})
+        result["live"] = {"best_accuracy": osearch.best_value, "regret": round(result["grid_best_accuracy"] -
+                                                                               osearch.best_value, 4),
+                          "usd": round(live_usd, 6), "grid_cost_fraction": round(live_usd / result["grid_usd"], 4),
+                          "run_s": round(time.perf_counter() - started, 1),
+                          "replay_regret_seed0": round(replay(grid, "tpe", 0, args.trials)[0], 4)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
