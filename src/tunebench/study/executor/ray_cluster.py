@@ -136,7 +136,8 @@ class RayExecutor:
                 else:
                     if gpus:   # Ray numbers its GPUs from this list: exactly these, nothing else
                         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-                    ray.init(num_gpus=len(gpus) if gpus else 0, include_dashboard=False,
+                    # address="local": a new instance even where another one's address file is lying about
+                    ray.init(address="local", num_gpus=len(gpus) if gpus else 0, include_dashboard=False,
                              _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="warning")
                     self.started_here = True
             except (ConnectionError, RuntimeError, ValueError) as err:
