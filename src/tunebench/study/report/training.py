@@ -15,14 +15,19 @@ def training_section(results: StudyResults, report: Report) -> None:
             continue
         tps = cost.get("tokens_per_second")
         price = f"{cost['instance']} at ${cost['price_per_hour']:.3f}/h" if cost.get("price_per_hour") else "–"
+        stage = cell.stages.get("train") or {}
+        # where it ran: the node (a cluster's executor records it) and the GPUs it was given
+        where = " ".join(p for p in (stage.get("node") or "", f"GPU {stage['gpus']}" if stage.get("gpus") else "")
+                         if p) or "this machine"
         rows.append([cell.model, cell.task, label(cell.method),
                      str(cell.train_examples) if cell.train_examples is not None else "?",
-                     str(cell.axes["epochs"] or "default"), duration(cost["wall_seconds"]), cost.get("device") or "?",
+                     str(cell.axes["epochs"] or "default"), duration(cost["wall_seconds"]),
+                     cost.get("device") or "?", where,
                      f"{tps:,.0f}" if tps else "–", money(cost.get("usd")), price, cost.get("note") or "", cell.id])
     if not rows:
         report.add(Para("No training run has finished in this study."))
         return
-    report.add(Table(["model", "task", "method", "train examples", "epochs", "wall time", "device", "tokens/s",
-                      "cost", "price", "note", "cell"], rows,
+    report.add(Table(["model", "task", "method", "train examples", "epochs", "wall time", "device", "ran on",
+                      "tokens/s", "cost", "price", "note", "cell"], rows,
                      "One training run per row (n=1 run each): wall time of the training loop, training tokens per "
                      "second, cost = wall time × the hourly price (the original's Table 5)."))
