@@ -232,7 +232,8 @@ def test_storage_on_s3(tmp_path, s3_server):
     cell = study.cells[0].id
     assert fs.exists(f"studies/standin/{cell}/train/summary.json")
     assert fs.exists(f"studies/standin/{cell}/resolved-config.yaml")
-    assert not (out / cell).exists()                              # nothing but results.db on the driver's disk
+    assert (out / cell / "train" / "summary.json").exists()          # small results mirrored for the report,
+    assert (out / cell / "eval").is_dir() and not (out / cell / "train" / "adapter").exists()   # never weights
     # a store moved aside is rebuilt from the markers on S3
     (out / "results.db").rename(out / "results.db.bad")
     for suffix in ("-wal", "-shm"):

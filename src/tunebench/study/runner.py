@@ -437,8 +437,22 @@ class Driver:
                     self.console.print(event.log_tail, markup=False, highlight=False)
 
     def save(self, cell_id: str, stage: str, record: st.Record, detail: str | None) -> None:
+        if not self.storage.local:
+            self.mirror(cell_id, stage)
         self.store.stage_done(cell_id, stage, seconds=record.seconds, metrics=record.metrics, cost=record.cost,
                               artifacts=record.artifacts, detail=detail, inference=record.inference)
+
+
+    def mirror(self, cell_id: str, stage: str) -> None:
+        """Small result files onto the driver's disk beside results.db, for the report and `--run DIR` readers:
+        evaluations and load tests whole, a training run's summary and metrics (never weights or checkpoints)."""
+        parts = {"eval": ["eval"], "loadtest": ["serve"], "train": ["train/summary.json", "train/metrics.jsonl"]}
+        for part in [*parts.get(stage, []), "resolved-config.yaml", "provenance.json"]:
+            rel = f"{cell_id}/{part}"
+            try:
+                self.storage.pull(rel, self.study_dir / rel)
+            except OSError as err:   # the record is in results.db either way; the report will say what is missing
+                self.console.print(f"[yellow]could not copy {rel} from {self.storage.uri}: {err}")
 
 
 # ---------------------------------------------------------------- a whole study
