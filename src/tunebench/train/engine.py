@@ -46,12 +46,13 @@ class RunOptions:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C stopped training after writing a checkpoint; `--resume` continues from it."""
+    """Ctrl-C or SIGTERM stopped training after writing a checkpoint; `--resume` continues from it."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
-        super().__init__(f"training interrupted at step {step}; checkpoint: {checkpoint}")
+    def __init__(self, step: int, checkpoint: Path | None, signal_name: str = "SIGINT") -> None:
+        super().__init__(f"training interrupted ({signal_name}) at step {step}; checkpoint: {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
+        self.signal_name = signal_name
 
 
 def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = False, progress: bool = True,
@@ -99,7 +100,8 @@ def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = Fa
                                        [*report_callbacks, *callbacks], report_to, progress, options)
     output = run_training(trainer, cfg, plan, run, checkpoint)
     if interrupt.stopped_at is not None:
-        raise TrainingInterrupted(interrupt.stopped_at, ck.latest_checkpoint(run.checkpoints))
+        raise TrainingInterrupted(interrupt.stopped_at, ck.latest_checkpoint(run.checkpoints),
+                                  interrupt.signal_name or "SIGINT")
     if inputs.eval_sampler is not None and trainer.last_eval.get("step") != trainer.state.global_step:
         trainer.evaluate()
     weights = save_weights(trainer, run, plan, inputs, state) if options.save else None

@@ -1,0 +1,131 @@
+"""SIGTERM is Ctrl-C for `tunebench train`: a checkpoint at the next step boundary, a message, exit 143, and a
+resume that ends with the uninterrupted weights, also through torchrun (issue 18, item 4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunebench.config.study import load_study, single_cell
+from tunebench.rundir import RunDir
+from tunebench.train import train_cell
+from tunebench.train.checkpoints import step_checkpoints
+
+STUDY = """name: sigterm
+defaults:
+  model: {{name: {model}}}
+  method: lora
+  data: {{source: "builtin:classification", task: classification, train_count: 32}}
+  training: {{epochs: 2, tokens_per_batch: 512, max_seq_len: 256, save_steps: 2}}
+"""
+# The real `tunebench train` command, each step slowed so that the signal lands mid-run.
+SLOW_CLI = """
+import sys, time
+from transformers import TrainerCallback
+import tunebench.train.engine as engine
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(0.1)
+
+built = engine.build_trainer
+def slowed(*args, **kwargs):
+    trainer, interrupt = built(*args, **kwargs)
+    trainer.add_callback(Slow())
+    return trainer, interrupt
+
+engine.build_trainer = slowed
+from tunebench.cli import main
+main(sys.argv[1:])
+"""
+# `tunebench train --gpus 0,1`'s parent: torchrun as a child, SIGTERM handed on to it.
+PARENT = """
+import sys
+from tunebench.train.signals import run_forwarding_sigterm
+code, terminated = run_forwarding_sigterm(sys.argv[1:], None)
+print(f"child exit {code}, terminated {terminated}", flush=True)
+sys.exit(143 if terminated else code)
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_neox_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """The study file and the adapter its uninterrupted run ends with."""
+    root = tmp_path_factory.mktemp("sigterm")
+    study = root / "study.yaml"
+    study.write_text(STUDY.format(model=tiny_neox_dir))
+    cell = single_cell(load_study(study), "train")
+    run = RunDir.for_cell(root / "reference", cell.id)
+    train_cell(cell, run, progress=False)
+    return study, load_file(run.adapter / "adapter_model.safetensors")
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, "the run ended before the moment the test waits for"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def stop_with_sigterm(command: list[str], run: RunDir, tmp_path: Path) -> tuple[int, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=tmp_path)
+    try:
+        wait_for(lambda: (run.checkpoints / "checkpoint-2").exists(), process)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, output
+
+
+def assert_resumes_to(reference: dict, study: Path, out: Path, run: RunDir, cli) -> None:
+    assert not (run.train / "summary.json").exists()
+    resumed = cli("train", str(study), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    weights = load_file(run.adapter / "adapter_model.safetensors")
+    assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_sigterm_checkpoints_exits_143_and_resumes_bit_identically(reference, tmp_path, cli):
+    study, reference = reference
+    cell = single_cell(load_study(study), "train")
+    out = tmp_path / "out"
+    run = RunDir.for_cell(out, cell.id)
+    code, output = stop_with_sigterm([sys.executable, "-c", SLOW_CLI, "train", str(study), "--out", str(out)],
+                                     run, tmp_path)
+    assert code == 143, output
+    assert "terminated (SIGTERM): stopped at step" in output and "--resume" in output, output
+    assert "Traceback" not in output
+    stopped = int(output.split("stopped at step ")[1].split(",")[0])
+    latest = step_checkpoints(run.checkpoints)[-1]
+    assert latest.name == f"checkpoint-{stopped}" and (latest / "optimizer.pt").exists()
+    assert_resumes_to(reference, study, out, run, cli)
+
+
+def test_sigterm_to_the_parent_of_torchrun_reaches_the_worker(reference, tmp_path, cli):
+    """On CPU (gloo), one worker: the parent hands SIGTERM to torchrun, whose agent hands it to the worker."""
+    study, reference = reference
+    cell = single_cell(load_study(study), "train")
+    out = tmp_path / "out"
+    run = RunDir.for_cell(out, cell.id)
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(script),
+                "train", str(study), "--out", str(out)]
+    code, output = stop_with_sigterm([sys.executable, "-c", PARENT, *torchrun], run, tmp_path)
+    assert code == 143, output
+    assert "terminated (SIGTERM): stopped at step" in output and "child exit" in output, output
+    stopped = int(output.split("stopped at step ")[1].split(",")[0])
+    assert step_checkpoints(run.checkpoints)[-1].name == f"checkpoint-{stopped}"
+    assert_resumes_to(reference, study, out, run, cli)
