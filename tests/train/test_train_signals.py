@@ -28,13 +28,13 @@ defaults:
 """
 # The real `tunebench train` command, each step slowed so that the signal lands mid-run.
 SLOW_CLI = """
-import sys, time
+import os, sys, time
 from transformers import TrainerCallback
 import tunebench.train.engine as engine
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
-        time.sleep(0.1)
+        time.sleep(float(os.environ.get("SLOW_STEP_S", "0.1")))
 
 built = engine.build_trainer
 def slowed(*args, **kwargs):
@@ -129,3 +129,26 @@ def test_sigterm_to_the_parent_of_torchrun_reaches_the_worker(reference, tmp_pat
     stopped = int(output.split("stopped at step ")[1].split(",")[0])
     assert step_checkpoints(run.checkpoints)[-1].name == f"checkpoint-{stopped}"
     assert_resumes_to(reference, study, out, run, cli)
+
+
+def test_a_second_train_on_the_same_run_directory_is_refused_naming_the_holder(reference, tmp_path, cli):
+    """Issue 18, item 3: the run directory's lock; the second command exits 2 with the first one's pid."""
+    study, _ = reference
+    cell = single_cell(load_study(study), "train")
+    out = tmp_path / "out"
+    run = RunDir.for_cell(out, cell.id)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SLOW_STEP_S": "1"}  # outlasts the second
+    first = subprocess.Popen([sys.executable, "-c", SLOW_CLI, "train", str(study), "--out", str(out)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (run.checkpoints / "checkpoint-2").exists(), first)
+        second = cli("train", str(study), "--out", str(out), "--resume")
+        assert first.poll() is None, "the first run ended before the second was refused"
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert second.returncode == 2, second.stderr
+    assert f"is already being trained by another tunebench process (pid {first.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.returncode == 143, stderr  # the first run was not disturbed

@@ -17,6 +17,7 @@ attention_mask, fused_loss, compile), logging frequency, and skipping checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config.schema import CellConfig
+from tunebench.dirlock import DirLock
 from tunebench.errors import UserError
 from tunebench.rundir import RunDir, device_name, write_json
 from tunebench.train import checkpoints as ck
@@ -55,9 +57,31 @@ class TrainingInterrupted(Exception):
         self.signal_name = signal_name
 
 
+class TrainLock(DirLock):
+    """One training process per run directory: a second one would delete the first one's `.partial/` and
+    interleave its steps in metrics.jsonl. Held by the main process (rank 0 under torchrun)."""
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(run.path / ".train.lock")
+
+    def refusal(self, holder: str) -> UserError:
+        return UserError(f"{self.path.parent} is already being trained by another tunebench process (pid {holder})",
+                         f"wait for it to finish, or stop it (kill {holder}: it checkpoints at the next step) "
+                         "and continue with --resume")
+
+
 def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = False, progress: bool = True,
                callbacks: Sequence[Any] = (), options: RunOptions | None = None) -> dict[str, Any]:
     """Train one cell (a CellConfig or a study Cell) into `run`; returns what summary.json holds."""
+    from accelerate import PartialState
+
+    with TrainLock(run) if PartialState().is_main_process else contextlib.nullcontext():
+        return train_locked(cell, run, resume=resume, force=force, progress=progress, callbacks=callbacks,
+                            options=options)
+
+
+def train_locked(cell: Any, run: RunDir, *, resume: bool, force: bool, progress: bool, callbacks: Sequence[Any],
+                 options: RunOptions | None) -> dict[str, Any]:
     from accelerate import PartialState
     from transformers import set_seed
 
