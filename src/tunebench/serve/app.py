@@ -130,7 +130,10 @@ def create_app(state: ServerState) -> Any:
         yield
         await asyncio.to_thread(state.engine.stop)
 
-    app = FastAPI(title="tunebench server", version=version(), lifespan=lifespan,
+    # With an API key the schema and its pages need it too (they list the adapters and the routes): added below.
+    keyed = bool(state.options.api_key)
+    pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if keyed else {}
+    app = FastAPI(title="tunebench server", version=version(), lifespan=lifespan, **pages,
                   description="TGI- and OpenAI-compatible text generation with continuous batching, per-request "
                               "LoRA adapters, and a fine-tuned run's task endpoints.")
 
@@ -186,7 +189,26 @@ def create_app(state: ServerState) -> Any:
     app.include_router(tgi_api.router(state, auth))
     app.include_router(openai_api.router(state, auth))
     app.include_router(tasks_api.router(state, auth))
+    if keyed:
+        protected_pages(app, auth)
     return app
+
+
+def protected_pages(app: Any, auth: list[Any]) -> None:
+    """/openapi.json, /docs and /redoc behind the API key (FastAPI's own routes would be open to anyone)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    async def openapi() -> Any:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=auth)
+    async def docs() -> Any:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=auth)
+    async def redoc() -> Any:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def build_state(served: Any, options: Any) -> ServerState:

@@ -214,8 +214,9 @@ def router(state: ServerState, dependencies: list[Any]) -> Any:
         created = int(state.started)
         data = [{"id": served.merged or served.model_id, "object": "model", "created": created,
                  "owned_by": "tunebench", "root": served.model_id, "parent": None}]
+        # Names only: the adapters' directories on the server are none of a client's business.
         data += [{"id": name, "object": "model", "created": created, "owned_by": "tunebench",
-                  "root": str(path), "parent": served.model_id} for name, path in served.adapters.items()]
+                  "root": name, "parent": served.model_id} for name in served.adapters]
         return {"object": "list", "data": data}
 
     @api.post("/completions", summary="Text completion (OpenAI)")

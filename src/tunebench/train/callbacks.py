@@ -106,9 +106,18 @@ class MetricsFileCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         record |= {k: logs[k] for k in METRIC_KEYS if k in logs}
+        from tunebench.diskspace import space_guard
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with space_guard(self.path, kept="the checkpoints are intact", then="continue with --resume"), \
+                    self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except Exception:
+            with self.path.open("r+") as f:  # no half line: a resume appends after the last whole one
+                f.truncate(size)
+            raise
 
 
 class ProgressCallback(TrainerCallback):

@@ -29,6 +29,7 @@ from typing import Any
 
 from tunebench.config.schema import CellConfig
 from tunebench.dirlock import DirLock
+from tunebench.diskspace import space_guard
 from tunebench.errors import UserError
 from tunebench.rundir import RunDir, device_name, write_json
 from tunebench.train import checkpoints as ck
@@ -280,9 +281,11 @@ def run_training(trainer: Any, cfg: CellConfig, plan: Plan, run: RunDir, checkpo
         with out_of_memory_is_user_error(cfg, plan):
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except DiskFullError as err:
+        from tunebench.diskspace import OutOfSpace
+
         kept = f"the previous checkpoint {err.previous} is intact" if err.previous else "no earlier checkpoint exists"
-        raise UserError(f"disk full while writing {err.checkpoint}; nothing half-written was left, {kept}",
-                        f"free space on the disk of {run.path}, then run again with --resume") from None
+        then = "run again with --resume" if err.previous else "run again"
+        raise OutOfSpace(err.checkpoint, err.needed, kept, then) from None
 
 
 def save_weights(trainer: Any, run: RunDir, plan: Plan, inputs: TrainInputs, state: Any) -> Path:
@@ -294,12 +297,16 @@ def save_weights(trainer: Any, run: RunDir, plan: Plan, inputs: TrainInputs, sta
         model.config.use_cache = True  # inference wants the KV cache back
     if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
-    if state.is_main_process:
-        (staging / "training_args.bin").unlink(missing_ok=True)
-        if inputs.labels:
-            (staging / ck.LABELS).write_text(json.dumps(inputs.labels) + "\n")
-        ck.replace_dir(staging, target)
+    latest = ck.latest_checkpoint(run.checkpoints)
+    kept = f"the last checkpoint {latest} is intact" if latest else ""
+    with space_guard(target, partial=staging if state.is_main_process else None, kept=kept,
+                     then="run the same command with --resume" if latest else "run again"):
+        trainer.save_model(str(staging))
+        if state.is_main_process:
+            (staging / "training_args.bin").unlink(missing_ok=True)
+            if inputs.labels:
+                (staging / ck.LABELS).write_text(json.dumps(inputs.labels) + "\n")
+            ck.replace_dir(staging, target)
     state.wait_for_everyone()
     return target
 

@@ -1,4 +1,4 @@
-"""Oversized bodies and abandoned task requests against a real server (issue 18, items 1 and 2)."""
+"""Oversized bodies, abandoned task requests, and what a keyed server shows, against real servers (issue 18)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from serve_helpers import LONG, start
+from serve_helpers import API_KEY, LONG, start
 
 from tunebench.serve.guards import body_limit
 
@@ -179,3 +179,51 @@ def test_abandoned_classify_requests_free_their_places(naive_cls):
     assert response.status_code == 200, response.text
     busy.join(60)
     assert naive_cls.metrics()['tunebench_errors_total{kind="cancelled"}'] >= 2
+
+
+# ------------------------------------------------------------------ what a keyed server shows (issue 18, item 6)
+
+
+def test_docs_and_schema_need_the_api_key(batched):
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{batched.url}{path}").status_code == 401, path
+        assert httpx.get(f"{batched.url}{path}", headers=batched.headers).status_code == 200, path
+    schema = httpx.get(f"{batched.url}/openapi.json", headers=batched.headers).json()
+    assert "/generate" in schema["paths"] and "/docs" not in schema["paths"]
+
+
+def test_docs_stay_open_without_a_key(naive_cls):
+    assert httpx.get(f"{naive_cls.url}/openapi.json").status_code == 200
+
+
+def test_models_name_adapters_without_their_server_paths(batched, lora_adapters):
+    listed = httpx.get(f"{batched.url}/v1/models", headers=batched.headers).json()["data"]
+    assert {m["id"] for m in listed} >= {"alpha", "beta"}
+    shown = httpx.get(f"{batched.url}/v1/models", headers=batched.headers).text
+    assert all(str(path) not in shown for path in lora_adapters.values())
+
+
+def test_no_key_on_a_reachable_address_is_refused(tiny_llama_dir, cli, tmp_path):
+    env = {"TUNEBENCH_API_KEY": ""}
+    refused = cli("serve", str(tiny_llama_dir), "--host", "0.0.0.0", "--port", "0", env=env)
+    assert refused.returncode == 2 and "no API key is set" in refused.stderr and "--allow-no-auth" in refused.stderr
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    refused = cli("serve", str(tiny_llama_dir), "--api-key-file", str(empty), env=env)
+    assert refused.returncode == 2 and "is empty" in refused.stderr
+
+
+def test_api_key_from_a_file(tmp_path):
+    from tunebench.errors import UserError
+    from tunebench.serve.commands import read_api_key
+
+    path = tmp_path / "key"
+    path.write_text(f"{API_KEY}\n")
+    assert read_api_key(None, path) == API_KEY and read_api_key("", None) is None
+    with pytest.raises(UserError, match="only one"):
+        read_api_key("k", path)
+
+
+def test_help_says_where_the_key_can_come_from(cli):
+    shown = " ".join(cli("serve", "--help", env={"COLUMNS": "200"}).stdout.split())
+    assert "TUNEBENCH_API_KEY" in shown and "--api-key-file" in shown and "ps" in shown

@@ -1,5 +1,6 @@
-"""SIGTERM is Ctrl-C for `tunebench train`: a checkpoint at the next step boundary, a message, exit 143, and a
-resume that ends with the uninterrupted weights, also through torchrun (issue 18, item 4)."""
+"""Faults around a real `tunebench train` (issue 18): SIGTERM is Ctrl-C (a checkpoint at the next step boundary,
+a message, exit 143, a resume that ends with the uninterrupted weights, also through torchrun); a second run on
+the same directory is refused; a full disk gives a clear message, keeps the last checkpoint and resumes."""
 
 from __future__ import annotations
 
@@ -152,3 +153,29 @@ def test_a_second_train_on_the_same_run_directory_is_refused_naming_the_holder(r
     assert f"is already being trained by another tunebench process (pid {first.pid})" in second.stderr
     assert "Traceback" not in second.stderr
     assert first.returncode == 143, stderr  # the first run was not disturbed
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space(reference, small_disk, fill_disk, cli):
+    study, reference = reference
+    cell = single_cell(load_study(study), "train")
+    out = small_disk / "out"
+    run = RunDir.for_cell(out, cell.id)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "300", "SLOW_STEP_S": "0.3"}
+    process = subprocess.Popen([sys.executable, "-c", SLOW_CLI, "train", str(study), "--out", str(out)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (run.checkpoints / "checkpoint-2").exists(), process)
+        filler = fill_disk(small_disk)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 2, output
+    said = " ".join(output.split())  # the message may be wrapped to the terminal's width
+    assert f"no space left on {small_disk} while writing" in said and "Traceback" not in said, output
+    assert "bytes free, about" in said and "KiB needed); nothing half-written was left" in said, output
+    assert "intact" in said and "--resume" in said, output
+    assert not [p for p in run.checkpoints.rglob("*") if p.name.startswith(".partial")]
+    latest = step_checkpoints(run.checkpoints)[-1]
+    assert (latest / "optimizer.pt").exists() and (latest / "adapter_model.safetensors").exists()
+    filler.unlink()
+    assert_resumes_to(reference, study, out, run, cli)
