@@ -4,6 +4,7 @@ the same directory is refused; a full disk gives a clear message, keeps the last
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -179,3 +180,36 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space(reference
     assert (latest / "optimizer.pt").exists() and (latest / "adapter_model.safetensors").exists()
     filler.unlink()
     assert_resumes_to(reference, study, out, run, cli)
+
+
+def test_a_resume_logs_each_replayed_step_once(reference, tmp_path, cli):
+    """Issue 18, item 6: the steps after the checkpoint were logged by the stopped run and again by the resume."""
+    import shutil
+
+    study, weights = reference
+    cell = single_cell(load_study(study), "train")
+    source = RunDir.for_cell(study.parent / "reference", cell.id)
+    run = RunDir.for_cell(tmp_path / "out", cell.id)
+    shutil.copytree(source.path, run.path)
+    (run.train / "summary.json").unlink()
+    shutil.rmtree(run.adapter)
+    _, removed = step_checkpoints(run.checkpoints)[-2:]
+    shutil.rmtree(removed)  # as if killed after the last steps were logged, before their checkpoint
+    with (run.train / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 99, "lo')  # and a line torn by the kill
+    train_cell(cell, run, resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (run.train / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" not in line]
+    assert steps == sorted(set(steps)) and steps[-1] == int(removed.name.split("-")[1]), steps
+    resumed = load_file(run.adapter / "adapter_model.safetensors")
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+
+
+def test_resume_after_a_config_edit_lists_what_changed(reference, cli):
+    study, _ = reference
+    result = cli("train", str(study), "--out", str(study.parent / "reference"), "--resume", "--set", "lora.r=4",
+                 "--set", "training.learning_rate=0.001")
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr
+    assert "no checkpoint for this configuration; the closest run with one" in said, said
+    assert "lora.r: 8 -> 4" in said and "training.learning_rate: None -> 0.001" in said, said

@@ -110,6 +110,8 @@ def train_locked(cell: Any, run: RunDir, *, resume: bool, force: bool, progress:
     if state.is_main_process:
         run.write_config(cfg)
         run.write_provenance(cfg, examples.data_hash, device_name())
+        if checkpoint is not None:
+            ck.trim_replayed_metrics(run, checkpoint)
     set_seed(cfg.training.seed)
     # The model comes first: the token budget (and so the batches) is sized to the memory it leaves.
     fitted = run.train / ck.FITTED
