@@ -93,7 +93,12 @@ def register(app: typer.Typer) -> None:
         study = load_study(study_file, sets)
         selected = select_cells(study.cells, only)
         if dry_run:
+            from tunebench.study.preflight import preflight
+
             print_plan(study, {c.id for c in selected}, console)
+            for note in preflight(selected):
+                console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+            console.print(f"checked: every model and data source of the {len(selected)} cell(s)")
             return
         from tunebench.study.runner import run_study
 
