@@ -213,3 +213,43 @@ def test_resume_after_a_config_edit_lists_what_changed(reference, cli):
     assert result.returncode == 2, result.stderr
     assert "no checkpoint for this configuration; the closest run with one" in said, said
     assert "lora.r: 8 -> 4" in said and "training.learning_rate: None -> 0.001" in said, said
+
+
+# The training stage called in-process by a caller that turns SIGTERM into KeyboardInterrupt (the study runner
+# and its workers do): training's own handler takes over for the loop, so the step in progress is not lost.
+IN_PROCESS = """
+import signal, sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from tunebench.config.study import load_study, single_cell
+from tunebench.rundir import RunDir
+from tunebench.train.engine import TrainingInterrupted, train_cell
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(0.1)
+
+def caller_handler(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, caller_handler)
+cell = single_cell(load_study(sys.argv[1]), "train")
+try:
+    train_cell(cell, RunDir.for_cell(Path(sys.argv[2]), cell.id), progress=False, callbacks=[Slow()])
+except TrainingInterrupted as stop:
+    restored = signal.getsignal(signal.SIGTERM) is caller_handler
+    print(f"stopped at step {stop.step} by {stop.signal_name}, caller's handler restored: {restored}", flush=True)
+    sys.exit(143)
+"""
+
+
+def test_sigterm_during_in_process_training_checkpoints_the_step(reference, tmp_path):
+    study, _ = reference
+    cell = single_cell(load_study(study), "train")
+    run = RunDir.for_cell(tmp_path / "out", cell.id)
+    code, output = stop_with_sigterm([sys.executable, "-c", IN_PROCESS, str(study), str(tmp_path / "out")], run,
+                                     tmp_path)
+    assert code == 143, output
+    assert "by SIGTERM, caller's handler restored: True" in output, output
+    stopped = int(output.split("stopped at step ")[1].split(" ")[0])
+    assert step_checkpoints(run.checkpoints)[-1].name == f"checkpoint-{stopped}"
