@@ -166,3 +166,35 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 def cli():
     """The real CLI in a subprocess; session-scoped so module-scoped fixtures can drive it too."""
     return run_cli
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A 16 MiB tmpfs that a test can fill (root with CAP_SYS_ADMIN; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem is full; delete it to free the space again."""
+    filler = disk / "filler"
+    try:
+        with filler.open("wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * (1 << 16))
+    except OSError:
+        pass
+    return filler
+
+
+@pytest.fixture
+def fill_disk():
+    """`fill_disk(small_disk)` fills it and returns the filler file."""
+    return fill

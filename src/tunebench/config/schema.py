@@ -47,6 +47,8 @@ class CleaningConfig(Section):
     strip_quotes: bool = False
     normalize_whitespace: bool = True
     max_input_tokens: int | None = Field(None, gt=0, description="truncate inputs (never labels) to this")
+    fold_labels: bool = Field(False, description="merge labels that differ only by case, whitespace or Unicode "
+                                                 "form into their most frequent spelling (else: a warning)")
 
 
 class DataConfig(Section):

@@ -76,7 +76,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise UserError(f"{path} is a directory, not a study file", "give the path of a .yaml file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -86,6 +86,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: a study file must be a mapping with 'name' and 'experiments'",
                         "see studies/demo.yaml for the layout")
     return raw
+
+
+def read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise UserError(f"{path}: not UTF-8 text: byte 0x{data[err.start]:02x} at byte offset {err.start} "
+                        f"(line {line}, byte {column} of the line) cannot be decoded",
+                        "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -140,7 +152,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any], where: str) -> list[Ce
         validated(CellConfig, base, at)
         for combo in combinations(exp, at):
             values = {**combo, **overrides}
-            cfg = validated(CellConfig, with_values(base, values), at).normalized()
+            cfg = validated_with_sets(with_values(base, values), at, overrides).normalized()
             cid = cell_id(cfg)
             cells.setdefault(cid, Cell(cid, cfg)).experiments.append(label)
     if not cells:
@@ -216,6 +228,29 @@ def validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         raise UserError(*describe(err, model, where)) from None
+
+
+def validated_with_sets(data: dict[str, Any], at: str, overrides: dict[str, Any]) -> Any:
+    """A cell's config; a bad value that came from --set is blamed on the --set flag, not on the experiment."""
+    try:
+        return CellConfig.model_validate(data)
+    except ValidationError as err:
+        loc = ".".join(str(p) for p in err.errors()[0]["loc"])
+        culprit = next((k for k in overrides if loc == k or loc.startswith(f"{k}.")), None)
+        if culprit is not None:
+            where = f"--set {culprit}={set_text(overrides[culprit])}"
+        elif overrides:
+            where = f"{at} (with --set {', '.join(overrides)})"
+        else:
+            where = at
+        problem, fix = describe(err, CellConfig, where)
+        if culprit is not None and fix.startswith("fix the value of"):
+            fix = f"give --set {culprit} a valid value"
+        raise UserError(problem, fix) from None
+
+
+def set_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def describe(err: ValidationError, model: type[BaseModel], where: str) -> tuple[str, str]:

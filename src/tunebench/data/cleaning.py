@@ -73,3 +73,19 @@ def truncate_text(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, bool
     texts, cut = truncate_texts(tokenizer, [text], max_tokens)
     return texts[0], cut[0]
 
+
+
+def label_key(label: str) -> str:
+    """What two spellings of one class share: Unicode form (NFKC), case and whitespace folded."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFKC", label).casefold().split())
+
+
+def label_variants(counts: dict[str, int]) -> dict[str, list[str]]:
+    """Labels that are the same class but for case, whitespace or Unicode form: key -> spellings, most rows first."""
+    groups: dict[str, list[str]] = {}
+    for label in counts:
+        groups.setdefault(label_key(label), []).append(label)
+    return {key: sorted(spellings, key=lambda s: (-counts[s], s))
+            for key, spellings in groups.items() if len(spellings) > 1}

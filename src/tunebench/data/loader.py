@@ -9,6 +9,8 @@ dropped and counted by reason, never silently; a split left empty is an error.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,8 @@ from tunebench.data.sampling import (
 )
 from tunebench.data.sources import FILE_SUFFIXES, RawSplit, missing_column, read_source
 from tunebench.errors import UserError, did_you_mean
+
+log = logging.getLogger("tunebench.data")
 
 if TYPE_CHECKING:
     from tunebench.config.schema import DataConfig
@@ -44,6 +48,7 @@ class LoadedSource:
     dropped: Counter[str] = field(default_factory=Counter)
     dropped_by_split: dict[str, Counter[str]] = field(default_factory=dict)
     truncated_inputs: int = 0
+    folded_labels: dict[str, str] = field(default_factory=dict)  # spelling -> the one it was merged into
 
     def split(self, name: str, role: str) -> list[Example]:
         if name not in self.splits:
@@ -85,6 +90,7 @@ def load_source(cfg: DataConfig, tokenizer: Any = None, *, eval_split: str | Non
         loaded.origins[name] = table.origin
         loaded.splits[name] = examples_of(table, name, columns, cfg, loaded)
     if cfg.task == "classification":
+        fold_or_warn_labels(loaded, cfg)
         loaded.labels = label_set(loaded, cfg.train_split)
         keep_known_labels(loaded, cfg.train_split)
     if cfg.cleaning.max_input_tokens is not None:
@@ -140,6 +146,32 @@ def field_value(row: dict[str, Any], column: str, name: str, dropped: Counter[st
 def record_drops(loaded: LoadedSource, split: str, dropped: Counter[str]) -> None:
     loaded.dropped.update(dropped)
     loaded.dropped_by_split.setdefault(split, Counter()).update(dropped)
+
+
+def fold_or_warn_labels(loaded: LoadedSource, cfg: DataConfig) -> None:
+    """'Sports', 'sports' and 'sports' in another Unicode form would silently be three classes: merge them into
+    the most frequent spelling (data.cleaning.fold_labels), or say so."""
+    from tunebench.data.cleaning import label_variants
+
+    counts = Counter(ex.target for split in loaded.splits.values() for ex in split)
+    variants = label_variants(counts)
+    if not variants:
+        return
+    def shown(label: str) -> str:  # two Unicode forms print alike: show their code points too
+        return repr(label) if label.isascii() else f"{label!r} = {label!a}"
+
+    described = "; ".join(" / ".join(f"{shown(s)} ({counts[s]} rows)" for s in spellings)
+                          for spellings in variants.values())
+    if not cfg.cleaning.fold_labels:
+        log.warning("%s: labels that differ only by case, whitespace or Unicode form are separate classes: %s; "
+                    "set data.cleaning.fold_labels: true to merge each group into its most frequent spelling",
+                    loaded.source, described)
+        return
+    canonical = {s: spellings[0] for spellings in variants.values() for s in spellings}
+    for name, split in loaded.splits.items():
+        loaded.splits[name] = [dataclasses.replace(ex, target=canonical.get(ex.target, ex.target)) for ex in split]
+    loaded.folded_labels = {s: c for s, c in canonical.items() if s != c}
+    log.info("%s: merged labels %s", loaded.source, described)
 
 
 def label_set(loaded: LoadedSource, train_split: str) -> list[str]:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
+from tunebench.serve.guards import BodyLimitMiddleware, body_limit
 from tunebench.serve.state import ServerState
 from tunebench.serve.validate import ApiError
 
@@ -40,7 +41,7 @@ def is_openai(path: str) -> bool:
 
 def error_body(path: str, status: int, kind: str, message: str) -> dict[str, Any]:
     if is_openai(path):
-        kind_name = "invalid_request_error" if status in (404, 422) else kind
+        kind_name = "invalid_request_error" if status in (404, 413, 422) else kind
         return {"error": {"message": message, "type": kind_name, "param": None, "code": kind}}
     return {"error": message, "error_type": kind}
 
@@ -110,6 +111,7 @@ def info(state: ServerState) -> dict[str, Any]:
         "max_queue": engine.limits.max_queue,
         "max_best_of": 1, "max_stop_sequences": limits.max_stop_sequences,
         "max_input_tokens": limits.max_input_tokens, "max_input_length": limits.max_input_tokens,
+        "max_body_bytes": body_limit(limits.max_input_tokens),
         "max_new_tokens": limits.max_new_tokens, "max_total_tokens": limits.context_length,
         "request_timeout_s": engine.limits.request_timeout, "validation_workers": 1, "max_client_batch_size": 16,
         "adapters": list(served.adapters), "default_adapter": served.default_adapter,
@@ -128,15 +130,26 @@ def create_app(state: ServerState) -> Any:
         yield
         await asyncio.to_thread(state.engine.stop)
 
-    app = FastAPI(title="tunebench server", version=version(), lifespan=lifespan,
+    # With an API key the schema and its pages need it too (they list the adapters and the routes): added below.
+    keyed = bool(state.options.api_key)
+    pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if keyed else {}
+    app = FastAPI(title="tunebench server", version=version(), lifespan=lifespan, **pages,
                   description="TGI- and OpenAI-compatible text generation with continuous batching, per-request "
                               "LoRA adapters, and a fine-tuned run's task endpoints.")
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
-    def reply(request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    def refuse(path: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
         if kind not in ENGINE_COUNTED:
             state.metrics.error(kind)
-        return JSONResponse(error_body(request.url.path, status, kind, message), status, headers=headers)
+        return JSONResponse(error_body(path, status, kind, message), status, headers=headers)
+
+    def reply(request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
+        return refuse(request.url.path, status, kind, message, headers)
+
+    # Added first so that it runs inside the metrics middleware: its refusals are counted too.
+    max_tokens = state.builder.limits.max_input_tokens
+    app.add_middleware(BodyLimitMiddleware, limit=body_limit(max_tokens), max_input_tokens=max_tokens,
+                       refuse=refuse)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, err: ApiError) -> Any:
@@ -148,7 +161,7 @@ def create_app(state: ServerState) -> Any:
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, err: HTTPException) -> Any:
-        kind = "not_found" if err.status_code in (404, 405) else "validation"
+        kind = {404: "not_found", 405: "not_found", 413: "too_large"}.get(err.status_code, "validation")
         return reply(request, err.status_code, kind, str(err.detail), getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
@@ -176,7 +189,26 @@ def create_app(state: ServerState) -> Any:
     app.include_router(tgi_api.router(state, auth))
     app.include_router(openai_api.router(state, auth))
     app.include_router(tasks_api.router(state, auth))
+    if keyed:
+        protected_pages(app, auth)
     return app
+
+
+def protected_pages(app: Any, auth: list[Any]) -> None:
+    """/openapi.json, /docs and /redoc behind the API key (FastAPI's own routes would be open to anyone)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    async def openapi() -> Any:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=auth)
+    async def docs() -> Any:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=auth)
+    async def redoc() -> Any:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def build_state(served: Any, options: Any) -> ServerState:

@@ -56,7 +56,13 @@ def register(app: typer.Typer) -> None:
         host: str | None = typer.Option(None, "--host", help="address to bind (default 127.0.0.1)"),
         port: int | None = typer.Option(None, "--port", help="port (default 8080; 0 picks a free one)"),
         api_key: str | None = typer.Option(None, "--api-key", envvar="TUNEBENCH_API_KEY",
-                                           help="require 'Authorization: Bearer KEY'"),
+                                           help="require 'Authorization: Bearer KEY'. On the command line it is "
+                                                "visible to every user in `ps`: prefer the TUNEBENCH_API_KEY "
+                                                "environment variable or --api-key-file"),
+        api_key_file: Path | None = typer.Option(None, "--api-key-file", envvar="TUNEBENCH_API_KEY_FILE",
+                                                 help="read the API key from this file (its first line)"),
+        allow_no_auth: bool = typer.Option(False, "--allow-no-auth",
+                                           help="serve on a non-loopback --host without an API key"),
         max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="sequences decoded together"),
         max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503"),
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
@@ -75,9 +81,10 @@ def register(app: typer.Typer) -> None:
         from tunebench.serve.options import ServerOptions
 
         cfg = serve_defaults(run)
+        key = read_api_key(api_key, api_key_file)
         options = ServerOptions(
             engine=engine or cfg.engine, host=host or cfg.host, port=cfg.port if port is None else port,
-            api_key=api_key or None, max_concurrency=max_concurrency or cfg.max_concurrency,
+            api_key=key, max_concurrency=max_concurrency or cfg.max_concurrency,
             max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
             max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout)
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout))
@@ -90,8 +97,13 @@ def register(app: typer.Typer) -> None:
             serve_external(options, cfg, opts, console)
             return
         if not is_loopback(options.host) and not options.api_key:
-            console.print(f"[yellow]warning:[/] listening on {options.host} without an API key: anyone who can "
-                          "reach this port can use the model (set --api-key or TUNEBENCH_API_KEY)")
+            if not allow_no_auth:
+                raise UserError(f"--host {options.host} is reachable from other machines and no API key is set: "
+                                "anyone who can reach the port could use the model",
+                                "set TUNEBENCH_API_KEY or --api-key-file FILE, or pass --allow-no-auth to serve "
+                                "without a key anyway")
+            console.print(f"[yellow]warning:[/] listening on {options.host} without an API key (--allow-no-auth): "
+                          "anyone who can reach this port can use the model")
         run_server(opts, options, console)
 
     @app.command()
@@ -116,6 +128,23 @@ def register(app: typer.Typer) -> None:
         opts = model_options(model, run, adapter, merge, random_weights, tokenizer, "auto", "cpu")
         manifest = export_model(opts, target, out, dtype)
         Console().print(f"exported for {target} to {out}\nlaunch: {manifest['command']}")
+
+
+def read_api_key(given: str | None, path: Path | None) -> str | None:
+    """The key from --api-key / TUNEBENCH_API_KEY, or the first line of --api-key-file; an empty one is none."""
+    if given and path is not None:
+        raise UserError("both an API key and --api-key-file were given", "give only one of them")
+    if path is None:
+        return given or None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise UserError(f"--api-key-file {path}: cannot read it ({err.strerror or err})",
+                        "give a readable file whose first line is the key") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise UserError(f"--api-key-file {path} is empty", "write the key on its first line")
+    return key
 
 
 def check_server_options(options: Any, given: tuple) -> None:

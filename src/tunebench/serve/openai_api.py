@@ -110,7 +110,7 @@ def model_name(state: ServerState, request: GenerationRequest) -> str:
 
 
 async def completions(state: ServerState, http_request: Any, body: CompletionRequest) -> Any:
-    requests = state.builder.completion(body)
+    requests = await state.build(state.builder.completion, body)
     handles = submit_all(state, requests)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     envelope = Envelope("cmpl", "text_completion", model_name(state, requests[0]))
@@ -159,7 +159,7 @@ async def completion_events(envelope: Envelope, body: CompletionRequest, prompts
 
 
 async def chat_completions(state: ServerState, http_request: Any, body: ChatRequest) -> Any:
-    request = state.builder.chat(body)
+    request = await state.build(state.builder.chat, body)
     handle = state.submit(request)
     envelope = Envelope("chatcmpl", "chat.completion", model_name(state, request))
     if body.stream:
@@ -214,8 +214,9 @@ def router(state: ServerState, dependencies: list[Any]) -> Any:
         created = int(state.started)
         data = [{"id": served.merged or served.model_id, "object": "model", "created": created,
                  "owned_by": "tunebench", "root": served.model_id, "parent": None}]
+        # Names only: the adapters' directories on the server are none of a client's business.
         data += [{"id": name, "object": "model", "created": created, "owned_by": "tunebench",
-                  "root": str(path), "parent": served.model_id} for name, path in served.adapters.items()]
+                  "root": name, "parent": served.model_id} for name in served.adapters]
         return {"object": "list", "data": data}
 
     @api.post("/completions", summary="Text completion (OpenAI)")

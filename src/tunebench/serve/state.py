@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,14 @@ class ServerState:
     options: Any  # tunebench.serve.options.ServerOptions
     builder: RequestBuilder
     started: float = field(default_factory=time.time)
+    # Tokenization runs here, off the event loop (a long prompt must not stall every route); one thread, so
+    # the tokenizer is never called concurrently.
+    tokenizing: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tunebench-tokenize"))
+
+    async def build(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` (a RequestBuilder method: tokenization and checks) in the tokenizing thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizing, fn, *args)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         try:
@@ -31,13 +40,28 @@ class ServerState:
             raise ApiError(503, "overloaded", f"the server is at capacity: {err}; retry later",
                            {"Retry-After": RETRY_AFTER_S}) from None
 
-    async def call(self, fn: Any) -> Any:
-        """Run `fn` on the model between decode steps (constrained classification)."""
+    async def call(self, http_request: Any, fn: Any) -> Any:
+        """Run `fn` on the model between decode steps (constrained classification). A client that disconnects
+        meanwhile cancels it: a job not started yet is dropped and its place in the queue freed at once."""
+        call = asyncio.ensure_future(self.engine.call(fn))
+        watcher = asyncio.create_task(wait_for_disconnect(http_request))
         try:
-            return await self.engine.call(fn)
+            await asyncio.wait({call, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():
+                call.cancel()  # cancels the engine's future too: the model thread skips the job
+                self.metrics.error("cancelled")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+                raise ApiError(499, "cancelled", "the client disconnected")
+            return call.result()
         except Overloaded as err:
             raise ApiError(503, "overloaded", f"the server is at capacity: {err}; retry later",
                            {"Retry-After": RETRY_AFTER_S}) from None
+        finally:
+            for task in (call, watcher):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def complete(self, http_request: Any, handle: RequestHandle) -> Completion:
         return (await self.complete_all(http_request, [handle]))[0]
@@ -57,14 +81,18 @@ class ServerState:
                 await watcher
 
 
-async def cancel_on_disconnect(http_request: Any, handles: list[RequestHandle]) -> None:
+async def wait_for_disconnect(http_request: Any) -> None:
     """The body is read already, so the next ASGI message is the client going away."""
     while True:
         message = await http_request.receive()
         if message["type"] == "http.disconnect":
-            for handle in handles:
-                handle.cancel()
             return
+
+
+async def cancel_on_disconnect(http_request: Any, handles: list[RequestHandle]) -> None:
+    await wait_for_disconnect(http_request)
+    for handle in handles:
+        handle.cancel()
 
 
 def failure_error(err: GenerationFailed) -> ApiError:

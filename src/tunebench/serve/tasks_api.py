@@ -37,6 +37,20 @@ def finetune_prompt(endpoint: Any, text: str, field: str) -> str:
     return prompt.text
 
 
+def checked_prompt(state: ServerState, endpoint: Any, text: str, field: str) -> str:
+    """The run's prompt around `text`, under the same input limit as generation (in the tokenizing thread)."""
+    state.builder.refuse_long_prefix(text, chat=False, field=field)  # before the prompt builder tokenizes it
+    prompt = finetune_prompt(endpoint, text, field)
+    state.builder.encode(prompt, field=field)
+    return prompt
+
+
+def summarize_request(state: ServerState, endpoint: Any, dialogue: str, wanted: int) -> Any:
+    state.builder.refuse_long_prefix(dialogue, chat=False, field="dialogue")
+    prompt = finetune_prompt(endpoint, dialogue, "dialogue")
+    return state.builder.plain(prompt, wanted, endpoint.stop, endpoint.adapter, field="dialogue")
+
+
 def classify_now(state: ServerState, prompt: str, endpoint: Any) -> Any:
     """Runs in the engine's thread, between decode steps."""
     from tunebench.evaluate.classify import constrained_classify
@@ -61,24 +75,22 @@ def router(state: ServerState, dependencies: list[Any]) -> Any:
         endpoint = served.task
         stop = endpoint.stop if endpoint else []
         wanted = body.max_new_tokens or min(PREDICT_TOKENS, state.builder.limits.max_new_tokens)
-        generation = state.builder.plain(body.prompt, wanted, stop, served.default_adapter)
+        generation = await state.build(state.builder.plain, body.prompt, wanted, stop, served.default_adapter)
         completion = await state.complete(request, state.submit(generation))
         return {"prediction": completion.trimmed_text}
 
     @api.post("/classify", summary="Classify a text with a fine-tuned run's labels (constrained decoding)")
-    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         endpoint = task_of(state, "classification", "/classify")
-        prompt = finetune_prompt(endpoint, body.text, "text")
-        state.builder.encode(prompt, field="text")  # the same input limit as generation
-        result = await state.call(lambda: classify_now(state, prompt, endpoint))
+        prompt = await state.build(checked_prompt, state, endpoint, body.text, "text")
+        result = await state.call(request, lambda: classify_now(state, prompt, endpoint))
         return {"label": result.label, "scores": finite(result.scores)}
 
     @api.post("/summarize", summary="Summarize a dialogue with a fine-tuned summarization run")
     async def summarize(body: SummarizeRequest, request: Request) -> dict[str, str]:
         endpoint = task_of(state, "summarization", "/summarize")
-        prompt = finetune_prompt(endpoint, body.dialogue, "dialogue")
         wanted = body.max_new_tokens or min(endpoint.max_new_tokens, state.builder.limits.max_new_tokens)
-        generation = state.builder.plain(prompt, wanted, endpoint.stop, endpoint.adapter, field="dialogue")
+        generation = await state.build(summarize_request, state, endpoint, body.dialogue, wanted)
         completion = await state.complete(request, state.submit(generation))
         return {"summary": completion.trimmed_text.strip()}
 

@@ -43,7 +43,7 @@ def details_json(state: ServerState, p: TgiParameters, completion: Completion, p
 
 
 async def generate_json(state: ServerState, http_request: Any, body: TgiRequest) -> dict[str, Any]:
-    request = state.builder.tgi(body.inputs, body.parameters)
+    request = await state.build(state.builder.tgi, body.inputs, body.parameters)
     completion = await state.complete(http_request, state.submit(request))
     out: dict[str, Any] = {"generated_text": output_text(body.inputs, body.parameters, completion)}
     if body.parameters.details:
@@ -51,8 +51,8 @@ async def generate_json(state: ServerState, http_request: Any, body: TgiRequest)
     return out
 
 
-def stream_response(state: ServerState, body: TgiRequest) -> Any:
-    request = state.builder.tgi(body.inputs, body.parameters)
+async def stream_response(state: ServerState, body: TgiRequest) -> Any:
+    request = await state.build(state.builder.tgi, body.inputs, body.parameters)
     handle = state.submit(request)
     return StreamingResponse(stream_events(body, handle, len(request.prompt_ids)), media_type="text/event-stream",
                              headers=SSE_HEADERS)
@@ -90,12 +90,12 @@ def router(state: ServerState, dependencies: list[Any]) -> Any:
     @api.post("/generate_stream", summary="Generate text as server-sent events (TGI)",
               response_description="text/event-stream of token objects")
     async def generate_stream(body: TgiRequest) -> Any:
-        return stream_response(state, body)
+        return await stream_response(state, body)
 
     @api.post("/", summary="TGI's compatibility route: /generate (as a list) or /generate_stream by `stream`")
     async def compat(body: TgiCompatRequest, request: Request) -> Any:
         if body.stream:
-            return stream_response(state, body)
+            return await stream_response(state, body)
         return [await generate_json(state, request, body)]
 
     return api

@@ -15,6 +15,10 @@ from tunebench.serve.sampling import SamplingParams
 from tunebench.serve.schemas import ChatRequest, CompletionRequest, OpenAISampling, TgiParameters
 
 MAX_STOP_CHARS = 256
+# A text longer than this many characters per allowed token is first judged by a prefix of that size, so a huge
+# prompt costs a bounded tokenization; the margin covers a token split by the cut.
+PREFIX_CHARS_PER_TOKEN = 8
+PREFIX_MARGIN_TOKENS = 16
 # What Hugging Face's clients put in `model` when none is named (huggingface_hub sends "dummy", older "tgi").
 PLACEHOLDER_MODELS = (None, "", "tgi", "dummy")
 
@@ -55,9 +59,9 @@ class RequestBuilder:
     # ------------------------------------------------------------ shared checks
 
     def encode(self, text: str, *, chat: bool = False, truncate: int | None = None, field: str = "inputs") -> list[int]:
-        from tunebench.evaluate.generation import encode
-
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if chat else encode(self.tokenizer, text)
+        if truncate is None:
+            self.refuse_long_prefix(text, chat=chat, field=field)
+        ids = self.tokenize(text, chat=chat)
         if truncate is not None:
             ids = ids[-truncate:]
         if not ids:
@@ -66,6 +70,24 @@ class RequestBuilder:
             raise invalid(f"{field} has {len(ids)} tokens; the limit is {self.limits.max_input_tokens} "
                           "(the server's --max-input-tokens)")
         return ids
+
+    def tokenize(self, text: str, *, chat: bool = False) -> list[int]:
+        from tunebench.evaluate.generation import encode
+
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if chat else encode(self.tokenizer, text)
+
+    def refuse_long_prefix(self, text: str, *, chat: bool, field: str) -> None:
+        """Stop tokenizing once the limit is passed: a text far longer than the limit could need is judged by a
+        prefix, cut at whitespace (where tokens end), whose count is a lower bound of the whole text's."""
+        limit = self.limits.max_input_tokens
+        window = limit * PREFIX_CHARS_PER_TOKEN
+        if len(text) <= window:
+            return
+        cut = max(text.rfind(" ", 0, window), text.rfind("\n", 0, window))
+        head = self.tokenize(text[:cut if cut > window // 2 else window], chat=chat)
+        if len(head) > limit + PREFIX_MARGIN_TOKENS:
+            raise invalid(f"{field} has more than {limit} tokens ({len(head)} in its first {window:,} characters "
+                          f"alone); the limit is {limit} (the server's --max-input-tokens)")
 
     def max_new(self, requested: int | None, prompt_tokens: int, field: str) -> int:
         room = self.limits.context_length - prompt_tokens

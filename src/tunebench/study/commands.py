@@ -107,7 +107,12 @@ def register(app: typer.Typer) -> None:
             return
         selected = select_cells(study.cells, only)
         if dry_run:
+            from tunebench.study.preflight import preflight
+
             print_plan(study, {c.id for c in selected}, console)
+            for note in preflight(selected):
+                console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+            console.print(f"checked: every model and data source of the {len(selected)} cell(s)")
             from tunebench.study.predict import predict_cells, print_prediction
 
             print_prediction(predict_cells(selected, out or default_study_dir(study)), console)

@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,6 +228,10 @@ class Store:
                     conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         except sqlite3.DatabaseError as err:
             conn.close()
+            from tunebench.diskspace import OutOfSpace, is_out_of_space
+
+            if is_out_of_space(err, path):  # a full disk is not a corrupted store
+                raise OutOfSpace(path, None, "results.db keeps its last committed state") from None
             raise corrupt_error(path, str(err)) from None
         except BaseException:
             conn.close()
@@ -248,6 +252,10 @@ class Store:
             store.check()
         except sqlite3.DatabaseError as err:
             conn.close()
+            from tunebench.diskspace import OutOfSpace, is_out_of_space
+
+            if is_out_of_space(err, path):  # a full disk is not a corrupted store
+                raise OutOfSpace(path, None, "results.db keeps its last committed state") from None
             raise corrupt_error(path, str(err)) from None
         except BaseException:
             conn.close()
@@ -302,13 +310,24 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        from tunebench.diskspace import OutOfSpace, is_out_of_space
+
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                with suppress(sqlite3.Error):  # SQLite may have rolled back already (a full disk does)
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if not is_out_of_space(err, self.path):
+                raise
+            with suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise OutOfSpace(self.path, None, "results.db keeps its last committed state",
+                             "run the same command again: finished stages are kept") from None
 
     # ------------------------------------------------------------ the study and its cells
 

@@ -1,4 +1,4 @@
-"""Trainer callbacks: epoch bookkeeping, Ctrl-C, metrics.jsonl and the progress bar."""
+"""Trainer callbacks: epoch bookkeeping, Ctrl-C and SIGTERM, metrics.jsonl and the progress bar."""
 
 from __future__ import annotations
 
@@ -36,34 +36,54 @@ class EpochCallback(TrainerCallback):
 
 
 class InterruptCallback(TrainerCallback):
-    """Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and stops; a second Ctrl-C aborts."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler, a container runtime, a preempted spot instance, torchrun stopping
+    its workers) finishes the current step, writes a checkpoint and stops; a second signal aborts.
+
+    A second signal within `REPEAT_WINDOW_S` of the first counts as the same one: under torchrun a Ctrl-C
+    reaches every worker from the terminal and again from torchrun's agent, milliseconds apart.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_WINDOW_S = 1.0
 
     def __init__(self, accelerator: Any = None) -> None:
         self.accelerator = accelerator
         self.requested = False
+        self.signal_name: str | None = None  # SIGINT or SIGTERM: which one stopped the run
         self.stopped_at: int | None = None
-        self._previous: Any = None
+        self._first_at = 0.0
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame):
+        import time
+
+        from tunebench.train.signals import Terminated
+
         if self.requested:
-            raise KeyboardInterrupt
+            if time.monotonic() - self._first_at < self.REPEAT_WINDOW_S:
+                return
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        self._first_at = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread (e.g. a notebook worker): leave Ctrl-C as it is
-            self._previous = None
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        except ValueError:  # not the main thread (e.g. a notebook worker): leave the signals as they are
+            self._previous = {}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._anyone_requested():
             self.stopped_at = state.global_step
+            self.signal_name = self.signal_name or "SIGTERM"  # another rank was stopped (torchrun)
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}
 
     def _anyone_requested(self) -> bool:
         # Every process must stop at the same step, or the others wait forever at the next collective.
@@ -86,9 +106,18 @@ class MetricsFileCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         record |= {k: logs[k] for k in METRIC_KEYS if k in logs}
+        from tunebench.diskspace import space_guard
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with space_guard(self.path, kept="the checkpoints are intact", then="continue with --resume"), \
+                    self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except Exception:
+            with self.path.open("r+") as f:  # no half line: a resume appends after the last whole one
+                f.truncate(size)
+            raise
 
 
 class ProgressCallback(TrainerCallback):

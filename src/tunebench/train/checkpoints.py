@@ -78,6 +78,7 @@ def check_run_dir(cell: CellConfig, run: RunDir, *, resume: bool, force: bool) -
                         "use --force to delete it and train again, or a different --out")
     if resume:
         if latest is None:
+            changed_since_start(cell, run)
             raise UserError(f"--resume: no checkpoint in {run.checkpoints} to resume from",
                             "start the run without --resume")
         check_same_config(cell, run)
@@ -94,17 +95,67 @@ def clear(run: RunDir) -> None:
         shutil.rmtree(run.train)
 
 
+def config_changes(cell: CellConfig, config_file: Path) -> list[str]:
+    """'key: before -> now' for every training-relevant field that differs from the recorded configuration."""
+    before = flat(yaml.safe_load(config_file.read_text()))
+    now = flat(cell.model_dump(mode="json"))
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            if k.split(".", 1)[0] not in NOT_TRAINING and before.get(k) != now.get(k)]
+
+
 def check_same_config(cell: CellConfig, run: RunDir) -> None:
     if not run.config_file.exists():
         return
-    before = flat(yaml.safe_load(run.config_file.read_text()))
-    now = flat(cell.model_dump(mode="json"))
-    changed = [key for key in sorted(set(before) | set(now))
-               if key.split(".", 1)[0] not in NOT_TRAINING and before.get(key) != now.get(key)]
+    changed = config_changes(cell, run.config_file)
     if changed:
-        lines = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise UserError(f"--resume: the configuration differs from the one {run.path} was started with: {lines}",
-                        "resume with the original settings, or start over with --force")
+        raise UserError(f"--resume: the configuration differs from the one {run.path} was started with: "
+                        f"{'; '.join(changed)}", "resume with the original settings, or start over with --force")
+
+
+def changed_since_start(cell: CellConfig, run: RunDir) -> None:
+    """--resume found nothing here: a config edit gives the cell another id, so its run is a sibling directory.
+    Name the closest one that has a checkpoint and list what changed, instead of only 'no checkpoint'."""
+    candidates = []
+    for other in sorted(run.path.parent.glob("*/resolved-config.yaml")) if run.path.parent.is_dir() else []:
+        sibling = RunDir(other.parent)
+        if sibling.path == run.path or latest_checkpoint(sibling.checkpoints) is None:
+            continue
+        try:
+            changes = config_changes(cell, other)
+        except (OSError, yaml.YAMLError):
+            continue
+        candidates.append((len(changes), sibling.path, changes))
+    if not candidates:
+        return
+    _, path, changes = min(candidates)
+    raise UserError(f"--resume: no checkpoint for this configuration; the closest run with one, {path}, was started "
+                    f"with different settings: {'; '.join(changes)}",
+                    "resume with the original settings (undo the edit or the --set), or start this configuration "
+                    "without --resume")
+
+
+def trim_replayed_metrics(run: RunDir, checkpoint: Path) -> None:
+    """A resume replays the steps after its checkpoint: drop their lines from metrics.jsonl first, so each step
+    appears once (the killed run may have logged steps the resumed one logs again)."""
+    import json
+
+    path = run.train / METRICS
+    if not path.exists():
+        return
+    step = int(checkpoint.name.split("-", 1)[1])
+    lines = path.read_text().splitlines()
+
+    def before_checkpoint(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except ValueError:  # a line torn by a kill
+            return False
+
+    kept = [line for line in lines if line.strip() and before_checkpoint(line)]
+    if len(kept) != len(lines):
+        from tunebench.rundir import write_atomic
+
+        write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
         from tunebench.config.study import load_study, single_cell
         from tunebench.rundir import RunDir
         from tunebench.train.launch import inside_launcher, parse_gpus, relaunch, use_gpus
+        from tunebench.train.signals import EXIT_SIGTERM
 
         study = load_study(study_file, sets)
         cell = single_cell(study, "train")
@@ -35,20 +36,47 @@ def register(app: typer.Typer) -> None:
                 args = ["train", str(study_file), *[a for s in sets for a in ("--set", s)],
                         *(["--out", str(out)] if out else []), *(["--resume"] if resume else []),
                         *(["--force"] if force else [])]
-                raise typer.Exit(relaunch(ids, args))
+                code, terminated = relaunch(ids, args)
+                if terminated:
+                    run = RunDir.for_cell(out or Path("runs") / study.name, cell.id)
+                    stopped(None, "SIGTERM", latest_checkpoint(run), "handed on to every training process")
+                raise typer.Exit(EXIT_SIGTERM if terminated else code)
         run = RunDir.for_cell(out or Path("runs") / study.name, cell.id)
         train_one(cell, run, resume=resume, force=force)
 
 
 def train_one(cell: Any, run: Any, *, resume: bool, force: bool) -> None:
-    from rich.console import Console
-
     from tunebench.train.engine import TrainingInterrupted, train_cell
+    from tunebench.train.signals import Terminated, exit_code, sigterm_as_interrupt
 
     try:
-        train_cell(cell, run, resume=resume, force=force, progress=True)
+        with sigterm_as_interrupt():
+            train_cell(cell, run, resume=resume, force=force, progress=True)
     except TrainingInterrupted as stop:
-        Console(stderr=True).print(f"interrupted: stopped at step {stop.step}, checkpoint written to "
-                                   f"{stop.checkpoint}; continue with the same command and --resume",
-                                   highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        stopped(stop.step, stop.signal_name, stop.checkpoint)
+        raise typer.Exit(exit_code(stop.signal_name)) from None
+    except KeyboardInterrupt as err:  # outside the training loop (loading, the final save): no new checkpoint
+        name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
+        stopped(None, name, latest_checkpoint(run))
+        raise typer.Exit(exit_code(name)) from None
+
+
+def latest_checkpoint(run: Any) -> Any:
+    from tunebench.train.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
+
+
+def stopped(step: int | None, signal_name: str, checkpoint: Any, how: str = "stopped outside a training step") -> None:
+    """What an interrupted run says: which signal, where it stopped, how to go on."""
+    from rich.console import Console
+
+    what = "interrupted" if signal_name == "SIGINT" else "terminated (SIGTERM)"
+    if step is not None:
+        where = f"stopped at step {step}, checkpoint written to {checkpoint}"
+    elif checkpoint is not None:
+        where = f"{how}; the latest checkpoint is {checkpoint}"
+    else:
+        where = f"{how}; no checkpoint was written yet"
+    resume = "continue with the same command and --resume" if checkpoint is not None else "start it again"
+    Console(stderr=True).print(f"{what}: {where}; {resume}", highlight=False, soft_wrap=True)

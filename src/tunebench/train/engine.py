@@ -17,6 +17,7 @@ attention_mask, fused_loss, compile), logging frequency, and skipping checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config.schema import CellConfig
+from tunebench.dirlock import DirLock
+from tunebench.diskspace import space_guard
 from tunebench.errors import UserError
 from tunebench.rundir import RunDir, device_name, write_json
 from tunebench.train import checkpoints as ck
@@ -46,17 +49,40 @@ class RunOptions:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C stopped training after writing a checkpoint; `--resume` continues from it."""
+    """Ctrl-C or SIGTERM stopped training after writing a checkpoint; `--resume` continues from it."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
-        super().__init__(f"training interrupted at step {step}; checkpoint: {checkpoint}")
+    def __init__(self, step: int, checkpoint: Path | None, signal_name: str = "SIGINT") -> None:
+        super().__init__(f"training interrupted ({signal_name}) at step {step}; checkpoint: {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
+        self.signal_name = signal_name
+
+
+class TrainLock(DirLock):
+    """One training process per run directory: a second one would delete the first one's `.partial/` and
+    interleave its steps in metrics.jsonl. Held by the main process (rank 0 under torchrun)."""
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(run.path / ".train.lock")
+
+    def refusal(self, holder: str) -> UserError:
+        return UserError(f"{self.path.parent} is already being trained by another tunebench process (pid {holder})",
+                         f"wait for it to finish, or stop it (kill {holder}: it checkpoints at the next step) "
+                         "and continue with --resume")
 
 
 def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = False, progress: bool = True,
                callbacks: Sequence[Any] = (), options: RunOptions | None = None) -> dict[str, Any]:
     """Train one cell (a CellConfig or a study Cell) into `run`; returns what summary.json holds."""
+    from accelerate import PartialState
+
+    with TrainLock(run) if PartialState().is_main_process else contextlib.nullcontext():
+        return train_locked(cell, run, resume=resume, force=force, progress=progress, callbacks=callbacks,
+                            options=options)
+
+
+def train_locked(cell: Any, run: RunDir, *, resume: bool, force: bool, progress: bool, callbacks: Sequence[Any],
+                 options: RunOptions | None) -> dict[str, Any]:
     from accelerate import PartialState
     from transformers import set_seed
 
@@ -84,6 +110,8 @@ def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = Fa
     if state.is_main_process:
         run.write_config(cfg)
         run.write_provenance(cfg, examples.data_hash, device_name())
+        if checkpoint is not None:
+            ck.trim_replayed_metrics(run, checkpoint)
     set_seed(cfg.training.seed)
     # The model comes first: the token budget (and so the batches) is sized to the memory it leaves.
     fitted = run.train / ck.FITTED
@@ -99,7 +127,8 @@ def train_cell(cell: Any, run: RunDir, *, resume: bool = False, force: bool = Fa
                                        [*report_callbacks, *callbacks], report_to, progress, options)
     output = run_training(trainer, cfg, plan, run, checkpoint)
     if interrupt.stopped_at is not None:
-        raise TrainingInterrupted(interrupt.stopped_at, ck.latest_checkpoint(run.checkpoints))
+        raise TrainingInterrupted(interrupt.stopped_at, ck.latest_checkpoint(run.checkpoints),
+                                  interrupt.signal_name or "SIGINT")
     if inputs.eval_sampler is not None and trainer.last_eval.get("step") != trainer.state.global_step:
         trainer.evaluate()
     weights = save_weights(trainer, run, plan, inputs, state) if options.save else None
@@ -255,9 +284,11 @@ def run_training(trainer: Any, cfg: CellConfig, plan: Plan, run: RunDir, checkpo
         with out_of_memory_is_user_error(cfg, plan), sdpa_kernels(plan.flash_sdpa):
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except DiskFullError as err:
+        from tunebench.diskspace import OutOfSpace
+
         kept = f"the previous checkpoint {err.previous} is intact" if err.previous else "no earlier checkpoint exists"
-        raise UserError(f"disk full while writing {err.checkpoint}; nothing half-written was left, {kept}",
-                        f"free space on the disk of {run.path}, then run again with --resume") from None
+        then = "run again with --resume" if err.previous else "run again"
+        raise OutOfSpace(err.checkpoint, err.needed, kept, then) from None
 
 
 def save_weights(trainer: Any, run: RunDir, plan: Plan, inputs: TrainInputs, state: Any) -> Path:
@@ -269,12 +300,16 @@ def save_weights(trainer: Any, run: RunDir, plan: Plan, inputs: TrainInputs, sta
         model.config.use_cache = True  # inference wants the KV cache back
     if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
-    if state.is_main_process:
-        (staging / "training_args.bin").unlink(missing_ok=True)
-        if inputs.labels:
-            (staging / ck.LABELS).write_text(json.dumps(inputs.labels) + "\n")
-        ck.replace_dir(staging, target)
+    latest = ck.latest_checkpoint(run.checkpoints)
+    kept = f"the last checkpoint {latest} is intact" if latest else ""
+    with space_guard(target, partial=staging if state.is_main_process else None, kept=kept,
+                     then="run the same command with --resume" if latest else "run again"):
+        trainer.save_model(str(staging))
+        if state.is_main_process:
+            (staging / "training_args.bin").unlink(missing_ok=True)
+            if inputs.labels:
+                (staging / ck.LABELS).write_text(json.dumps(inputs.labels) + "\n")
+            ck.replace_dir(staging, target)
     state.wait_for_everyone()
     return target
 

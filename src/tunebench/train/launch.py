@@ -8,7 +8,6 @@ chosen GPUs. NCCL's NVLink multicast stays off unless the environment says other
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from tunebench.errors import UserError
@@ -36,10 +35,13 @@ def inside_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def relaunch(ids: list[str], cli_args: list[str]) -> int:
-    """Run `tunebench <cli_args>` once per GPU under torchrun (ids already made visible); returns its exit code."""
+def relaunch(ids: list[str], cli_args: list[str]) -> tuple[int, bool]:
+    """Run `tunebench <cli_args>` once per GPU under torchrun (ids already made visible); returns its exit code
+    and whether this process was sent SIGTERM (handed on to torchrun, which stops every worker with it)."""
+    from tunebench.train.signals import run_forwarding_sigterm
+
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(ids)}
     env.setdefault("NCCL_NVLS_ENABLE", "0")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}",
                "-m", "tunebench.cli", *cli_args]
-    return subprocess.run(command, env=env, check=False).returncode
+    return run_forwarding_sigterm(command, env)

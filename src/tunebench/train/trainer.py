@@ -12,7 +12,6 @@ What differs from the stock Trainer, and why:
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from tunebench.diskspace import is_out_of_space, size_of
 from tunebench.train.batching import METERING_KEYS
 from tunebench.train.callbacks import EpochCallback
 from tunebench.train.checkpoints import COUNTERS, LABELS, latest_checkpoint, replace_dir, step_checkpoints
@@ -34,10 +34,11 @@ TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_st
 
 
 class DiskFullError(Exception):
-    def __init__(self, checkpoint: Path, previous: Path | None) -> None:
+    def __init__(self, checkpoint: Path, previous: Path | None, needed: int | None = None) -> None:
         super().__init__(f"no space left on the device while writing {checkpoint}")
         self.checkpoint = checkpoint
         self.previous = previous
+        self.needed = needed  # bytes: about the size of a whole checkpoint
 
 
 class TunebenchTrainer(Trainer):
@@ -152,11 +153,13 @@ class TunebenchTrainer(Trainer):
             if self.args.should_save:
                 (staging / name / COUNTERS).write_text(json.dumps(self.meter.state_dict()))
             self.accelerator.wait_for_everyone()
-        except OSError as err:
+        except Exception as err:  # safetensors and torch.save report a full disk without an OSError
+            reached = size_of(staging)
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(root / name, latest_checkpoint(root)) from err
+            if is_out_of_space(err, root):
+                previous = latest_checkpoint(root)
+                raise DiskFullError(root / name, previous, max(reached, size_of(previous)) or None) from err
             raise
         finally:
             self._staging = None
@@ -190,10 +193,10 @@ class TunebenchTrainer(Trainer):
             (staging / EPOCH_FILE).write_text(json.dumps(record, indent=2) + "\n")
             if self.labels:
                 (staging / LABELS).write_text(json.dumps(self.labels) + "\n")
-        except OSError as err:
+        except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(target, checkpoint) from err
+            if is_out_of_space(err, target):
+                raise DiskFullError(target, checkpoint, size_of(checkpoint) or None) from err
             raise
         replace_dir(staging, target)
 
