@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate zero-shot, few-shot or fine-tuned: predictions.jsonl + metrics.json with 95% CIs."""
         from tunebench.evaluate.loading import load_for_eval
-        from tunebench.evaluate.runner import evaluate
+        from tunebench.evaluate.runner import evaluate, text_scorer
         from tunebench.rundir import RunDir
 
         if (run is None) == (model is None):
@@ -108,10 +108,12 @@ def register(app: typer.Typer) -> None:
                    "eval.max_new_tokens": max_new_tokens}
         cell = eval_cell(model=model, run_cfg=run_cfg, adapter=adapter, options=options, sets=sets)
         start = time.perf_counter()
+        scorer = text_scorer(cell)  # a metric that cannot work fails before the model loads
         loaded = load_for_eval(cell, run_dir, adapter)
         trained = training_labels(run_dir, run_cfg, cell, loaded.adapter, loaded.tokenizer)
         target = out or (run_dir.eval_dir(split_name(eval_split(cell)), cell.method) if run_dir else default_out(cell))
-        evaluate(cell, loaded, target, trained_labels=trained, load_seconds=time.perf_counter() - start)
+        evaluate(cell, loaded, target, trained_labels=trained, load_seconds=time.perf_counter() - start,
+                 scorer=scorer)
         Console().print(f"wrote {target}/predictions.jsonl and metrics.json", highlight=False, soft_wrap=True)
 
     @app.command()
