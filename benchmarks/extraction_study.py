@@ -23,9 +23,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/extraction", help="the study's directory")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="passed to tunebench run")
+    parser.add_argument("--only", help="passed to tunebench run (e.g. method=lora); other finished cells still print")
     args = parser.parse_args()
     command = [sys.executable, "-m", "tunebench.cli", "run", str(ROOT / "studies" / "extraction.yaml"),
-               "--out", args.out, *[f"--set={s}" for s in args.sets]]
+               "--out", args.out, *[f"--set={s}" for s in args.sets], *(["--only", args.only] if args.only else [])]
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=sys.stderr)
     if done.returncode != 0:
         return done.returncode
