@@ -43,8 +43,8 @@ def main() -> int:
                         for k, v in doc["metrics"].items()},
             "json_fields": {k: v["accuracy"] for k, v in doc.get("json_fields", {}).items()},
             "prompt_tokens_mean": round(sum(r["prompt_tokens"] for r in rows) / max(1, len(rows)), 1),
-            "eval_wall_s": doc["speed"]["wall_s"], "train_wall_s": summary.get("wall_seconds"),
-            "train_examples": summary.get("examples"),
+            "eval_wall_s": doc["speed"]["wall_s"], "train_wall_s": summary.get("wall_time_s"),
+            "train_examples": summary.get("train_examples"), "train_cost_usd": summary.get("cost_usd"),
         }))
     return 0
 
