@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tunebench.config.search import SearchConfig
 
-Task = Literal["classification", "summarization"]
+Task = Literal["classification", "summarization", "generation"]
 Method = Literal["zero_shot", "few_shot", "lora", "qlora", "full"]
 PROMPT_METHODS = ("zero_shot", "few_shot")
 ADAPTER_METHODS = ("lora", "qlora")
@@ -59,6 +59,9 @@ class DataConfig(Section):
     validation_split: str | None = Field(None, description="taken from the source; else carved from train")
     validation_size: float = Field(0.1, gt=0, lt=1)
     columns: dict[str, str] = Field(default_factory=dict, description="tunebench name -> source column")
+    inputs: list[str] | None = Field(None, min_length=1, description="generation: the input field(s); None: "
+                                     "[input] (builtin:extraction: [message]); the first one is cut to fit")
+    target: str | None = Field(None, description="generation: the target field; None: target (extraction: fields)")
     train_fraction: float | None = Field(None, gt=0, le=1)
     train_count: int | None = Field(None, gt=0)
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
@@ -80,6 +83,8 @@ class PromptConfig(Section):
     chat_template: bool | None = Field(None, description="None: use it when the model preset is instruct")
     context_policy: Literal["truncate", "skip"] = "truncate"
     answer_tokens: int = Field(64, ge=1, description="room left for the answer in the context window")
+    instruction: str | None = Field(None, description="generation: the task, opening the default zero/few-shot "
+                                    "templates; None: 'Write the <target> for the <inputs> below.'")
 
 
 class LoraConfig(Section):
@@ -129,6 +134,15 @@ class EvalConfig(Section):
         "auto", description="generation batching: padded batches (model.generate), tunebench's serving engine "
         "offline (batched), or transformers' continuous batching (continuous, CUDA); auto = batched for a "
         "causal full-attention model on CUDA, padded otherwise")
+    # The generation task's metrics (evaluate/textmetrics.py); the first is the report's headline.
+    metrics: list[str] | None = Field(None, min_length=1, description="generation: exact_match, token_f1, rouge, "
+                                      "bleu, chrf, json, or a user metric 'module:function'; None: exact_match, "
+                                      "token_f1")
+    normalize: list[Literal["case", "whitespace", "punctuation"]] = Field(
+        default_factory=lambda: ["whitespace"], description="exact_match (and JSON string fields): what to ignore")
+    json_schema: str | dict[str, Any] | None = Field(None, description="json: a JSON schema (file path or inline) "
+                                                     "predictions are validated against")
+    stop: list[str] = Field(default_factory=list, description="generation: extra stop sequences")
 
 
 class CostConfig(Section):

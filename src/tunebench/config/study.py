@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunebench.config.schema import CellConfig, Experiment, Section, StudyConfig
+from tunebench.config.tasks import check_cell
 from tunebench.errors import UserError, closest, did_you_mean
 
 # Study-level fields: one value per study, so a sweep over them is meaningless.
@@ -153,6 +154,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any], where: str) -> list[Ce
         for combo in combinations(exp, at):
             values = {**combo, **overrides}
             cfg = validated_with_sets(with_values(base, values), at, overrides).normalized()
+            check_cell(cfg, at)
             cid = cell_id(cfg)
             cells.setdefault(cid, Cell(cid, cfg)).experiments.append(label)
     if not cells:
@@ -331,7 +333,7 @@ def cell_id(cfg: CellConfig) -> str:
     payload = cfg.model_dump(mode="json", exclude=set(NOT_IN_CELL_ID))
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
     model = re.sub(r"[^a-z0-9]+", "-", Path(cfg.model.name).name.lower()).strip("-")[:24]
-    task = {"classification": "cls", "summarization": "sum"}[cfg.data.task]
+    task = {"classification": "cls", "summarization": "sum", "generation": "gen"}[cfg.data.task]
     return f"{model}-{task}-{cfg.method.replace('_', '')}-{digest}"
 
 

@@ -47,7 +47,9 @@ def parse_strip(value: str | None) -> dict[str, bool]:
 def infer_task(source: str, columns: dict[str, str], raw: dict[str, RawSplit]) -> str:
     """The task a source is for: its built-in name, the mapped fields, else the columns it has."""
     if source.startswith("builtin:"):
-        return source.removeprefix("builtin:")
+        from tunebench.data.sources import BUILTIN_TASKS
+
+        return BUILTIN_TASKS.get(source.removeprefix("builtin:"), source.removeprefix("builtin:"))
     if {"dialogue", "summary"} & set(columns):
         return "summarization"
     if {"text", "label"} & set(columns):
@@ -162,7 +164,8 @@ def register(app: typer.Typer) -> None:
     @data_app.command("show")
     def show(
         source: str = typer.Argument(..., help=SOURCE_HELP),
-        task: str | None = typer.Option(None, "--task", help="classification or summarization (default: inferred)"),
+        task: str | None = typer.Option(None, "--task",
+                                        help="classification | summarization | generation (default: inferred)"),
         split: str | None = typer.Option(None, "--split", help="show only this split"),
         limit: int | None = typer.Option(None, "--limit", min=1, help="read at most N rows per split"),
         tokenizer: str = typer.Option("smollm2-135m-instruct", "--tokenizer",

@@ -10,14 +10,15 @@ dropped and counted by reason, never silently; a split left empty is an error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunebench.data.cleaning import clean_input, clean_target, truncate_texts
-from tunebench.data.records import COMMON_FIELDS, Example, LoadReport, TaskData, data_hash, task_fields
+from tunebench.data.records import COMMON_FIELDS, Example, LoadReport, TaskData, data_fields, data_hash
 from tunebench.data.sampling import (
     carve_validation,
     in_source_order,
@@ -57,9 +58,11 @@ class LoadedSource:
         return self.splits[name]
 
 
-def column_mapping(task: str, columns: dict[str, str]) -> dict[str, str]:
+def column_mapping(cfg: DataConfig) -> dict[str, str]:
     """tunebench field -> source column, defaults filled in (each field reads the column of its own name)."""
-    allowed = (*task_fields(task), *COMMON_FIELDS)
+    inputs, target = data_fields(cfg)
+    allowed = (*inputs, target, *COMMON_FIELDS)
+    task, columns = cfg.task, cfg.columns
     for name in columns:
         if name not in allowed:
             raise UserError(f"data.columns: '{name}' is not a field of the {task} task",
@@ -75,7 +78,7 @@ def split_files(cfg: DataConfig, eval_split: str | None) -> tuple[str, ...]:
 
 def read_raw(cfg: DataConfig, eval_split: str | None = None, limit: int | None = None) -> dict[str, RawSplit]:
     """The source's splits as raw rows; `limit` keeps the first rows of each split (for a quick look)."""
-    columns = column_mapping(cfg.task, cfg.columns)
+    columns = column_mapping(cfg)
     return read_source(cfg.source, split_column=columns["split"], split_column_required="split" in cfg.columns,
                        split_files=split_files(cfg, eval_split), limit=limit)
 
@@ -83,7 +86,7 @@ def read_raw(cfg: DataConfig, eval_split: str | None = None, limit: int | None =
 def load_source(cfg: DataConfig, tokenizer: Any = None, *, eval_split: str | None = None, limit: int | None = None,
                 raw: dict[str, RawSplit] | None = None) -> LoadedSource:
     """Every split of `cfg.source` mapped, cleaned and checked (`raw`: splits already read by `read_raw`)."""
-    columns = column_mapping(cfg.task, cfg.columns)
+    columns = column_mapping(cfg)
     raw = raw if raw is not None else read_raw(cfg, eval_split, limit)
     loaded = LoadedSource(cfg.source, cfg.task, {}, None)
     for name, table in raw.items():
@@ -100,9 +103,16 @@ def load_source(cfg: DataConfig, tokenizer: Any = None, *, eval_split: str | Non
 
 def examples_of(table: RawSplit, split: str, columns: dict[str, str], cfg: DataConfig,
                 loaded: LoadedSource) -> list[Example]:
-    input_field, target_field = task_fields(cfg.task)
-    for name in (input_field, target_field) + (("id",) if "id" in cfg.columns else ()):
+    inputs, target_field = data_fields(cfg)
+    input_field = inputs[0]
+    for name in (*inputs, target_field) + (("id",) if "id" in cfg.columns else ()):
         if columns[name] not in table.columns:
+            if cfg.task == "generation" and name not in cfg.columns:
+                role = "data.target" if name == target_field else "data.inputs"
+                present = ", ".join(table.columns) or "none"
+                raise UserError(f"{table.origin}: no column '{name}' (the generation task's "
+                                f"{'target' if name == target_field else 'input'} field, {role})",
+                                f"set {role} to the column(s) to use; columns present: {present}")
             raise missing_column(table, columns[name], name)
     dropped: Counter[str] = Counter()
     examples = [ex for index, row in enumerate(table.rows)
@@ -119,24 +129,36 @@ def examples_of(table: RawSplit, split: str, columns: dict[str, str], cfg: DataC
 def example_of(row: dict[str, Any], default_id: str, columns: dict[str, str], cfg: DataConfig,
                dropped: Counter[str]) -> Example | None:
     """The row as a cleaned example, or None with the reason counted in `dropped`."""
-    input_field, target_field = task_fields(cfg.task)
-    text = field_value(row, columns[input_field], input_field, dropped)
-    target = field_value(row, columns[target_field], target_field, dropped) if text is not None else None
-    if text is None or target is None:
+    inputs, target_field = data_fields(cfg)
+    values: list[str] = []
+    for name in inputs:
+        value = field_value(row, columns[name], name, dropped, json_ok=False)
+        if value is None:
+            return None
+        values.append(clean_input(value, cfg.cleaning))
+    # A generation target may be a JSON object or list in a JSONL file: compared as JSON, kept as its text.
+    target = field_value(row, columns[target_field], target_field, dropped, json_ok=cfg.task == "generation")
+    if target is None:
         return None
-    text, target = clean_input(text, cfg.cleaning), clean_target(target, cfg.cleaning)
-    if not text or not target:
-        dropped[f"empty {input_field if not text else target_field}"] += 1
+    target = clean_target(target, cfg.cleaning)
+    empty = next((name for name, value in zip((*inputs, target_field), (*values, target), strict=True)
+                  if not value), None)
+    if empty is not None:
+        dropped[f"empty {empty}"] += 1
         return None
     row_id = row.get(columns["id"])
-    return Example(str(row_id) if row_id not in (None, "") else default_id, text, target)
+    return Example(str(row_id) if row_id not in (None, "") else default_id, values[0], target,
+                   tuple(zip(inputs[1:], values[1:], strict=True)))
 
 
-def field_value(row: dict[str, Any], column: str, name: str, dropped: Counter[str]) -> str | None:
+def field_value(row: dict[str, Any], column: str, name: str, dropped: Counter[str], *,
+                json_ok: bool = False) -> str | None:
     value = row.get(column)
     if value is None:
         dropped[f"missing {name}"] += 1
         return None
+    if json_ok and isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
     if not isinstance(value, str):
         dropped[f"non-string {name}"] += 1
         return None
@@ -202,7 +224,7 @@ def truncate_inputs(loaded: LoadedSource, tokenizer: Any, max_tokens: int) -> No
         raise ValueError("data.cleaning.max_input_tokens is set: pass the model's tokenizer to count tokens")
     for name, examples in loaded.splits.items():
         texts, cut = truncate_texts(tokenizer, [ex.input for ex in examples], max_tokens)
-        loaded.splits[name] = [Example(ex.id, text, ex.target) for ex, text in zip(examples, texts, strict=True)]
+        loaded.splits[name] = [replace(ex, input=text) for ex, text in zip(examples, texts, strict=True)]
         loaded.truncated_inputs += sum(cut)
 
 

@@ -5,22 +5,42 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 # The tunebench names of a task's two fields (input, target); data.columns maps them to source columns.
 TASK_FIELDS = {"classification": ("text", "label"), "summarization": ("dialogue", "summary")}
 # Fields every task may map besides its own: a row id and, in a single file, the split it belongs to.
 COMMON_FIELDS = ("id", "split")
+# The generation task names its fields in data.inputs / data.target; these are the defaults (per built-in).
+GENERATION_FIELDS = {"": (("input",), "target"), "builtin:extraction": (("message",), "fields")}
 
 
 def task_fields(task: str) -> tuple[str, str]:
     return TASK_FIELDS[task]
 
 
+def fields_of(task: str, inputs: list[str] | None = None, target: str | None = None,
+              source: str = "") -> tuple[tuple[str, ...], str]:
+    """(input fields, target field) of a task; the generation task's come from data.inputs / data.target."""
+    if task != "generation":
+        input_field, target_field = TASK_FIELDS[task]
+        return (input_field,), target_field
+    default_inputs, default_target = GENERATION_FIELDS.get(source, GENERATION_FIELDS[""])
+    return tuple(inputs or default_inputs), target or default_target
+
+
+def data_fields(cfg: Any) -> tuple[tuple[str, ...], str]:
+    """fields_of for a `data:` section."""
+    return fields_of(cfg.task, cfg.inputs, cfg.target, cfg.source)
+
+
 @dataclass(frozen=True)
 class Example:
     id: str
-    input: str  # classification: the text; summarization: the dialogue
-    target: str  # classification: the label; summarization: the reference summary
+    input: str  # classification: the text; summarization: the dialogue; generation: the first input field
+    target: str  # classification: the label; summarization: the reference summary; generation: the target
+    # generation with several input fields: the others, (name, value) in data.inputs order
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -42,7 +62,7 @@ class LoadReport:
 
 @dataclass
 class TaskData:
-    task: str  # "classification" | "summarization"
+    task: str  # "classification" | "summarization" | "generation"
     labels: list[str] | None  # sorted label set from the training split (classification)
     train: list[Example]  # after sampling (nested, stratified)
     validation: list[Example]  # from the source, else carved from train (never overlapping train)
@@ -55,6 +75,8 @@ def data_hash(train: list[Example], validation: list[Example], test: list[Exampl
     digest = hashlib.sha256()
     for name, examples in (("train", train), ("validation", validation), ("test", test)):
         for ex in examples:
-            digest.update(json.dumps([name, ex.id, ex.input, ex.target]).encode())
+            # `extra` only when present, so the hashes of one-input data stay what they were
+            fields = [name, ex.id, ex.input, ex.target] + ([list(map(list, ex.extra))] if ex.extra else [])
+            digest.update(json.dumps(fields).encode())
             digest.update(b"\n")
     return digest.hexdigest()[:16]

@@ -24,7 +24,9 @@ from typing import Any
 from tunebench.errors import UserError, did_you_mean
 
 BUILTIN_PREFIX = "builtin:"
-BUILTINS = ("classification", "summarization")
+BUILTINS = ("classification", "summarization", "extraction")
+# The task each built-in sample is for (extraction: short messages -> their fields as JSON).
+BUILTIN_TASKS = {"classification": "classification", "summarization": "summarization", "extraction": "generation"}
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 DEFAULT_HUB_SOURCES = {"classification": "rungalileo/20_Newsgroups_Fixed", "summarization": "samsum"}
 

@@ -15,7 +15,7 @@ from tunebench.errors import UserError
 from tunebench.evaluate.runner import eval_split, split_name
 
 SET_HELP = "set any cell field, e.g. --set prompt.few_shot_examples=4 (repeatable)"
-TASKS = ("classification", "summarization")
+TASKS = ("classification", "summarization", "generation")
 
 
 def eval_cell(*, model: str | None, run_cfg: CellConfig | None, adapter: Path | None, options: dict[str, Any],
@@ -39,8 +39,11 @@ def task_of(options: dict[str, Any]) -> str:
     task, source = options.get("data.task"), options.get("data.source")
     if task:
         return task
-    if source and source.removeprefix("builtin:") in TASKS and source.startswith("builtin:"):
-        return source.removeprefix("builtin:")
+    if source and source.startswith("builtin:"):
+        from tunebench.data.sources import BUILTIN_TASKS
+
+        if source.removeprefix("builtin:") in BUILTIN_TASKS:
+            return BUILTIN_TASKS[source.removeprefix("builtin:")]
     raise UserError("tunebench eval needs --task when it evaluates a model without --run",
                     f"add --task {' or --task '.join(TASKS)}")
 
@@ -71,7 +74,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Argument(None, help="model preset, hub id or local path (or use --run)"),
         run: Path | None = typer.Option(None, "--run", help="a cell directory: model, adapter, prompts, labels"),
         adapter: Path | None = typer.Option(None, "--adapter", help="a PEFT adapter directory to apply to MODEL"),
-        task: str | None = typer.Option(None, "--task", help="classification | summarization"),
+        task: str | None = typer.Option(None, "--task", help="classification | summarization | generation"),
         data: str | None = typer.Option(None, "--data", help="data source: builtin:<task>, a file or directory, "
                                         "or a hub dataset id"),
         split: str | None = typer.Option(None, "--split", help="the split to evaluate (default data.eval_split)"),
@@ -87,7 +90,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate zero-shot, few-shot or fine-tuned: predictions.jsonl + metrics.json with 95% CIs."""
         from tunebench.evaluate.loading import load_for_eval
-        from tunebench.evaluate.runner import evaluate
+        from tunebench.evaluate.runner import evaluate, text_scorer
         from tunebench.rundir import RunDir
 
         if (run is None) == (model is None):
@@ -105,10 +108,12 @@ def register(app: typer.Typer) -> None:
                    "eval.max_new_tokens": max_new_tokens}
         cell = eval_cell(model=model, run_cfg=run_cfg, adapter=adapter, options=options, sets=sets)
         start = time.perf_counter()
+        scorer = text_scorer(cell)  # a metric that cannot work fails before the model loads
         loaded = load_for_eval(cell, run_dir, adapter)
         trained = training_labels(run_dir, run_cfg, cell, loaded.adapter, loaded.tokenizer)
         target = out or (run_dir.eval_dir(split_name(eval_split(cell)), cell.method) if run_dir else default_out(cell))
-        evaluate(cell, loaded, target, trained_labels=trained, load_seconds=time.perf_counter() - start)
+        evaluate(cell, loaded, target, trained_labels=trained, load_seconds=time.perf_counter() - start,
+                 scorer=scorer)
         Console().print(f"wrote {target}/predictions.jsonl and metrics.json", highlight=False, soft_wrap=True)
 
     @app.command()

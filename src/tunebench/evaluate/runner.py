@@ -31,7 +31,7 @@ from tunebench.evaluate.loading import (
 )
 from tunebench.rundir import RunDir, write_atomic, write_json
 
-DEFAULT_MAX_NEW_TOKENS = {"classification": 8, "summarization": 96}
+DEFAULT_MAX_NEW_TOKENS = {"classification": 8, "summarization": 96, "generation": 64}
 
 
 @dataclass
@@ -60,15 +60,29 @@ def evaluate_cell(cell: CellConfig, run: RunDir, *, limit: int | None = None, pr
 
         return evaluate_endpoint(cell, run, limit=limit, progress=progress)
     start = time.perf_counter()
+    scorer = text_scorer(cell)  # a metric that cannot work fails before the model loads
     loaded = load_for_eval(cell, run)
     trained = recorded_labels(*run_label_places(run, None))
     return evaluate(cell, loaded, run.eval_dir(split_name(eval_split(cell)), cell.method), limit=limit,
-                    progress=progress, trained_labels=trained, load_seconds=time.perf_counter() - start)
+                    progress=progress, trained_labels=trained, load_seconds=time.perf_counter() - start,
+                    scorer=scorer)
+
+
+def text_scorer(cell: CellConfig) -> Any:
+    """The generation task's metrics, checked and resolved (user metrics imported); None for other tasks."""
+    from tunebench.config.tasks import check_cell
+
+    check_cell(cell, "eval")
+    if cell.data.task != "generation":
+        return None
+    from tunebench.evaluate.textmetrics import TextScorer
+
+    return TextScorer(cell.eval)
 
 
 def evaluate(cell: CellConfig, loaded: Loaded, out_dir: Path, *, limit: int | None = None, progress: bool = True,
              trained_labels: list[str] | None = None, load_seconds: float = 0.0, predictor: Callable | None = None,
-             extra: dict[str, Callable[[], Any]] | None = None) -> dict:
+             extra: dict[str, Callable[[], Any]] | None = None, scorer: Any = None) -> dict:
     """Evaluate on the cell's eval split and write predictions.jsonl + metrics.json (+ confusion.png) to out_dir.
 
     `trained_labels` is the label set the model was fine-tuned on (train/labels.json); the data's labels must
@@ -81,6 +95,7 @@ def evaluate(cell: CellConfig, loaded: Loaded, out_dir: Path, *, limit: int | No
     from tunebench.data import load_task_data
     from tunebench.prompts import PromptBuilder
 
+    scorer = scorer or text_scorer(cell)
     data = load_task_data(cell.data, loaded.tokenizer, eval_split=eval_split(cell))
     labels = task_labels(cell, data, trained_labels)
     examples = limited(data.test, cell.eval.limit if limit is None else limit, cell.data.seed, cell.data.task,
@@ -95,10 +110,13 @@ def evaluate(cell: CellConfig, loaded: Loaded, out_dir: Path, *, limit: int | No
     content_free = content_free_prompts(cell, loaded, builder, labels)
     with progress_bar(len(kept), f"eval {cell.method} on {eval_split(cell)}", progress) as advance:
         start = time.perf_counter()
-        outputs, prior = (predictor or predict)(cell, loaded, kept, labels, builder.stops_for(cell.method), advance,
-                                                content_free)
+        stops = [*builder.stops_for(cell.method), *cell.eval.stop]
+        outputs, prior = (predictor or predict)(cell, loaded, kept, labels, stops, advance, content_free)
         wall = time.perf_counter() - start
-    scored = score(cell, outputs, [ex.target for ex, _ in kept], labels)
+    if scorer is not None:
+        scored = score_texts(cell, outputs, [ex for ex, _ in kept], builder.templates.input_fields, scorer)
+    else:
+        scored = score(cell, outputs, [ex.target for ex, _ in kept], labels)
     if cell.data.task == "classification":
         scored.extra["calibration"] = calibration_record(cell, loaded, prior)
     result = metrics_document(cell, loaded, data, prompts, builder, scored, wall, load_seconds)
@@ -186,11 +204,11 @@ def predict(cell: CellConfig, loaded: Loaded, kept: list[tuple[Any, Any]], label
     batch = cell.eval.batch_size
     if loaded.source.kind == "encoder":
         if cell.data.task != "classification":
-            raise UserError(f"{cell.model.name} is an encoder classifier; it cannot summarize",
-                            "evaluate summarization with a causal or seq2seq model")
+            raise UserError(f"{cell.model.name} is an encoder classifier; it cannot do {cell.data.task}",
+                            f"evaluate {cell.data.task} with a causal or seq2seq model")
         return classify.head_classify(model, tok, [ex.input for ex, _ in kept], labels, batch_size=batch,
                                       on_progress=advance), None
-    if cell.data.task == "summarization" or cell.eval.scoring == "generate":
+    if cell.data.task != "classification" or cell.eval.scoring == "generate":
         return generate(model, tok, prompts, max_new_tokens=max_new_tokens(cell), stop=stop, batch_size=batch,
                         engine=cell.eval.engine, on_progress=advance), None
     prior = classify.content_free_prior(model, tok, content_free, prompts, labels) if content_free else None
@@ -218,6 +236,22 @@ def score(cell: CellConfig, outputs: list[Any], refs: list[str], labels: list[st
         add_ranking(scored, [r.label for r in raw], refs, boot, "uncalibrated")
         add_ranking(scored, [r.label_by_mean for r in raw], refs, boot, "length_normalised_uncalibrated")
     return scored
+
+
+def score_texts(cell: CellConfig, outputs: list[Any], examples: list[Any], input_fields: tuple[str, ...],
+                scorer: Any) -> Scored:
+    """The generation task: the chosen metrics on the stripped generated text, each example's scores."""
+    boot = {"resamples": cell.eval.bootstrap, "seed": cell.data.seed}
+    preds = [g.text.strip() for g in outputs]
+    inputs = [{input_fields[0]: ex.input, **dict(ex.extra)} for ex in examples]
+    result = scorer.score([ex.id for ex in examples], preds, [ex.target for ex in examples], inputs, boot)
+    records = [{"raw_output": g.text, "prediction": pred, "score": s, "generated_tokens": g.n_tokens,
+                "finish_reason": g.finish_reason}
+               for g, pred, s in zip(outputs, preds, result.per_example, strict=True)]
+    lengths = [g.n_tokens for g in outputs]
+    extra = {**result.extra, "mean_generated_tokens": sum(lengths) / max(1, len(lengths)),
+             "stopped_by_length": sum(g.finish_reason == "length" for g in outputs)}
+    return Scored(records, result.metrics, extra, sum(lengths))
 
 
 def add_ranking(scored: Scored, preds: list[str | None], refs: list[str], boot: dict[str, int], name: str) -> None:
@@ -313,7 +347,7 @@ def metrics_document(cell: CellConfig, loaded: Loaded, data: Any, prompts: list[
 
 
 def scoring_name(cell: CellConfig, loaded: Loaded) -> str:
-    if cell.data.task == "summarization":
+    if cell.data.task != "classification":
         return "generate"
     return "classifier head" if loaded.source.kind == "encoder" else cell.eval.scoring
 
@@ -341,7 +375,8 @@ def write_outputs(out_dir: Path, examples: list[Any], prompts: list[Any], scored
 
 
 def headline(doc: dict[str, Any]) -> str:
-    names = ["rouge1", "rouge2", "rougeL"] if doc["task"] == "summarization" else ["accuracy", "macro_f1"]
+    names = {"summarization": ["rouge1", "rouge2", "rougeL"], "classification": ["accuracy", "macro_f1"]}.get(
+        doc["task"], list(doc["metrics"])[:4])
     parts = []
     for name in names:
         value, ci = doc["metrics"][name]["value"], doc["metrics"][name]["ci95"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunebench.data.records import Example
 from tunebench.errors import UserError
-from tunebench.prompts.templates import SHOT_SEPARATOR, Templates, render
+from tunebench.prompts.templates import PLACEHOLDER, SHOT_SEPARATOR, Templates, render
 
 if TYPE_CHECKING:
     from tunebench.config.schema import CellConfig, ModelConfig, PromptConfig
@@ -69,14 +69,16 @@ def shot_order(ex: Example) -> str:
 
 class PromptBuilder:
     def __init__(self, cfg: PromptConfig, task: str, tokenizer: Any, *, labels: list[str] | None,
-                 train_examples: list[Example], use_chat_template: bool, context_length: int) -> None:
+                 train_examples: list[Example], use_chat_template: bool, context_length: int,
+                 fields: tuple[tuple[str, ...], str] | None = None) -> None:
+        """`fields`: the generation task's (input fields, target field), from `data_fields(cell.data)`."""
         if task == "classification" and not labels:
             raise ValueError("classification prompts need the label set (TaskData.labels)")
         self.cfg = cfg
         self.task = task
         self.tokenizer = tokenizer
         self.labels = list(labels or [])
-        self.templates = Templates.from_config(cfg, task)
+        self.templates = Templates.from_config(cfg, task, *(fields or (None, None)))
         if use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise UserError("prompt.chat_template is true, but the model's tokenizer has no chat template",
                             "set prompt.chat_template: false, or leave it unset to follow the model preset")
@@ -89,21 +91,27 @@ class PromptBuilder:
                                                  else DEFAULT_DIALOGUE_SHOTS)
         self.shot_pool = self._shot_pool(train_examples)
         self.stop_strings = [FIELD_SEPARATOR] if FIELD_SEPARATOR in self.templates.finetune_prompt else []
+        # A prompted generation answer ends where the next solved example would begin ("\n\nMessage: ```").
+        opening = PLACEHOLDER.split(self.templates.shot, maxsplit=1)[0]
+        self.prompted_stops = [SHOT_SEPARATOR + opening if opening.strip() else SHOT_SEPARATOR]
         self.counts: dict[str, Counter[str]] = {}
 
     @classmethod
     def for_cell(cls, cell: CellConfig, tokenizer: Any, data: TaskData, source: ModelSource) -> PromptBuilder:
+        from tunebench.data.records import data_fields
+
         chat = cell.prompt.chat_template
         if chat is None:
             chat = source.instruct and bool(getattr(tokenizer, "chat_template", None))
         return cls(cell.prompt, data.task, tokenizer, labels=data.labels, train_examples=data.train,
-                   use_chat_template=chat, context_length=context_length_of(source, cell.model, tokenizer))
+                   use_chat_template=chat, context_length=context_length_of(source, cell.model, tokenizer),
+                   fields=data_fields(cell.data))
 
     # ------------------------------------------------------------ the methods
 
     def zero_shot(self, ex: Example) -> Prompt:
         def compose(inputs: list[str]) -> str:
-            return self._wrap(render(self.templates.zero_shot, **self._values(inputs[0])))
+            return self._wrap(render(self.templates.zero_shot, **self._values(inputs[0], ex)))
 
         return self._guarded("zero_shot", ex.id, [ex.input], compose, self.budget, chat=self.use_chat_template)
 
@@ -113,9 +121,10 @@ class PromptBuilder:
 
         def compose(inputs: list[str]) -> str:
             examples = SHOT_SEPARATOR.join(
-                render(self.templates.shot, **dict(zip(shot_fields, (text, shot.target), strict=True)))
+                render(self.templates.shot, **dict(shot.extra),
+                       **dict(zip(shot_fields, (text, shot.target), strict=True)))
                 for shot, text in zip(shots, inputs[1:], strict=True))
-            return self._wrap(render(self.templates.few_shot, **self._values(inputs[0]), examples=examples))
+            return self._wrap(render(self.templates.few_shot, **self._values(inputs[0], ex), examples=examples))
 
         inputs = [ex.input, *(shot.input for shot in shots)]
         return self._guarded("few_shot", ex.id, inputs, compose, self.budget, chat=self.use_chat_template)
@@ -123,7 +132,7 @@ class PromptBuilder:
     def finetune(self, ex: Example) -> Prompt:
         """The fine-tuning format's inference twin: the prompt up to (not including) the answer."""
         self._check_finetune_labels()
-        return self._guarded("finetune", ex.id, [ex.input], self._finetune_prompt, self.budget, chat=False)
+        return self._guarded("finetune", ex.id, [ex.input], self._finetune_compose(ex), self.budget, chat=False)
 
     def finetune_pair(self, ex: Example) -> tuple[str, str]:
         """(prompt, completion) for training; completion is the label or summary, without EOS.
@@ -161,6 +170,8 @@ class PromptBuilder:
         opening backticks after a few-shot answer."""
         if method in FINETUNE_METHODS:
             return list(self.stop_strings)
+        if self.task == "generation":
+            return list(self.prompted_stops)
         return ["```"] if method == "few_shot" else []
 
     def guard_counts(self, method: str | None = None) -> dict[str, int]:
@@ -203,8 +214,8 @@ class PromptBuilder:
     def budget(self) -> int:
         return self.context_length - self.cfg.answer_tokens
 
-    def _values(self, text: str) -> dict[str, str]:
-        values = {self.templates.input_field: text}
+    def _values(self, text: str, ex: Example) -> dict[str, str]:
+        values = {**dict(ex.extra), self.templates.input_field: text}
         if self.task == "classification":
             values["labels"] = ", ".join(self.labels)
         return values
@@ -215,14 +226,20 @@ class PromptBuilder:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                   add_generation_prompt=True)
 
-    def _finetune_prompt(self, inputs: list[str]) -> str:
-        return render(self.templates.finetune_prompt, **{self.templates.input_field: inputs[0]})
+    def _finetune_compose(self, ex: Example) -> Callable[[list[str]], str]:
+        return lambda inputs: render(self.templates.finetune_prompt, **dict(ex.extra),
+                                     **{self.templates.input_field: inputs[0]})
 
     def _pair_prompt(self, ex: Example, policy: str) -> Prompt:
         self._check_finetune_labels()
+        if self.task == "generation" and self.stop_strings and FIELD_SEPARATOR in ex.target:
+            raise UserError(f"example {ex.id}: its {self.templates.target_field} contains '{FIELD_SEPARATOR}', the "
+                            "fine-tuning format's field separator, where generation would stop",
+                            f"fix that example in the data, or give prompt.finetune a template without "
+                            f"'{FIELD_SEPARATOR}'")
         # Room for the completion and the EOS token the trainer appends.
         budget = self.context_length - self.count_tokens(ex.target, special_tokens=False) - 1
-        return self._guarded("finetune_pair", ex.id, [ex.input], self._finetune_prompt, budget, chat=False,
+        return self._guarded("finetune_pair", ex.id, [ex.input], self._finetune_compose(ex), budget, chat=False,
                              policy=policy)
 
     def _check_finetune_labels(self) -> None:

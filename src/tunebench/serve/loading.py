@@ -22,6 +22,7 @@ log = logging.getLogger("tunebench.serve")
 
 FINETUNED = ("lora", "qlora", "full")
 DEFAULT_SUMMARY_TOKENS = 96
+DEFAULT_GENERATION_TOKENS = 64  # evaluation's default for the generation task
 
 
 @dataclass
@@ -247,10 +248,14 @@ def run_task(run: Any, tokenizer: Any, source: Any, adapter: str | None) -> Task
         return None
     task = cell.data.task
     labels = read_labels(run) if task == "classification" else None
+    from tunebench.data.records import data_fields
+
     builder = PromptBuilder(cell.prompt, task, tokenizer, labels=labels, train_examples=[], use_chat_template=False,
-                            context_length=context_length_of(source, cell.model, tokenizer))
-    summary_tokens = cell.eval.max_new_tokens or DEFAULT_SUMMARY_TOKENS
-    return TaskEndpoint(task, labels, builder, builder.stops_for(cell.method), adapter, summary_tokens)
+                            context_length=context_length_of(source, cell.model, tokenizer),
+                            fields=data_fields(cell.data))
+    default_tokens = DEFAULT_GENERATION_TOKENS if task == "generation" else DEFAULT_SUMMARY_TOKENS
+    return TaskEndpoint(task, labels, builder, [*builder.stops_for(cell.method), *cell.eval.stop], adapter,
+                        cell.eval.max_new_tokens or default_tokens)
 
 
 def read_labels(run: Any) -> list[str]:

@@ -136,3 +136,10 @@ class ClassifyRequest(Body):
 class SummarizeRequest(Body):
     dialogue: Text
     max_new_tokens: int | None = Field(None, ge=1)
+
+
+class TaskRequest(Body):
+    """A generation run's input fields by name (its data.inputs), e.g. {"inputs": {"message": "..."}}."""
+
+    inputs: dict[str, Text]
+    max_new_tokens: int | None = Field(None, ge=1)

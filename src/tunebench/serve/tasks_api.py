@@ -1,8 +1,10 @@
-"""The original study's naive route (POST /predict) and a fine-tuned run's task routes (/classify, /summarize).
+"""The original study's naive route (POST /predict) and a fine-tuned run's task routes (/classify, /summarize,
+/task).
 
 /classify runs evaluation's constrained classification (the answer is always one of the run's labels) on
-the run's fine-tuning prompt format; /summarize generates with that format through the engine and stops at
-its field separator, exactly as evaluation does.
+the run's fine-tuning prompt format; /summarize and /task (the generation task: the run's input fields by
+name) generate with that format through the engine and stop at its field separator, exactly as evaluation
+does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from tunebench.serve.schemas import ClassifyRequest, PredictRequest, SummarizeRequest
+from tunebench.serve.schemas import ClassifyRequest, PredictRequest, SummarizeRequest, TaskRequest
 from tunebench.serve.state import ServerState
 from tunebench.serve.validate import ApiError, invalid
 
@@ -28,10 +30,10 @@ def task_of(state: ServerState, task: str, route: str) -> Any:
     return endpoint
 
 
-def finetune_prompt(endpoint: Any, text: str, field: str) -> str:
+def finetune_prompt(endpoint: Any, text: str, field: str, extra: tuple[tuple[str, str], ...] = ()) -> str:
     from tunebench.data import Example
 
-    prompt = endpoint.builder.finetune(Example(id="request", input=text, target=""))
+    prompt = endpoint.builder.finetune(Example(id="request", input=text, target="", extra=extra))
     if prompt.skipped:
         raise invalid(f"{field} does not fit the model's context with the prompt format")
     return prompt.text
@@ -93,5 +95,23 @@ def router(state: ServerState, dependencies: list[Any]) -> Any:
         generation = await state.build(summarize_request, state, endpoint, body.dialogue, wanted)
         completion = await state.complete(request, state.submit(generation))
         return {"summary": completion.trimmed_text.strip()}
+
+    @api.post("/task", summary="Generate a generation run's target from its input fields")
+    async def task(body: TaskRequest, request: Request) -> dict[str, Any]:
+        endpoint = task_of(state, "generation", "/task")
+        names = endpoint.builder.templates.input_fields
+        missing = [name for name in names if name not in body.inputs]
+        unknown = sorted(set(body.inputs) - set(names))
+        if missing or unknown:
+            what = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
+            raise invalid(f"inputs: {what}; this run's input fields are {', '.join(names)}")
+        extra = tuple((name, body.inputs[name]) for name in names[1:])
+        prompt = finetune_prompt(endpoint, body.inputs[names[0]], f"inputs.{names[0]}", extra)
+        wanted = body.max_new_tokens or min(endpoint.max_new_tokens, state.builder.limits.max_new_tokens)
+        generation = state.builder.plain(prompt, wanted, endpoint.stop, endpoint.adapter, field="inputs")
+        completion = await state.complete(request, state.submit(generation))
+        output = completion.trimmed_text.strip()
+        return {"output": output, "target": endpoint.builder.templates.target_field,
+                "finish_reason": completion.finish_reason}
 
     return api

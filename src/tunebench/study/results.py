@@ -19,12 +19,28 @@ FINE_TUNED = ("lora", "qlora", "full")
 METHOD_ORDER = ("zero_shot", "few_shot", "lora", "qlora", "full")
 METHOD_LABEL = {"zero_shot": "zero-shot", "few_shot": "few-shot", "lora": "LoRA", "qlora": "QLoRA",
                 "full": "full fine-tuning"}
-# The headline metric of each task, and the ones shown beside it (the original's Tables 1 and 3).
+# The headline metric of each task, and the ones shown beside it (the original's Tables 1 and 3). The
+# generation task's are the study's eval.metrics, in its order (`task_metrics`).
 PRIMARY = {"classification": "accuracy", "summarization": "rouge1"}
 SECONDARY = {"classification": ["macro_f1"], "summarization": ["rouge2", "rougeL"]}
-METRIC_LABEL = {"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
-                "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
-PERCENT = {"accuracy", "macro_f1"}       # stored as fractions, shown ×100
+SHOWN_BESIDE = 7  # at most this many metrics beside a generation study's headline one
+
+
+class Named(dict):
+    """A label table that shows a name it has no label for (a user metric) as the name itself."""
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+METRIC_LABEL = Named({"accuracy": "accuracy (%)", "macro_f1": "macro-F1 (%)", "rouge1": "ROUGE-1",
+                      "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
+                      "exact_match": "exact match (%)", "token_f1": "token F1 (%)", "bleu": "BLEU", "chrf": "chrF",
+                      "json_field_accuracy": "JSON field accuracy (%)", "json_valid": "valid JSON (%)",
+                      "json_exact": "JSON exact (%)", "json_schema_valid": "schema-valid JSON (%)"})
+# stored as fractions, shown ×100
+PERCENT = {"accuracy", "macro_f1", "exact_match", "token_f1", "json_field_accuracy", "json_valid", "json_exact",
+           "json_schema_valid"}
 
 
 @dataclass
@@ -81,6 +97,22 @@ class CellResult:
 
 
 SEED_FIELDS = ("data.seed", "training.seed")
+
+
+def task_metrics(task: str, cell: CellResult | None) -> list[str]:
+    """A task's metrics as the report shows them, the headline first; a generation study's from its cells'
+    eval.metrics (`cell`: any evaluated cell of the task)."""
+    if task in PRIMARY:
+        return [PRIMARY[task], *SECONDARY[task]]
+    from tunebench.config.schema import EvalConfig
+    from tunebench.config.tasks import metric_outputs
+
+    eval_cfg = EvalConfig.model_validate((cell.params.get("eval") or {}) if cell else {})
+    return metric_outputs(eval_cfg)[:1 + SHOWN_BESIDE]
+
+
+def primary_of(task: str, entry: Entry) -> str:
+    return task_metrics(task, entry.first)[0]
 
 
 @dataclass
@@ -152,6 +184,16 @@ class StudyResults:
     inference: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
     left_out: int = 0     # cells in the store that the study file no longer has
+
+    def metrics(self, task: str) -> list[str]:
+        """The task's headline metric first, then those shown beside it (`task_metrics`)."""
+        return task_metrics(task, next((c for c in self.cells if c.task == task), None))
+
+    def primary(self, task: str) -> str:
+        return self.metrics(task)[0]
+
+    def secondary(self, task: str) -> list[str]:
+        return self.metrics(task)[1:]
 
     def tasks(self) -> list[str]:
         return sorted({c.task for c in self.cells}, key=lambda t: list(PRIMARY).index(t) if t in PRIMARY else 9)

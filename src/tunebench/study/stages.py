@@ -221,7 +221,8 @@ def data_hash(cfg: CellConfig, run: RunDir) -> str | None:
 
 def headline(record: Record) -> str:
     """One line for the console after a stage: its main metrics."""
-    shown = [m for m in record.metrics if m.name in ("accuracy", "rouge1", "rouge2", "train_loss", "eval_loss")]
+    shown = [m for m in record.metrics if m.name in ("accuracy", "rouge1", "rouge2", "exact_match",
+                                                     "json_field_accuracy", "train_loss", "eval_loss")]
     parts = []
     for m in shown:
         ci = f" [{m.ci_low:.3g}, {m.ci_high:.3g}]" if m.ci_low is not None and m.ci_high is not None else ""

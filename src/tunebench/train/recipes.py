@@ -141,7 +141,8 @@ def resolve_plan(cell: CellConfig, kind: str, device: Device, context_length: in
         notes.append("base weights not quantized: the original study's exact setup is method: qlora")
     return Plan(
         recipe=t.recipe, kind=kind, method=cell.method,
-        epochs=t.epochs or (5 if cell.data.task == "classification" else 1),
+        # generation (extraction, QA): short targets and a small sample, nearer classification than summaries
+        epochs=t.epochs or {"classification": 5, "generation": 3}.get(cell.data.task, 1),
         learning_rate=t.learning_rate or (FULL_LEARNING_RATE if cell.method == "full" else LORA_LEARNING_RATE),
         lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         packing=packing, batch_size=rows_per_batch(t.batch_size, packing, original, tokens, max_seq_len),

@@ -24,12 +24,12 @@ from tunebench.study.results import (
     FINE_TUNED,
     METHOD_ORDER,
     METRIC_LABEL,
-    PRIMARY,
     PROMPTING,
     Entry,
     StudyResults,
     Value,
     fmt,
+    primary_of,
 )
 
 # When a study has no load test, the serving cost per token is estimated from the evaluation's measured token
@@ -131,7 +131,7 @@ def interval_text(i: be.Interval | None, unit: str = "") -> str:
 
 def breakeven_table(task: str, model: str, rows: list[BreakEvenRow], price: be.TokenPrice, report: Report,
                     plots_dir: Path) -> None:
-    primary = PRIMARY[task]
+    primary = primary_of(task, rows[0].entry)
     prompting = [r for r in rows if r.method in PROMPTING and r.per_1k is not None]
     table_rows, headline_rows, curves = [], [], {}
     for row in rows:

@@ -8,14 +8,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunebench.study.results import FINE_TUNED, METHOD_LABEL, METHOD_ORDER, PRIMARY, Entry, StudyResults
+from tunebench.study.results import FINE_TUNED, METHOD_LABEL, METHOD_ORDER, Entry, StudyResults, primary_of
 
-INTERVALS = {  # how evaluate.metrics computes each headline metric's interval
-    "accuracy": "Wilson score interval, honest at 0% and 100%",
-    "rouge1": "percentile bootstrap over the examples",
-}
+WILSON = "Wilson score interval, honest at 0% and 100%"
+BOOTSTRAP = "percentile bootstrap over the examples"
+
+
+class Intervals(dict):
+    """How each headline metric's interval is computed; a user metric's as evaluate.textmetrics does it."""
+
+    def __missing__(self, key: str) -> str:
+        return f"{BOOTSTRAP}, Wilson when every value is 0 or 1"
+
+
+INTERVALS = Intervals({  # how evaluate.metrics / evaluate.textmetrics compute each headline metric's interval
+    "accuracy": WILSON, "rouge1": BOOTSTRAP, "exact_match": WILSON, "json_valid": WILSON, "json_exact": WILSON,
+    "json_schema_valid": WILSON, "token_f1": BOOTSTRAP, "json_field_accuracy": BOOTSTRAP,
+    "bleu": f"{BOOTSTRAP}, the corpus score recomputed", "chrf": f"{BOOTSTRAP}, the corpus score recomputed",
+})
 INTERVAL_NOTE = ("Accuracy: Wilson score intervals; macro-F1 and ROUGE: percentile bootstrap over the examples, "
-                 "which collapses to a point when every example scores the same (e.g. macro-F1 at 100%).")
+                 "which collapses to a point when every example scores the same (e.g. macro-F1 at 100%). "
+                 "Generation: exact match and JSON validity Wilson, the others bootstrap (BLEU and chrF: the "
+                 "corpus score recomputed per resample).")
 
 
 # ---------------------------------------------------------------- the document
@@ -97,12 +111,15 @@ def count(n: float | None) -> str:
 
 def headline_entry(entries: list[Entry], task: str) -> tuple[Entry, int] | None:
     """A method's representative: the most training data, then the best primary metric (of k configs)."""
-    scored = [e for e in entries if e.value(PRIMARY[task]) is not None]
+    if not entries:
+        return None
+    primary = primary_of(task, entries[0])
+    scored = [e for e in entries if e.value(primary) is not None]
     if not scored:
         return None
     most = max(e.first.train_size for e in scored)
     largest = [e for e in scored if e.first.train_size == most]
-    best = max(largest, key=lambda e: e.value(PRIMARY[task]).value)  # type: ignore[union-attr]
+    best = max(largest, key=lambda e: e.value(primary).value)  # type: ignore[union-attr]
     return best, len(largest)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tunebench.study import breakeven as be
 from tunebench.study.report.document import Heading, Para, Report, Table, by_model_method, count, label, money
-from tunebench.study.results import FINE_TUNED, METRIC_LABEL, PRIMARY, StudyResults, fmt
+from tunebench.study.results import FINE_TUNED, METRIC_LABEL, StudyResults, fmt
 
 ADAPTER_COUNTS = (1, 2, 4, 8, 16)
 MERGED_LIKE = ("merged", "base")
@@ -86,7 +86,7 @@ def hosted_baselines(results: StudyResults, report: Report) -> None:
                   if model.endswith(" (hosted)") and entry.value("prompt_tokens_mean") is not None]
         tuned = [(model, method, entry) for (model, method), (entry, _) in chosen.items()
                  if method in FINE_TUNED and not model.endswith(" (hosted)")]
-        primary = PRIMARY[task]
+        primary = results.primary(task)
         for model, method, entry in hosted:
             billed = billed_per_1k(entry)
             rows = [[f"{model}, {label(method)}", fmt(entry.value(primary), primary), money(billed), "–", "–"]]

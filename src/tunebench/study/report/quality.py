@@ -27,9 +27,7 @@ from tunebench.study.report.document import (
 from tunebench.study.results import (
     FINE_TUNED,
     METRIC_LABEL,
-    PRIMARY,
     PROMPTING,
-    SECONDARY,
     SEED_FIELDS,
     CellResult,
     Entry,
@@ -47,7 +45,7 @@ def quality_section(results: StudyResults, report: Report, plots_dir: Path) -> N
         if not chosen:
             report.add(Heading(f"{task}", 3), Para("No finished evaluations yet."))
             continue
-        primary = PRIMARY[task]
+        primary = results.primary(task)
         report.add(Heading(f"{task.capitalize()}: zero-shot vs few-shot vs fine-tuned", 3))
         methods = methods_in(chosen)
         rows = [[model] + [fmt(chosen[(model, m)][0].value(primary), primary) if (model, m) in chosen else "–"
@@ -60,9 +58,9 @@ def quality_section(results: StudyResults, report: Report, plots_dir: Path) -> N
                           f"{task}: {METRIC_LABEL[primary]} per model and method, 95% intervals."))
         detail_rows = []
         for (_, method), (entry, of) in chosen.items():
-            values = [fmt(entry.value(name), name) for name in [primary, *SECONDARY[task]]]
+            values = [fmt(entry.value(name), name) for name in [primary, *results.secondary(task)]]
             detail_rows.append([entry.first.model, label(method), *values, config_note(entry, of), entry.ids])
-        report.add(Table(["model", "method", *[METRIC_LABEL[n] for n in [primary, *SECONDARY[task]]], "setting",
+        report.add(Table(["model", "method", *[METRIC_LABEL[n] for n in [primary, *results.secondary(task)]], "setting",
                           "cell"], detail_rows, f"Every metric of each row above. {INTERVAL_NOTE}"))
         sample_efficiency(results, task, report, plots_dir)
         model_comparison(results, task, chosen, report)
@@ -72,7 +70,7 @@ def quality_section(results: StudyResults, report: Report, plots_dir: Path) -> N
 
 def quality_plot(results: StudyResults, task: str, chosen: dict[tuple[str, str], tuple[Entry, int]],
                  methods: list[str], plots_dir: Path) -> Path:
-    primary, scale = PRIMARY[task], scale_of(PRIMARY[task])
+    primary, scale = results.primary(task), scale_of(results.primary(task))
     models = results.models(task)
     series: dict[str, list[tuple[float, float | None, float | None] | None]] = {}
     for method in methods:
@@ -117,7 +115,7 @@ def sample_efficiency(results: StudyResults, task: str, report: Report, plots_di
               if len({e.first.train_size for e in g}) > 1]
     if not curves:
         return
-    primary = PRIMARY[task]
+    primary = results.primary(task)
     report.add(Heading(f"{task.capitalize()}: sample efficiency", 3))
     rows, series = [], []
     for curve in curves:
@@ -157,15 +155,15 @@ def examples_used(cell: CellResult) -> str:
 def prompting_levels(results: StudyResults, task: str, models: set[str]) -> dict[str, float]:
     out = {}
     for (model, method), (entry, _) in by_model_method(results, task).items():
-        value = entry.value(PRIMARY[task])
+        value = entry.value(results.primary(task))
         if model in models and method in PROMPTING and value is not None:
-            out[f"{model} {label(method)}"] = value.value * scale_of(PRIMARY[task])
+            out[f"{model} {label(method)}"] = value.value * scale_of(results.primary(task))
     return out
 
 
 def model_comparison(results: StudyResults, task: str, chosen: dict[tuple[str, str], tuple[Entry, int]],
                      report: Report) -> None:
-    primary = PRIMARY[task]
+    primary = results.primary(task)
     if len({model for model, _ in chosen}) < 2:
         return
     ranked = sorted(chosen.items(), key=lambda kv: -(kv[1][0].value(primary).value))  # type: ignore[union-attr]
@@ -181,7 +179,7 @@ def lora_ablation(results: StudyResults, task: str, report: Report, plots_dir: P
     groups = [g for g in grouped_along(adapters, "lora.r", "lora.alpha", "lora.dropout", "training.epochs")
               if len({(e.first.axes["lora_r"], e.first.axes["lora_alpha"], e.first.axes["lora_dropout"])
                       for e in g}) > 1]
-    primary = PRIMARY[task]
+    primary = results.primary(task)
     for group in groups:
         c = group[0].first
         title = f"{task.capitalize()}: LoRA ablation, {c.model} {label(c.method)}"
@@ -216,7 +214,7 @@ def epochs_curve(results: StudyResults, task: str, report: Report, plots_dir: Pa
               if len({e.first.axes["epochs"] for e in g}) > 1]
     if not curves:
         return
-    primary, scale = PRIMARY[task], scale_of(PRIMARY[task])
+    primary, scale = results.primary(task), scale_of(results.primary(task))
     rows, series = [], []
     for curve in curves:
         c = curve[0].first
