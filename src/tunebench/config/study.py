@@ -154,7 +154,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any], where: str) -> list[Ce
         for combo in combinations(exp, at):
             values = {**combo, **overrides}
             cfg = validated_with_sets(with_values(base, values), at, overrides).normalized()
-            check_cell(cfg, at)
+            checked_with_sets(cfg, at, overrides)
             cid = cell_id(cfg)
             cells.setdefault(cid, Cell(cid, cfg)).experiments.append(label)
     if not cells:
@@ -239,6 +239,8 @@ def validated_with_sets(data: dict[str, Any], at: str, overrides: dict[str, Any]
     except ValidationError as err:
         loc = ".".join(str(p) for p in err.errors()[0]["loc"])
         culprit = next((k for k in overrides if loc == k or loc.startswith(f"{k}.")), None)
+        if not loc and len(overrides) == 1:   # a check across fields (a model validator): the one --set given
+            culprit = next(iter(overrides))
         if culprit is not None:
             where = f"--set {culprit}={set_text(overrides[culprit])}"
         elif overrides:
@@ -246,9 +248,21 @@ def validated_with_sets(data: dict[str, Any], at: str, overrides: dict[str, Any]
         else:
             where = at
         problem, fix = describe(err, CellConfig, where)
-        if culprit is not None and fix.startswith("fix the value of"):
+        if culprit is not None and fix.startswith("fix the value"):
             fix = f"give --set {culprit} a valid value"
         raise UserError(problem, fix) from None
+
+
+def checked_with_sets(cfg: CellConfig, at: str, overrides: dict[str, Any]) -> None:
+    """The task checks (config.tasks), a field set with --set blamed on the flag."""
+    try:
+        check_cell(cfg, at)
+    except UserError as err:
+        culprit = next((k for k in overrides if f"{k} " in err.problem or f"{k}:" in err.problem), None)
+        if culprit is None or not err.problem.startswith(at):
+            raise
+        where = f"--set {culprit}={set_text(overrides[culprit])}"
+        raise UserError(where + err.problem[len(at):], f"{err.fix} (give --set {culprit} a valid value)") from None
 
 
 def set_text(value: Any) -> str:
@@ -270,6 +284,8 @@ def describe(err: ValidationError, model: type[BaseModel], where: str) -> tuple[
         return f"{where}: {path} = {value!r} is not allowed{more}", f"allowed values: {ctx.get('expected')}"
     if kind == "missing":
         return f"{where}: required field '{path}' is missing{more}", f"add '{path}: ...' to the file"
+    if not loc:   # a check across fields: its message names them
+        return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}", "fix the values it names"
     return f"{where}: {path} = {value!r}: {first['msg']}{more}", f"fix the value of '{path}'"
 
 
