@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tunebench import terminal
 from tunebench.errors import UserError
 
 TASKS = ("classification", "summarization")
@@ -226,7 +227,7 @@ def register(app: typer.Typer) -> None:
                                   "bf16, else float32), float32 or bfloat16"),
     ) -> None:
         """Run the demo study on the embedded model (offline), then write and show its four-pillar report."""
-        console = Console()
+        console = terminal.console()
         passive_waiting()
         if examples:
             run_demo(examples, console)

@@ -6,11 +6,11 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from tunebench import terminal
 from tunebench.errors import UserError
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ def register(app: typer.Typer) -> None:
         model_source, tok = early or tokenizer_of(cell.model)
         builder = PromptBuilder.for_cell(cell, tok, data, model_source)
         prompt = builder.for_method(cell.method, (data.test or data.train)[0])  # a tiny source may carve none
-        console = Console()
+        console = terminal.console()
         console.print(splits_table(loaded, names, tok))
         console.print(usage_line(data, cell.data, eval_split))
         if loaded.labels:

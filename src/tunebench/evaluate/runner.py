@@ -338,10 +338,10 @@ def headline(doc: dict[str, Any]) -> str:
 
 
 def print_summary(doc: dict[str, Any]) -> None:
-    from rich.console import Console
+    from tunebench import terminal
 
     s = doc["speed"]
-    Console(stderr=True).print(
+    terminal.console(stderr=True).print(
         f"evaluated {doc['n_evaluated']} of {doc['n_examples']} examples ({doc['n_skipped']} skipped, "
         f"{doc['n_truncated']} truncated) in {s['wall_s']:.1f} s ({s['examples_per_s'] or 0:.2f} ex/s): "
         f"{headline(doc)}", highlight=False, soft_wrap=True)
@@ -353,13 +353,14 @@ def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callab
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunebench import terminal
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
     started = time.perf_counter()
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=terminal.console(stderr=True)) as bar:
         task = bar.add_task(description, total=total, rate="")
 
         def advance(n: int) -> None:

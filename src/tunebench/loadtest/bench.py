@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunebench import terminal
 from tunebench.config.schema import LoadtestConfig
 from tunebench.cost import Price
 from tunebench.errors import UserError
@@ -151,7 +152,7 @@ class BenchPlan:
 
 def bench_engines(plan: BenchPlan, *, console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Load-test each engine in turn on a fresh server; write and return the comparison."""
-    console = console or Console()
+    console = console or terminal.console()
     require_serve_command()
     summaries: dict[str, dict[str, Any]] = {}
     for engine in plan.engines:

@@ -204,12 +204,12 @@ def loadtest(
     model: str | None = typer.Option(None, "--model", help="OpenAI 'model' field; with --api tgi, the "
                                        "adapter to use (TGI's parameters.adapter_id)",
                                        show_default="the first of /v1/models; tgi: the server's default"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout (progress: stderr)"),
     *,
     opts: LoadOptions,
 ) -> None:
     """Open-loop load test of a TGI, OpenAI or naive endpoint: sweep rates, find the max sustainable rate, cost."""
-    from rich.console import Console
-
+    from tunebench import terminal
     from tunebench.loadtest.prompt_sets import DEFAULT_TOKENIZER, load_counter
     from tunebench.loadtest.runner import LoadtestJob, is_loopback, one_line_summary, prepare, run_loadtest
 
@@ -219,8 +219,11 @@ def loadtest(
     out = opts.out_dir("loadtest")
     job = LoadtestJob(url, cfg, opts.prompt_set(cfg, tokenizer), out, counter=load_counter(tokenizer),
                       price=opts.price(is_loopback(url)), api_key=api_key, model=model)
-    summary = run_loadtest(job, progress=not opts.no_progress)
-    Console().print(one_line_summary(summary, out))
+    summary = run_loadtest(job, console=terminal.console(stderr=as_json), progress=not opts.no_progress)
+    if as_json:
+        terminal.print_json(summary)
+        return
+    terminal.console().print(one_line_summary(summary, out))
 
 
 @with_load_options

@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from tunebench import terminal
 from tunebench.config.schema import CellConfig
 from tunebench.cost import resolve_price
 from tunebench.errors import UserError
@@ -52,7 +51,7 @@ def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progres
     plan = BenchPlan(serve_args=[*model_arguments(cell, model_ref), *serve_options(cell)], engines=list(cfg.engines),
                      cfg=cfg, prompts=prompts, out=run.serve, counter=load_counter(cell.model.name, cell.model),
                      price=price, host=cell.serve.host, title=cell.model.name)
-    comparison = bench_engines(plan, console=Console(), progress=progress)
+    comparison = bench_engines(plan, console=terminal.console(), progress=progress)
     engines = {row["engine"]: {**row, "loadtest": str(run.serve / row["loadtest"])} for row in comparison["engines"]}
     return {"engines": engines, "comparison": str(run.serve / "comparison.json"),
             "plots": {name: str(run.serve / file) for name, file in comparison["plots"].items()},

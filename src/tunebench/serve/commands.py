@@ -69,8 +69,7 @@ def register(app: typer.Typer) -> None:
         """Serve a model over HTTP with TGI's and OpenAI's APIs (continuous batching, LoRA adapters, auth)."""
         import logging
 
-        from rich.console import Console
-
+        from tunebench import terminal
         from tunebench.serve.options import ServerOptions
 
         cfg = serve_defaults(run)
@@ -82,7 +81,7 @@ def register(app: typer.Typer) -> None:
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout))
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        console = Console(stderr=True)
+        console = terminal.console(stderr=True)
         if not is_loopback(options.host) and not options.api_key:
             console.print(f"[yellow]warning:[/] listening on {options.host} without an API key: anyone who can "
                           "reach this port can use the model (set --api-key or TUNEBENCH_API_KEY)")
@@ -101,15 +100,14 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("bf16", "--dtype", help="weights written: bf16, fp16 or fp32"),
     ) -> None:
         """Write what vLLM or TGI needs to serve a model (merged, or base + LoRA for vLLM) and the launch command."""
-        from rich.console import Console
-
+        from tunebench import terminal
         from tunebench.serve.export import export_model
 
         if target not in TARGETS:
             raise UserError(f"--target '{target}' is not supported", f"allowed: {', '.join(TARGETS)}")
         opts = model_options(model, run, adapter, merge, random_weights, tokenizer, "auto", "cpu")
         manifest = export_model(opts, target, out, dtype)
-        Console().print(f"exported for {target} to {out}\nlaunch: {manifest['command']}")
+        terminal.console().print(f"exported for {target} to {out}\nlaunch: {manifest['command']}", soft_wrap=True)
 
 
 def check_server_options(options: Any, given: tuple) -> None:

@@ -41,14 +41,13 @@ def register(app: typer.Typer) -> None:
 
 
 def train_one(cell: Any, run: Any, *, resume: bool, force: bool) -> None:
-    from rich.console import Console
-
+    from tunebench import terminal
     from tunebench.train.engine import TrainingInterrupted, train_cell
 
     try:
         train_cell(cell, run, resume=resume, force=force, progress=True)
     except TrainingInterrupted as stop:
-        Console(stderr=True).print(f"interrupted: stopped at step {stop.step}, checkpoint written to "
+        terminal.console(stderr=True).print(f"interrupted: stopped at step {stop.step}, checkpoint written to "
                                    f"{stop.checkpoint}; continue with the same command and --resume",
                                    highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
