@@ -91,7 +91,8 @@ class Sweep:
             records = await self._one_run(rate, phase, rep)
             self._fill_tokens(records)
             self._write_rows(rate, phase, rep, records)
-            repetitions.append(summarize([r for r in records if r.scheduled >= self.cfg.warmup], rate))
+            repetitions.append(summarize([r for r in records if r.scheduled >= self.cfg.warmup], rate,
+                                         window_s=self.cfg.duration, timeout_s=self.cfg.timeout))
         mean, std = aggregate(repetitions)
         result = RateResult(rate, phase, mean, std, repetitions)
         result.reasons = judge(mean, self.slo)
