@@ -3,11 +3,12 @@
 Definitions (all over the measured requests, warm-up excluded):
 - offered_rps: the rate asked for. sent_rps: the rate requests actually left at (the tool's own check).
 - achieved_rps: the requests that completed (a reply came back) between the first send and the last scheduled
-  send plus the timeout, divided by the scheduled send duration. A server that keeps up completes every
-  request it was sent, so achieved equals offered; a saturated one leaves requests to time out, so achieved
-  falls below it. The scheduled send duration is the measured window, or (last - first scheduled send +
-  1/offered) when that is longer: with a constant arrival process n requests take n/offered seconds, so
-  achieved is above offered only when more requests truly arrived (Poisson). It used to be
+  send plus the timeout, divided by the scheduled send duration, or by the span of those completions when
+  that is longer. A server that keeps up completes requests as they were sent, so achieved equals offered;
+  a saturated one completes them at its capacity (over a longer span) or lets them time out, so achieved
+  falls below offered. Both spans are measured as (last - first) + 1/offered, the duration n requests take
+  at the offered rate, and the send span is at least the measured window: with constant arrivals achieved
+  is above offered only when more requests truly arrived (Poisson). It used to be
   (n - 1) / (last end - first end), which came out above offered with few requests (1.24/s at 0.5/s).
 - throughput_rps: successful requests per second over the same duration.
 - latency, TTFT and TPOT statistics are over successful requests, from the scheduled send time; the
@@ -51,12 +52,11 @@ def mean_or_none(values: list[int | float]) -> float | None:
     return float(statistics.fmean(values)) if values else None
 
 
-def send_duration(records: list[Record], offered_rps: float, window_s: float | None) -> float:
-    """The scheduled send duration of a repetition's measured requests (see the module docstring)."""
-    if not records or offered_rps <= 0:
-        return window_s or 0.0
-    times = [r.scheduled for r in records]
-    return max(window_s or 0.0, max(times) - min(times) + 1.0 / offered_rps)
+def span(times: list[float], offered_rps: float) -> float:
+    """How long len(times) events took, counting one interval at the offered rate for the first of them."""
+    if not times or offered_rps <= 0:
+        return 0.0
+    return max(times) - min(times) + 1.0 / offered_rps
 
 
 def summarize(records: list[Record], offered_rps: float, window_s: float | None = None,
@@ -65,10 +65,11 @@ def summarize(records: list[Record], offered_rps: float, window_s: float | None 
     ok = [r for r in records if r.ok]
     n = len(records)
     sent_rps = rate_from_times([r.scheduled + r.lateness for r in records])
-    duration = send_duration(records, offered_rps, window_s)
     deadline = max((r.scheduled for r in records), default=0.0) + timeout_s
     in_time = [r for r in records if r.end <= deadline and r.error != "timeout"]   # NaN end: never came back
     completed = [r for r in in_time if r.status]   # a reply (any status) came back
+    duration = max(window_s or 0.0, span([r.scheduled for r in records], offered_rps),
+                   span([r.end for r in completed], offered_rps))
     achieved = len(completed) / duration if duration > 0 else 0.0
     throughput = sum(1 for r in in_time if r.ok) / duration if duration > 0 else 0.0
     success_ratio = len(ok) / n if n else 0.0
