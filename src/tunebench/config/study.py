@@ -111,7 +111,20 @@ def load_study(path: str | Path, sets: list[str] | None = None, source: str | No
         check_path(key, where="--set")
     study = validated(StudyConfig, raw, where)
     cells = expand(study, overrides, where)
+    local_paths_beside(cells, path.parent)
     return Study(config=study, cells=cells, path=path)
+
+
+def local_paths_beside(cells: list[Cell], base: Path) -> None:
+    """A relative data.source names a file beside the study file, not in the working directory. Resolved
+    after the cell ids are computed, so an id does not depend on where the study directory lies."""
+    from tunebench.data.sources import resolve_local
+
+    for cell in cells:
+        source = resolve_local(cell.config.data.source, base)
+        if source != cell.config.data.source:
+            cell.config = cell.config.model_copy(
+                update={"data": cell.config.data.model_copy(update={"source": source})})
 
 
 # ---------------------------------------------------------------- expansion

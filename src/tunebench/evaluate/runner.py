@@ -287,6 +287,9 @@ def metrics_document(cell: CellConfig, loaded: Loaded, data: Any, prompts: list[
         "truncated_why": (f"input cut so the prompt fits {room} with {cell.prompt.answer_tokens} tokens left for "
                           "the answer (prompt.context_policy=truncate)") if truncated else None,
         "inputs_truncated_by_cleaning": data.report.truncated_inputs,
+        # a single-file source: which rows were carved to evaluate on, so the split can be checked and rebuilt
+        "eval_carved": ({"from": data.report.eval_from, "ids": data.report.eval_ids}
+                        if data.report.eval_from else None),
         "metrics": scored.metrics, **scored.extra,
         "speed": speed(n_evaluated, scored.generated_tokens, wall, load_seconds),
         "bootstrap": {"resamples": cell.eval.bootstrap, "seed": cell.data.seed, "level": 0.95},

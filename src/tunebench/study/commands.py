@@ -122,6 +122,9 @@ def register(app: typer.Typer) -> None:
         console = terminal.console(stderr=as_json)
         study = load_study(study_file, sets)
         selected = select_cells(study.cells, only)
+        from tunebench.data.loader import check_local_sources
+
+        check_local_sources([(c.config.data, c.config.eval.split) for c in selected])
         if dry_run:
             if as_json:
                 terminal.print_json(plan_json(study, {c.id for c in selected}))
