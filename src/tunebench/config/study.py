@@ -226,7 +226,10 @@ def describe(err: ValidationError, model: type[BaseModel], where: str) -> tuple[
     value = first.get("input")
     ctx = first.get("ctx") or {}
     if kind in ("literal_error", "enum"):
-        return f"{where}: {path} = {value!r} is not allowed{more}", f"allowed values: {ctx.get('expected')}"
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        guess = closest(value, allowed) if isinstance(value, str) else None
+        return (f"{where}: {path} = {value!r} is not allowed{more}",
+                (f"did you mean '{guess}'? " if guess else "") + f"allowed values: {ctx.get('expected')}")
     if kind == "missing":
         return f"{where}: required field '{path}' is missing{more}", f"add '{path}: ...' to the file"
     return f"{where}: {path} = {value!r}: {first['msg']}{more}", f"fix the value of '{path}'"
