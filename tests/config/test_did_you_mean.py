@@ -25,7 +25,7 @@ def test_the_closest_key_is_suggested(tmp_path, experiment, guess):
 def test_set_suggests_the_full_dotted_key(tmp_path):
     study = tmp_path / "s.yaml"
     study.write_text("name: s\nexperiments:\n  - method: lora\n")
-    with pytest.raises(UserError, match="unknown field 'training.lr'") as err:
+    with pytest.raises(UserError, match=r"unknown field 'training\.lr'") as err:
         load_study(study, ["training.lr=0.01"])
     assert err.value.fix.startswith("did you mean 'training.learning_rate'?")
 
