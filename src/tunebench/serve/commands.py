@@ -125,9 +125,11 @@ def check_server_options(options: Any, given: tuple) -> None:
 
 def run_server(opts: Any, options: Any, console: Any) -> None:
     from tunebench.serve.app import build_state
-    from tunebench.serve.loading import load_served
+    from tunebench.serve.loading import load_served, read_adapter_config
     from tunebench.serve.server import serve_forever
 
+    for spec in opts.adapters:
+        read_adapter_config(spec)   # a mistyped adapter fails before "loading ...", not after the model
     name = opts.model or str(opts.run)
     console.print(f"loading {name} ...")
     served = load_served(opts)

@@ -117,7 +117,10 @@ def register(app: typer.Typer) -> None:
                                      "stdout; progress goes to stderr"),
     ) -> None:
         """Run a study: train and evaluate every cell, recording results in runs/<study>/results.db."""
+        from tunebench.demo import passive_waiting
         from tunebench.study.select import select_cells
+
+        passive_waiting()   # as `tunebench demo` does: on a busy CPU, spinning OpenMP threads ran ~2.5x slower
 
         console = terminal.console(stderr=as_json)
         study = load_study(study_file, sets)
