@@ -324,6 +324,12 @@ def write_outputs(out_dir: Path, examples: list[Any], prompts: list[Any], scored
         detail = {"raw_output": None, "prediction": None, "score": None} if prompt.skipped else next(records)
         lines.append(json.dumps({**base, **detail}, ensure_ascii=False))
     write_atomic(out_dir / "predictions.jsonl", "\n".join(lines) + "\n")
+    # The prompts as evaluated, one JSON object a line: the study's load test sends each cell these (a few-shot
+    # prompt is several times longer than a fine-tuned model's, and its serving cost follows).
+    evaluated = [json.dumps({"id": ex.id, "prompt": p.text}, ensure_ascii=False)
+                 for ex, p in zip(examples, prompts, strict=True) if not p.skipped]
+    if evaluated:
+        write_atomic(out_dir / "prompts.jsonl", "\n".join(evaluated) + "\n")
     if "confusion" in doc:
         title = f"{doc['model']} {doc['method']} ({doc['scoring']}) on {doc['split']}"
         m.confusion_png(doc["confusion"], out_dir / "confusion.png", title)

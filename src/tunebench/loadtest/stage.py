@@ -33,6 +33,8 @@ def serve_options(cell: CellConfig) -> list[str]:
     options = ["--max-concurrency", str(s.max_concurrency), "--max-queue", str(s.max_queue),
                "--max-input-tokens", str(s.max_input_tokens), "--max-new-tokens", str(s.max_new_tokens),
                "--timeout", f"{s.request_timeout:g}"]
+    if cell.model.dtype != "auto":   # served in the dtype it was evaluated in (the demo picks bf16 on such CPUs)
+        options += ["--dtype", cell.model.dtype]
     return [*options, "--merge"] if s.merge else options
 
 
@@ -43,10 +45,19 @@ def model_arguments(cell: CellConfig, model_ref: str) -> list[str]:
     return [model_ref, "--random-weights"] if cell.model.random_weights else [model_ref]
 
 
+def evaluated_prompts(cell: CellConfig, run: RunDir) -> Any:
+    """The prompts the cell was evaluated on (its eval stage writes them), so each method is load-tested with
+    its own prompt shape: zero-shot instructions, few-shot examples, or the fine-tuned format."""
+    from tunebench.evaluate.runner import split_name
+
+    path = run.eval_dir(split_name(cell.eval.split or cell.data.eval_split), cell.method) / "prompts.jsonl"
+    return read_prompt_file(path) if path.is_file() else None
+
+
 def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progress: bool = True) -> dict[str, Any]:
     """Serve and load-test each engine of the cell; results under run.serve; a dict for the results store."""
     cfg = cell.loadtest
-    prompts = read_prompt_file(Path(cfg.prompts)) if cfg.prompts else builtin_prompts()
+    prompts = read_prompt_file(Path(cfg.prompts)) if cfg.prompts else evaluated_prompts(cell, run) or builtin_prompts()
     price = resolve_price(cell.cost.instance, cell.cost.price_per_hour, local_device())
     plan = BenchPlan(serve_args=[*model_arguments(cell, model_ref), *serve_options(cell)], engines=list(cfg.engines),
                      cfg=cfg, prompts=prompts, out=run.serve, counter=load_counter(cell.model.name, cell.model),

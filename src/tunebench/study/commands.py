@@ -167,6 +167,7 @@ def register(app: typer.Typer) -> None:
                             "e.g. runs/<study-name>")
         path, written = write_report(study_dir, fmt, out)
         if as_json:
-            terminal.print_json({"report": str(path), "headline": headline_json(written)})
+            terminal.print_json({"report": str(path), "verdicts": written.verdicts,
+                                 "headline": headline_json(written)})
             return
         terminal.console().print(f"report: {path}")
