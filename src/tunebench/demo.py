@@ -210,6 +210,8 @@ def run_demo_study(study_file: Path, out: Path | None, console: Console, dtype: 
     html = save_report(report, "html", outcome.study_dir / "report.html")
     for table in report.headline:
         console.print(rich_table(table))
+    for verdict in report.verdicts:   # is fine-tuning better at all, at this n? (the break-even needs it to be)
+        console.print(verdict, highlight=False)
     console.print(f"report: {md} (and {html}, one self-contained page) · demo took "
                   f"{time.perf_counter() - start:.0f} s (CPU {time.process_time() - cpu_start:.0f} s); "
                   "run it again to reuse every finished cell")

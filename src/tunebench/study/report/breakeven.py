@@ -196,7 +196,10 @@ def breakeven_row(results: StudyResults, task: str, model: str, method: str, ent
         return BreakEvenRow(model, method, entry, tokens, be.Interval.exact(measured["usd_per_1k_requests"]),
                             entry.cost("train", "usd"), source)
     per_1k = be.cost_per_1k_requests(tokens, price) if tokens is not None else None
-    return BreakEvenRow(model, method, entry, tokens, per_1k, entry.cost("train", "usd"))
+    tried = any(r["cell_id"] in {c.id for c in entry.cells} for r in results.inference)
+    source = ("tokens × cost per token (its load test sustained none of the rates tried: it costs more)"
+              if tried else "tokens × cost per token")
+    return BreakEvenRow(model, method, entry, tokens, per_1k, entry.cost("train", "usd"), source)
 
 
 def interval_text(i: be.Interval | None, unit: str = "") -> str:
