@@ -5,9 +5,10 @@ Definitions (all over the measured requests, warm-up excluded):
 - achieved_rps: the requests that completed (a reply came back) between the first send and the last scheduled
   send plus the timeout, divided by the scheduled send duration, or by the span of those completions when
   that is longer. A server that keeps up completes requests as they were sent, so achieved equals offered;
-  a saturated one completes them at its capacity (over a longer span) or lets them time out, so achieved
-  falls below offered. Both spans are measured as (last - first) + 1/offered, the duration n requests take
-  at the offered rate, and the send span is at least the measured window: with constant arrivals achieved
+  a saturated one completes them at its capacity (over a span longer than the sends' by more than one send
+  interval: it fell behind by at least a request) or lets them time out, so achieved falls below offered.
+  Both spans are measured as (last - first) + 1/offered, the duration n requests take at the offered rate,
+  and the send span is at least the measured window: with constant arrivals achieved
   is above offered only when more requests truly arrived (Poisson). It used to be
   (n - 1) / (last end - first end), which came out above offered with few requests (1.24/s at 0.5/s).
 - throughput_rps: successful requests per second over the same duration.
@@ -68,8 +69,12 @@ def summarize(records: list[Record], offered_rps: float, window_s: float | None 
     deadline = max((r.scheduled for r in records), default=0.0) + timeout_s
     in_time = [r for r in records if r.end <= deadline and r.error != "timeout"]   # NaN end: never came back
     completed = [r for r in in_time if r.status]   # a reply (any status) came back
-    duration = max(window_s or 0.0, span([r.scheduled for r in records], offered_rps),
-                   span([r.end for r in completed], offered_rps))
+    sending = max(window_s or 0.0, span([r.scheduled for r in records], offered_rps))
+    finishing = span([r.end for r in completed], offered_rps)
+    # Replies spread over more than one send interval longer than the sends: the server fell behind by at least
+    # a request, so it completes them at its capacity. Less is latency jitter (a few slow replies among few
+    # requests), not a queue, and must not pull achieved below offered.
+    duration = finishing if finishing > sending + 1.0 / offered_rps else sending
     achieved = len(completed) / duration if duration > 0 else 0.0
     throughput = sum(1 for r in in_time if r.ok) / duration if duration > 0 else 0.0
     success_ratio = len(ok) / n if n else 0.0
