@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tunebench import terminal
 from tunebench.errors import UserError
 
 TASKS = ("classification", "summarization")
@@ -209,6 +210,8 @@ def run_demo_study(study_file: Path, out: Path | None, console: Console, dtype: 
     html = save_report(report, "html", outcome.study_dir / "report.html")
     for table in report.headline:
         console.print(rich_table(table))
+    for verdict in report.verdicts:   # is fine-tuning better at all, at this n? (the break-even needs it to be)
+        console.print(verdict, highlight=False)
     console.print(f"report: {md} (and {html}, one self-contained page) · demo took "
                   f"{time.perf_counter() - start:.0f} s (CPU {time.process_time() - cpu_start:.0f} s); "
                   "run it again to reuse every finished cell")
@@ -226,7 +229,7 @@ def register(app: typer.Typer) -> None:
                                   "bf16, else float32), float32 or bfloat16"),
     ) -> None:
         """Run the demo study on the embedded model (offline), then write and show its four-pillar report."""
-        console = Console()
+        console = terminal.console()
         passive_waiting()
         if examples:
             run_demo(examples, console)

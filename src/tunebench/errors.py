@@ -22,11 +22,25 @@ class UserError(Exception):
         return self.problem if not self.fix else f"{self.problem}\n  fix: {self.fix}"
 
 
+# Names users bring from other tools (peft, the transformers Trainer) that spelling alone cannot match.
+ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
+           "epoch": "epochs", "num_train_epochs": "epochs", "bs": "batch_size", "steps": "max_steps",
+           "grad_accum": "gradient_accumulation", "gradient_accumulation_steps": "gradient_accumulation",
+           "warmup": "warmup_ratio", "wd": "weight_decay", "scheduler": "lr_scheduler", "targets": "target_modules"}
+
+
 def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
-    """The closest valid spelling of `word`, for 'did you mean' hints."""
+    """The closest valid name for `word`, for 'did you mean' hints: a known alias (`rank` -> `r`), the
+    initials of a snake_case name (`lr` -> `learning_rate`), else the closest spelling (`lorra` -> `lora`)."""
     import difflib
 
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    choices = list(choices)
+    if ALIASES.get(word) in choices:
+        return ALIASES[word]
+    initials = [c for c in choices if len(word) > 1 and "_" in c and "".join(p[:1] for p in c.split("_")) == word]
+    if len(initials) == 1:
+        return initials[0]
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return found[0] if found else None
 
 

@@ -94,9 +94,11 @@ def test_eval_split_may_name_another_file(tmp_path):
 
 
 def test_missing_eval_split_names_the_splits_and_validation_fallback(tmp_path):
+    """A single file gets its 'test' split carved (tests/data/test_data_single_file.py); any other missing
+    name is an error naming the splits there are."""
     path = write_jsonl(tmp_path / "only.jsonl", posts("text", "label") * 2)
-    with pytest.raises(UserError, match="no split 'test' to evaluate on") as err:
-        load_task_data(DataConfig(source=str(path)))
+    with pytest.raises(UserError, match="no split 'tset' to evaluate on") as err:
+        load_task_data(DataConfig(source=str(path), eval_split="tset"))
     assert "validation" in err.value.fix
     data = load_task_data(DataConfig(source=str(path)), eval_split="validation")
     assert data.test == data.validation and data.report.validation_from == "carved from train"

@@ -90,6 +90,10 @@ class FakeLlm:
             else:
                 event = {"choices": [{"text": WORD, "index": 0, "finish_reason": "length" if last else None}]}
             await resp.write(f"data:{json.dumps(event)}\n\n".encode())
+        if tgi and n == 0:  # EOS at once: TGI's one final event carries the special token and the empty text
+            event = {"index": 1, "token": {"id": 0, "text": "</s>", "logprob": -0.1, "special": True},
+                     "generated_text": "", "details": {"finish_reason": "eos_token", "generated_tokens": 0}}
+            await resp.write(f"data:{json.dumps(event)}\n\n".encode())
         if not tgi:
             usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
             await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())

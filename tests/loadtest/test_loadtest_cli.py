@@ -46,6 +46,17 @@ def test_loadtest_writes_json_csv_and_plots(cli, fake_server, tmp_path, tiny_tok
         assert (out / plot).read_bytes().startswith(PNG_MAGIC)
 
 
+def test_loadtest_json_summary_on_stdout(cli, fake_server, tmp_path, tiny_tokenizer_dir):
+    url = fake_server(delay=0.0, tokens=3)
+    result = cli("loadtest", "--url", url, "--api", "tgi", "--rate", "10", "--duration", "0.3s", "--warmup", "0",
+                 "--repeat", "1", "--bisect", "0", "--tokenizer", str(tiny_tokenizer_dir), "--json",
+                 "--out", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)   # nothing else on stdout: the progress lines went to stderr
+    assert summary == json.loads((tmp_path / "out" / "loadtest.json").read_text())
+    assert summary["rates"][0]["offered_rps"] == 10
+
+
 def test_errors_are_counted_per_kind_and_the_run_finishes(cli, fake_server, tmp_path, tiny_tokenizer_dir):
     url = fake_server(delay=0.0, status_every="4:500", bad_json_every=6)
     out = tmp_path / "out"

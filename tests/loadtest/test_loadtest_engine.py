@@ -56,6 +56,47 @@ def test_queueing_counts_from_the_scheduled_time(fake_server):
     assert m["achieved_rps"] == pytest.approx(10, rel=0.15)  # the server's capacity, not the offered rate
 
 
+def test_a_saturated_server_achieves_less_than_offered(fake_server):
+    """Capacity 10/s offered 20/s with a 0.5 s timeout: request k waits about 0.1 + k/20 s, so those from
+    k = 8 on time out; achieved counts the replies that came back, over the 1 s of scheduled sends."""
+    url = fake_server(delay=0.1, capacity=1)
+    records = run_at(url, rate=20, seconds=1, timeout=0.5)
+    m = summarize(records, 20, window_s=1.0, timeout_s=0.5)
+    assert m["error_counts"].get("timeout", 0) >= 10
+    assert 0 < m["achieved_rps"] <= 10.5 < 0.95 * 20   # at most its capacity: the sweep sees it fail
+    assert m["throughput_rps"] == m["achieved_rps"]     # every reply that came back in time was a success
+
+
+def synthetic(scheduled: float, latency: float, status: int = 200, error: str = "") -> Record:
+    rec = Record(0, 0, scheduled)
+    rec.latency, rec.end, rec.status, rec.error, rec.lateness = latency, scheduled + latency, status, error, 0.0
+    return rec
+
+
+def test_achieved_is_never_above_offered_with_few_requests():
+    """0.5/s offered: two requests at 0 s and 2 s; the first took 1.5 s, the second 0.1 s. The old
+    (n - 1) / (last end - first end) said 1/0.6 s = 1.67/s; two requests in 4 s of sends is 0.5/s."""
+    m = summarize([synthetic(0.0, 1.5), synthetic(2.0, 0.1)], 0.5, window_s=3.0, timeout_s=60.0)
+    assert m["achieved_rps"] == pytest.approx(0.5) and m["throughput_rps"] == pytest.approx(0.5)
+    # five requests at 0.5/s, the last reply 0.9 s slower than the first: jitter, not a queue (it kept up)
+    jitter = [synthetic(2.0 * i, 0.5) for i in range(4)] + [synthetic(8.0, 1.4)]
+    assert summarize(jitter, 0.5, window_s=10.0)["achieved_rps"] == pytest.approx(0.5)
+    # a reply after its timeout, and a failed request, are not throughput; an HTTP error still came back
+    m = summarize([synthetic(0.0, 0.1), synthetic(2.0, 0.1, 500, "http_5xx"), synthetic(4.0, 70.0, 0, "timeout")],
+                  0.5, window_s=6.0, timeout_s=60.0)
+    assert m["achieved_rps"] == pytest.approx(2 / 6) and m["throughput_rps"] == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("api", ["tgi", "openai"])
+def test_an_empty_streamed_reply_is_a_success_with_no_tokens(fake_server, api):
+    """The model emitted EOS at once: a correct reply, counted as a success with 0 output tokens."""
+    url = fake_server(delay=0.01, tokens=0)
+    records = run_at(url, rate=10, seconds=0.5, api=api, stream=True)
+    assert all(r.ok and r.output_tokens == 0 and r.ttft is None for r in records), [r.error for r in records]
+    m = summarize(records, 10)
+    assert m["success_ratio"] == 1.0 and m["output_tokens_mean"] == 0
+
+
 def test_errors_and_timeouts_counted_per_kind(fake_server):
     url = fake_server(delay=0.01, status_every="5:500", bad_json_every=7, hang_every=11)
     records = run_at(url, rate=40, seconds=1, timeout=0.5)

@@ -106,6 +106,20 @@ def test_export_tgi_merges_the_adapter(cli, batched, lora_adapters, tiny_llama_d
     assert again.returncode == 2 and "is not empty" in again.stderr
 
 
+def test_export_of_a_run_shows_its_fine_tuning_prompt_format(cls_run, tmp_path):
+    """The README sends the model a request in the format it was trained on, not "Hello"."""
+    from tunebench.serve.export import export_model
+    from tunebench.serve.options import ModelOptions
+
+    out = tmp_path / "vllm-run"
+    manifest = export_model(ModelOptions(run=cls_run, device="cpu"), "vllm", out)
+    example = manifest["prompt_example"]
+    assert example["task"] == "classification" and "###Sentence:" in example["prompt"]
+    readme = (out / "README.md").read_text()
+    assert '"Hello"' not in readme.split("Try it:")[1]
+    assert json.dumps(example["prompt"])[1:-1] in readme and "rattling noise" in readme
+
+
 def test_export_vllm_keeps_adapters_for_lora_serving(lora_adapters, tiny_llama_dir, tmp_path):
     from tunebench.serve.export import export_model
     from tunebench.serve.options import AdapterSpec, ModelOptions

@@ -115,3 +115,13 @@ def test_sample_efficiency_shows_what_each_cell_asked_for_and_used(tmp_path):
     assert "| m | LoRA | train_count 500 | 144 of 500 asked | 90.0 [80.0, 100.0] n=50 |" in text
     assert " 1 of the data" not in text
     assert "Wilson score interval" in text
+
+
+def test_report_json_prints_the_headline_numbers(cli, study_dir):
+    result = cli("report", str(study_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["report"] == str(study_dir / "report.md") and (study_dir / "report.md").exists()
+    assert [t["table"] for t in doc["headline"]][:1] == ["classification: accuracy (%)"], doc
+    quality = doc["headline"][0]
+    assert quality["rows"][0]["model"] == "redpajama-3b" and quality["rows"][0]["few-shot"] == "40.0 [30.0, 50.0] n=50"

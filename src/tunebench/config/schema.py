@@ -58,6 +58,8 @@ class DataConfig(Section):
     eval_split: str = "test"
     validation_split: str | None = Field(None, description="taken from the source; else carved from train")
     validation_size: float = Field(0.1, gt=0, lt=1)
+    eval_size: float = Field(0.2, gt=0, lt=1, description="share of each class carved from train to evaluate "
+                             "on when the source has no 'test' split (a single file)")
     columns: dict[str, str] = Field(default_factory=dict, description="tunebench name -> source column")
     inputs: list[str] | None = Field(None, min_length=1, description="generation: the input field(s); None: "
                                      "[input] (builtin:extraction: [message]); the first one is cut to fit")

@@ -126,6 +126,7 @@ def load_study(path: str | Path, sets: list[str] | None = None, source: str | No
         check_path(key, where="--set")
     study = validated(StudyConfig, raw, where)
     cells = expand(study, overrides, where)
+    local_paths_beside(cells, path.parent)
     if study.search is not None:
         from tunebench.config.search import check_search
 
@@ -137,6 +138,18 @@ def load_study(path: str | Path, sets: list[str] | None = None, source: str | No
             check_field(key, f"{where}: search.parameters")
         check_search(study.search, where, cells[0].config.data.task)
     return Study(config=study, cells=cells, path=path)
+
+
+def local_paths_beside(cells: list[Cell], base: Path) -> None:
+    """A relative data.source names a file beside the study file, not in the working directory. Resolved
+    after the cell ids are computed, so an id does not depend on where the study directory lies."""
+    from tunebench.data.sources import resolve_local
+
+    for cell in cells:
+        source = resolve_local(cell.config.data.source, base)
+        if source != cell.config.data.source:
+            cell.config = cell.config.model_copy(
+                update={"data": cell.config.data.model_copy(update={"source": source})})
 
 
 # ---------------------------------------------------------------- expansion
@@ -281,7 +294,10 @@ def describe(err: ValidationError, model: type[BaseModel], where: str) -> tuple[
     value = first.get("input")
     ctx = first.get("ctx") or {}
     if kind in ("literal_error", "enum"):
-        return f"{where}: {path} = {value!r} is not allowed{more}", f"allowed values: {ctx.get('expected')}"
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        guess = closest(value, allowed) if isinstance(value, str) else None
+        return (f"{where}: {path} = {value!r} is not allowed{more}",
+                (f"did you mean '{guess}'? " if guess else "") + f"allowed values: {ctx.get('expected')}")
     if kind == "missing":
         return f"{where}: required field '{path}' is missing{more}", f"add '{path}: ...' to the file"
     if not loc:   # a check across fields: its message names them

@@ -6,11 +6,11 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from tunebench import terminal
 from tunebench.errors import UserError
 
 if TYPE_CHECKING:
@@ -146,7 +146,8 @@ def usage_line(data: TaskData, cfg: DataConfig, eval_split: str) -> str:
             else f"count {cfg.train_count}" if cfg.train_count is not None else "all")
     used = data.report.used
     return (f"a cell uses (seed {cfg.seed}): train {used['train']} ({size}), validation {used['validation']} "
-            f"({data.report.validation_from}), test {used['test']} (split '{eval_split}'); data hash {data.data_hash}")
+            f"({data.report.validation_from}), test {used['test']} "
+            f"({data.report.eval_from or f'split {eval_split!r}'}); data hash {data.data_hash}")
 
 
 def prompt_panel(prompt: Prompt, method: str) -> Panel:
@@ -181,7 +182,7 @@ def register(app: typer.Typer) -> None:
         sets: list[str] = typer.Option([], "--set", help="set any study field, e.g. --set prompt.few_shot_examples=2"),
     ) -> None:
         """Rows per split, label distribution, token lengths, dropped rows, a few rows and a rendered prompt."""
-        from tunebench.data.loader import load_source, read_raw, task_data
+        from tunebench.data.loader import carves_eval, load_source, read_raw, task_data
         from tunebench.prompts import PromptBuilder
 
         mapping = parse_columns(columns)
@@ -197,12 +198,13 @@ def register(app: typer.Typer) -> None:
         if split is not None:
             loaded.split(split, "--split")  # names the splits there are when it is not one of them
         names = [split] if split else list(loaded.splits)
-        eval_split = cell.data.eval_split if cell.data.eval_split in loaded.splits else "validation"
+        eval_split = (cell.data.eval_split if cell.data.eval_split in loaded.splits
+                      or carves_eval(loaded, cell.data, cell.data.eval_split) else "validation")
         data = task_data(loaded, cell.data, eval_split)
         model_source, tok = early or tokenizer_of(cell.model)
         builder = PromptBuilder.for_cell(cell, tok, data, model_source)
         prompt = builder.for_method(cell.method, (data.test or data.train)[0])  # a tiny source may carve none
-        console = Console()
+        console = terminal.console()
         console.print(splits_table(loaded, names, tok))
         console.print(usage_line(data, cell.data, eval_split))
         if loaded.labels:

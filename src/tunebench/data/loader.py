@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 from tunebench.data.cleaning import clean_input, clean_target, truncate_texts
 from tunebench.data.records import COMMON_FIELDS, Example, LoadReport, TaskData, data_fields, data_hash
 from tunebench.data.sampling import (
+    carve_eval,
     carve_validation,
     in_source_order,
     permuted_strata,
     sample_count,
     sample_fraction,
 )
-from tunebench.data.sources import FILE_SUFFIXES, RawSplit, missing_column, read_source
+from tunebench.data.sources import BUILTIN_PREFIX, FILE_SUFFIXES, RawSplit, is_local, missing_column, read_source
 from tunebench.errors import UserError, did_you_mean
 
 log = logging.getLogger("tunebench.data")
@@ -245,6 +246,11 @@ def task_data(loaded: LoadedSource, cfg: DataConfig, eval_split: str | None = No
     """Validation, the sampled training set and the eval split, from splits already loaded."""
     train_all = loaded.split(cfg.train_split, "data.train_split")
     stratum = (lambda ex: ex.target) if cfg.task == "classification" else (lambda ex: "")
+    eval_name = eval_split or cfg.eval_split
+    carved_eval: list[Example] | None = None
+    if carves_eval(loaded, cfg, eval_name):
+        carved_eval, train_all = carve_eval(train_all, stratum, cfg.seed, cfg.eval_size,
+                                            loaded.origins.get(cfg.train_split, loaded.source))
     strata = permuted_strata(train_all, stratum, cfg.seed)
     validation_name = validation_split_name(loaded, cfg)
     if validation_name is not None:
@@ -255,11 +261,22 @@ def task_data(loaded: LoadedSource, cfg: DataConfig, eval_split: str | None = No
         validation, validation_from = in_source_order(carved, train_all), "carved from train"
     train = in_source_order(sampled(remaining, cfg, carved=len(train_all) - sum(map(len, remaining.values()))),
                             train_all)
-    test = eval_examples(loaded, eval_split or cfg.eval_split, validation_name, validation)
+    test = carved_eval if carved_eval is not None else eval_examples(loaded, eval_name, validation_name,
+                                                                      validation)
     used = {"train": len(train), "validation": len(validation), "test": len(test)}
     report = LoadReport(loaded.source, {name: len(split) for name, split in loaded.splits.items()},
                         dict(loaded.dropped), loaded.truncated_inputs, used, validation_from)
+    if carved_eval is not None:
+        per = "per class, " if cfg.task == "classification" else ""
+        report.eval_from = f"carved from '{cfg.train_split}' ({cfg.eval_size:g} {per}seed {cfg.seed})"
+        report.eval_ids = [ex.id for ex in carved_eval]
     return TaskData(cfg.task, loaded.labels, train, validation, test, report, data_hash(train, validation, test))
+
+
+def carves_eval(loaded: LoadedSource, cfg: DataConfig, eval_name: str) -> bool:
+    """A source without the default 'test' split (a single file) gets one carved from its training split;
+    any other missing name stays an error (a typo must not silently evaluate on carved rows)."""
+    return eval_name == "test" and "test" not in loaded.splits and cfg.train_split != "test"
 
 
 def validation_split_name(loaded: LoadedSource, cfg: DataConfig) -> str | None:
@@ -286,3 +303,21 @@ def eval_examples(loaded: LoadedSource, name: str, validation_name: str | None,
     raise UserError(f"{loaded.source}: no split '{name}' to evaluate on (splits: {', '.join(loaded.splits)})",
                     f"{did_you_mean(name, [*loaded.splits, 'validation'])}; set data.eval_split (or eval.split); "
                     "'validation' evaluates on the validation split carved from train")
+
+
+def check_local_sources(cells: list[tuple[DataConfig, str | None]]) -> None:
+    """Read every local source as its cells will (mapping, cleaning, the carved splits), once per distinct data
+    section, so a file that cannot work fails at `tunebench run --dry-run`, not after the first training run.
+    Hub datasets are read when a cell runs (checking them here would download them)."""
+    seen: set[str] = set()
+    for cfg, eval_split in cells:
+        if not (cfg.source.startswith(BUILTIN_PREFIX) or is_local(cfg.source)):
+            continue
+        key = cfg.model_dump_json() + repr(eval_split)
+        if key in seen:
+            continue
+        seen.add(key)
+        # token truncation needs the model's tokenizer; it never changes which rows a split holds
+        probe = cfg.model_copy(update={"cleaning": cfg.cleaning.model_copy(update={"max_input_tokens": None})})
+        task_data(load_source(probe, eval_split=eval_split), probe, eval_split)
+

@@ -51,12 +51,15 @@ class LoadReport:
     truncated_inputs: int  # inputs cut to cleaning.max_input_tokens (among the rows used)
     used: dict[str, int] = field(default_factory=dict)  # "train" / "validation" / "test" -> rows a cell uses
     validation_from: str = ""  # "source split 'validation'" or "carved from train"
+    eval_from: str = ""  # "" (a split of the source) or how the evaluation rows were carved from train
+    eval_ids: list[str] = field(default_factory=list)  # the carved evaluation rows' ids (recorded in metrics.json)
 
     def summary(self) -> str:
         used = ", ".join(f"{name} {n}" for name, n in self.used.items())
         dropped = sum(self.dropped.values())
         reasons = "; ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items()))
-        return (f"{self.source}: {used} (validation {self.validation_from}); dropped {dropped}"
+        carved = f"; test {self.eval_from}" if self.eval_from else ""
+        return (f"{self.source}: {used} (validation {self.validation_from}{carved}); dropped {dropped}"
                 + (f" ({reasons})" if reasons else "") + f"; truncated inputs {self.truncated_inputs}")
 
 

@@ -42,6 +42,29 @@ def carve_validation(strata: Strata, size: float) -> tuple[list[Example], Strata
     return validation, remaining
 
 
+def carve_eval(examples: list[Example], key: Callable[[Example], str], seed: int, size: float,
+               source: str) -> tuple[list[Example], list[Example]]:
+    """(eval, rest): `size` of every stratum (at least one row; one always stays to train on), from a seeded
+    permutation of its own, so the same source and seed always carve the same evaluation rows."""
+    strata: Strata = {}
+    for ex in examples:
+        strata.setdefault(key(ex), []).append(ex)
+    small = {name: len(members) for name, members in strata.items() if len(members) < 2}
+    if small:
+        which = ", ".join(f"'{name}' ({n} row)" for name, n in sorted(small.items()))
+        raise UserError(f"{source}: too few rows to carve an evaluation split from: class {which}; each class "
+                        "needs at least 2 (one to evaluate on, one to train on)",
+                        "add rows of that class or drop them, or give the evaluation rows yourself: a 'split' "
+                        "column (train/test) or data.eval_split: <file of test rows>")
+    carved: list[Example] = []
+    for name, members in sorted(strata.items()):
+        order = list(members)
+        random.Random(f"tunebench:eval:{seed}:{name}").shuffle(order)
+        carved.extend(order[:min(len(order) - 1, max(1, round(size * len(order))))])
+    chosen = {id(ex) for ex in carved}
+    return in_source_order(carved, examples), [ex for ex in examples if id(ex) not in chosen]
+
+
 def sample_fraction(strata: Strata, fraction: float) -> list[Example]:
     """`fraction` of every stratum (rounded, at least one), so every label stays represented."""
     if not 0 < fraction <= 1:

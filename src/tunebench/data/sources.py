@@ -28,6 +28,7 @@ BUILTINS = ("classification", "summarization", "extraction")
 # The task each built-in sample is for (extraction: short messages -> their fields as JSON).
 BUILTIN_TASKS = {"classification": "classification", "summarization": "summarization", "extraction": "generation"}
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+PATH_SUFFIXES = (*FILE_SUFFIXES, ".json", ".tsv", ".txt")   # what only a file would be called
 DEFAULT_HUB_SOURCES = {"classification": "rungalileo/20_Newsgroups_Fixed", "summarization": "samsum"}
 
 
@@ -45,9 +46,28 @@ def builtin_path(name: str) -> Path:
     return Path(str(resources.files("tunebench.data") / "builtin" / f"{name}.jsonl"))
 
 
-def is_local(source: str) -> bool:
+def is_local(source: str, base: Path | None = None) -> bool:
+    """A path rather than a hub id: it exists, looks like one (./ / ~ or a data-file suffix), or its first
+    component is a local directory (`data/reviews` next to a `data/` folder is not the hub's 'data' user)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return False
     path = Path(source).expanduser()
-    return path.exists() or source.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES
+    if path.exists() or source.startswith((".", "/", "~")) or path.suffix.lower() in PATH_SUFFIXES:
+        return True
+    first = Path(source).parts[0] if Path(source).parts else ""
+    return len(Path(source).parts) > 1 and any((root / first).is_dir() for root in (base or Path.cwd(), Path.cwd()))
+
+
+def resolve_local(source: str, base: Path) -> str:
+    """A relative local source, resolved against `base` (the study file's folder): the file sits beside the
+    study, wherever the command runs. Falls back to the working directory only where that copy exists."""
+    if not is_local(source, base):
+        return source
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = (base / path).resolve()
+    return str(beside if beside.exists() or not path.exists() else path.resolve())
 
 
 def read_source(source: str, *, split_column: str = "split", split_column_required: bool = False,
@@ -70,7 +90,7 @@ def read_source(source: str, *, split_column: str = "split", split_column_requir
 def read_local(path: Path, split_column: str, split_column_required: bool,
                split_files: tuple[str, ...]) -> dict[str, RawSplit]:
     if not path.exists():
-        raise UserError(f"data source not found: {path}",
+        raise UserError(f"data source not found: {path.resolve()}",
                         "give an existing JSONL/CSV/Parquet file or directory, a hub dataset id, or "
                         "builtin:classification / builtin:summarization")
     if path.is_dir():

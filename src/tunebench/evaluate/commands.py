@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
+from tunebench import terminal
 from tunebench.config.schema import ADAPTER_METHODS, CellConfig
 from tunebench.errors import UserError
 from tunebench.evaluate.runner import eval_split, split_name
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
         target = out or (run_dir.eval_dir(split_name(eval_split(cell)), cell.method) if run_dir else default_out(cell))
         evaluate(cell, loaded, target, trained_labels=trained, load_seconds=time.perf_counter() - start,
                  scorer=scorer)
-        Console().print(f"wrote {target}/predictions.jsonl and metrics.json", highlight=False, soft_wrap=True)
+        terminal.console().print(f"wrote {target}/predictions.jsonl and metrics.json", highlight=False, soft_wrap=True)
 
     @app.command()
     def merge(
@@ -133,8 +133,8 @@ def register(app: typer.Typer) -> None:
         if run is not None:
             adapter, base = run_adapter(run)
         record = merge_adapter(adapter, out, base=base, dtype=dtype)
-        Console().print(f"merged {record['adapter']} into {record['base']} ({dtype}) in {record['seconds']:.1f} s: "
-                        f"{out}", highlight=False, soft_wrap=True)
+        terminal.console().print(f"merged {record['adapter']} into {record['base']} ({dtype}) in "
+                                 f"{record['seconds']:.1f} s: {out}", highlight=False, soft_wrap=True)
 
 
 def run_adapter(run: Path) -> tuple[Path, Any]:

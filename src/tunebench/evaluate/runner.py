@@ -332,6 +332,9 @@ def metrics_document(cell: CellConfig, loaded: Loaded, data: Any, prompts: list[
         "truncated_why": (f"input cut so the prompt fits {room} with {cell.prompt.answer_tokens} tokens left for "
                           "the answer (prompt.context_policy=truncate)") if truncated else None,
         "inputs_truncated_by_cleaning": data.report.truncated_inputs,
+        # a single-file source: which rows were carved to evaluate on, so the split can be checked and rebuilt
+        "eval_carved": ({"from": data.report.eval_from, "ids": data.report.eval_ids}
+                        if data.report.eval_from else None),
         "metrics": scored.metrics, **scored.extra,
         "speed": speed(n_evaluated, scored.generated_tokens, wall, load_seconds),
         "bootstrap": {"resamples": cell.eval.bootstrap, "seed": cell.data.seed, "level": 0.95},
@@ -367,6 +370,12 @@ def write_outputs(out_dir: Path, examples: list[Any], prompts: list[Any], scored
         detail = {"raw_output": None, "prediction": None, "score": None} if prompt.skipped else next(records)
         lines.append(json.dumps({**base, **detail}, ensure_ascii=False))
     write_atomic(out_dir / "predictions.jsonl", "\n".join(lines) + "\n")
+    # The prompts as evaluated, one JSON object a line: the study's load test sends each cell these (a few-shot
+    # prompt is several times longer than a fine-tuned model's, and its serving cost follows).
+    evaluated = [json.dumps({"id": ex.id, "prompt": p.text}, ensure_ascii=False)
+                 for ex, p in zip(examples, prompts, strict=True) if not p.skipped]
+    if evaluated:
+        write_atomic(out_dir / "prompts.jsonl", "\n".join(evaluated) + "\n")
     if "confusion" in doc:
         title = f"{doc['model']} {doc['method']} ({doc['scoring']}) on {doc['split']}"
         m.confusion_png(doc["confusion"], out_dir / "confusion.png", title)
@@ -385,10 +394,10 @@ def headline(doc: dict[str, Any]) -> str:
 
 
 def print_summary(doc: dict[str, Any]) -> None:
-    from rich.console import Console
+    from tunebench import terminal
 
     s = doc["speed"]
-    Console(stderr=True).print(
+    terminal.console(stderr=True).print(
         f"evaluated {doc['n_evaluated']} of {doc['n_examples']} examples ({doc['n_skipped']} skipped, "
         f"{doc['n_truncated']} truncated) in {s['wall_s']:.1f} s ({s['examples_per_s'] or 0:.2f} ex/s): "
         f"{headline(doc)}", highlight=False, soft_wrap=True)
@@ -400,13 +409,14 @@ def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callab
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunebench import terminal
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
     started = time.perf_counter()
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=terminal.console(stderr=True)) as bar:
         task = bar.add_task(description, total=total, rate="")
 
         def advance(n: int) -> None:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunebench import terminal
 from tunebench.config.schema import LoadtestConfig
 from tunebench.cost import Price
 from tunebench.errors import UserError
@@ -126,7 +127,7 @@ def own_version() -> str:
 
 def bench_engines(plan: BenchPlan, *, console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Load-test each engine in turn on a fresh server; write and return the comparison."""
-    console = console or Console()
+    console = console or terminal.console()
     if any(e in OWN_ENGINES for e in plan.engines):
         require_serve_command()
     if plan.remote is not None:  # a bad URL fails now, not after the engines' load tests

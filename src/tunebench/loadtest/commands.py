@@ -209,12 +209,12 @@ def loadtest(
                                                   "price)"),
     output_usd_per_1m: float | None = typer.Option(None, "--output-usd-per-1m", help="its price per 1M output "
                                                    "tokens"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout (progress: stderr)"),
     *,
     opts: LoadOptions,
 ) -> None:
     """Open-loop load test of a TGI, OpenAI or naive endpoint: sweep rates, find the max sustainable rate, cost."""
-    from rich.console import Console
-
+    from tunebench import terminal
     from tunebench.loadtest.prompt_sets import DEFAULT_TOKENIZER, load_counter
     from tunebench.loadtest.runner import LoadtestJob, is_loopback, one_line_summary, prepare, run_loadtest
 
@@ -226,8 +226,11 @@ def loadtest(
     job = LoadtestJob(url, cfg, opts.prompt_set(cfg, tokenizer), out, counter=load_counter(tokenizer),
                       price=None if tokens else opts.price(is_loopback(url)), token_prices=tokens, api_key=api_key,
                       model=model)
-    summary = run_loadtest(job, progress=not opts.no_progress)
-    Console().print(one_line_summary(summary, out))
+    summary = run_loadtest(job, console=terminal.console(stderr=as_json), progress=not opts.no_progress)
+    if as_json:
+        terminal.print_json(summary)
+        return
+    terminal.console().print(one_line_summary(summary, out))
 
 
 @with_load_options

@@ -310,6 +310,7 @@ class LoadClient:
         times: list[float] = []
         tokens = 0
         final = Reply()
+        finished = False
         async for raw in resp.content:
             line = raw.strip()
             if not line.startswith(b"data:"):
@@ -321,8 +322,13 @@ class LoadClient:
             if event.reply:
                 final.input_tokens = event.reply.input_tokens or final.input_tokens
                 final.output_tokens = event.reply.output_tokens or final.output_tokens
+            finished = finished or event.done or event.reply is not None
         if not times:
-            raise BadReply("the event stream carried no tokens")
+            if not finished:
+                raise BadReply("the event stream ended with neither tokens nor a final event")
+            # A correct, empty reply (the model emitted EOS at once): a success with 0 tokens and no TTFT.
+            rec.input_tokens, rec.output_tokens = final.input_tokens, final.output_tokens or 0
+            return
         rec.ttft = times[0] - due
         rec.itl = [b - a for a, b in itertools.pairwise(times)]
         rec.input_tokens = final.input_tokens

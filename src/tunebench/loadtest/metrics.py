@@ -2,10 +2,16 @@
 
 Definitions (all over the measured requests, warm-up excluded):
 - offered_rps: the rate asked for. sent_rps: the rate requests actually left at (the tool's own check).
-- achieved_rps: the rate requests *completed* at, (n - 1) / (last end - first end). A server that keeps up
-  completes requests as fast as they arrive; a saturated one completes them at its capacity, so achieved
-  falls below offered while its queue grows.
-- throughput_rps: successful requests per second, achieved_rps × success_ratio.
+- achieved_rps: the requests that completed (a reply came back) between the first send and the last scheduled
+  send plus the timeout, divided by the scheduled send duration, or by the span of those completions when
+  that is longer. A server that keeps up completes requests as they were sent, so achieved equals offered;
+  a saturated one completes them at its capacity (over a span longer than the sends' by more than one send
+  interval: it fell behind by at least a request) or lets them time out, so achieved falls below offered.
+  Both spans are measured as (last - first) + 1/offered, the duration n requests take at the offered rate,
+  and the send span is at least the measured window: with constant arrivals achieved
+  is above offered only when more requests truly arrived (Poisson). It used to be
+  (n - 1) / (last end - first end), which came out above offered with few requests (1.24/s at 0.5/s).
+- throughput_rps: successful requests per second over the same duration.
 - latency, TTFT and TPOT statistics are over successful requests, from the scheduled send time; the
   inter-token latency pools every gap between consecutive streamed tokens.
 """
@@ -47,14 +53,30 @@ def mean_or_none(values: list[int | float]) -> float | None:
     return float(statistics.fmean(values)) if values else None
 
 
-def summarize(records: list[Record], offered_rps: float) -> dict[str, Any]:
-    """Metrics of one repetition at one rate."""
+def span(times: list[float], offered_rps: float) -> float:
+    """How long len(times) events took, counting one interval at the offered rate for the first of them."""
+    if not times or offered_rps <= 0:
+        return 0.0
+    return max(times) - min(times) + 1.0 / offered_rps
+
+
+def summarize(records: list[Record], offered_rps: float, window_s: float | None = None,
+              timeout_s: float = math.inf) -> dict[str, Any]:
+    """Metrics of one repetition at one rate; `window_s`: the measured window, `timeout_s`: the request timeout."""
     ok = [r for r in records if r.ok]
     n = len(records)
     sent_rps = rate_from_times([r.scheduled + r.lateness for r in records])
-    achieved = rate_from_times([r.end for r in records])
-    if achieved is None and ok:  # a single completion has no span: it kept up if it took under 1/offered
-        achieved = min(offered_rps, 1.0 / max(max(r.latency for r in ok), 1e-9))
+    deadline = max((r.scheduled for r in records), default=0.0) + timeout_s
+    in_time = [r for r in records if r.end <= deadline and r.error != "timeout"]   # NaN end: never came back
+    completed = [r for r in in_time if r.status]   # a reply (any status) came back
+    sending = max(window_s or 0.0, span([r.scheduled for r in records], offered_rps))
+    finishing = span([r.end for r in completed], offered_rps)
+    # Replies spread over more than one send interval longer than the sends: the server fell behind by at least
+    # a request, so it completes them at its capacity. Less is latency jitter (a few slow replies among few
+    # requests), not a queue, and must not pull achieved below offered.
+    duration = finishing if finishing > sending + 1.0 / offered_rps else sending
+    achieved = len(completed) / duration if duration > 0 else 0.0
+    throughput = sum(1 for r in in_time if r.ok) / duration if duration > 0 else 0.0
     success_ratio = len(ok) / n if n else 0.0
     in_tokens = [r.input_tokens for r in ok if r.input_tokens is not None]
     out_tokens = [r.output_tokens for r in ok if r.output_tokens is not None]
@@ -62,8 +84,8 @@ def summarize(records: list[Record], offered_rps: float) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "offered_rps": offered_rps,
         "sent_rps": sent_rps,
-        "achieved_rps": achieved or 0.0,
-        "throughput_rps": (achieved or 0.0) * success_ratio,
+        "achieved_rps": achieved,
+        "throughput_rps": throughput,
         "requests": n,
         "successes": len(ok),
         "success_ratio": success_ratio,

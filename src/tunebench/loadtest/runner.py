@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tunebench import terminal
 from tunebench.config.schema import LoadtestConfig
 from tunebench.cost import Price
 from tunebench.errors import UserError
@@ -90,7 +91,8 @@ class Sweep:
             records = await self._one_run(rate, phase, rep)
             self._fill_tokens(records)
             self._write_rows(rate, phase, rep, records)
-            repetitions.append(summarize([r for r in records if r.scheduled >= self.cfg.warmup], rate))
+            repetitions.append(summarize([r for r in records if r.scheduled >= self.cfg.warmup], rate,
+                                         window_s=self.cfg.duration, timeout_s=self.cfg.timeout))
         mean, std = aggregate(repetitions)
         result = RateResult(rate, phase, mean, std, repetitions)
         result.reasons = judge(mean, self.slo)
@@ -188,7 +190,7 @@ def prepare(url: str, cfg: LoadtestConfig, api_key: str | None = None,
 
 def run_loadtest(job: LoadtestJob, *, console: Console | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the whole load test and write its files under job.out; return what loadtest.json holds."""
-    console = console or Console()
+    console = console or terminal.console()
     target, slo, rates = prepare(job.url, job.cfg, job.api_key, job.model)
     prompts = list(job.prompts.texts)
     random.Random(job.cfg.seed).shuffle(prompts)

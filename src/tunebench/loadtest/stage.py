@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from tunebench import terminal
 from tunebench.config.schema import ADAPTER_METHODS, CellConfig
 from tunebench.cost import resolve_price
 from tunebench.errors import UserError
@@ -36,6 +35,8 @@ def serve_options(cell: CellConfig) -> list[str]:
     options = ["--max-concurrency", str(s.max_concurrency), "--max-queue", str(s.max_queue),
                "--max-input-tokens", str(s.max_input_tokens), "--max-new-tokens", str(s.max_new_tokens),
                "--timeout", f"{s.request_timeout:g}"]
+    if cell.model.dtype != "auto":   # served in the dtype it was evaluated in (the demo picks bf16 on such CPUs)
+        options += ["--dtype", cell.model.dtype]
     return [*options, "--merge"] if s.merge else options
 
 
@@ -64,6 +65,15 @@ def export_options(cell: CellConfig, model_ref: str) -> Any:
     return ModelOptions(model=model_ref, random_weights=cell.model.random_weights)
 
 
+def evaluated_prompts(cell: CellConfig, run: RunDir) -> Any:
+    """The prompts the cell was evaluated on (its eval stage writes them), so each method is load-tested with
+    its own prompt shape: zero-shot instructions, few-shot examples, or the fine-tuned format."""
+    from tunebench.evaluate.runner import split_name
+
+    path = run.eval_dir(split_name(cell.eval.split or cell.data.eval_split), cell.method) / "prompts.jsonl"
+    return read_prompt_file(path) if path.is_file() else None
+
+
 def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progress: bool = True) -> dict[str, Any]:
     """Serve and load-test each engine of the cell; results under run.serve; a dict for the results store."""
     cfg = cell.loadtest
@@ -74,7 +84,7 @@ def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progres
                                      "url_api_key_env": m.endpoint_api_key_env, "url_price_per_hour": None,
                                      "url_input_usd_per_1m": m.endpoint_input_usd_per_1m,
                                      "url_output_usd_per_1m": m.endpoint_output_usd_per_1m})
-    prompts = read_prompt_file(Path(cfg.prompts)) if cfg.prompts else builtin_prompts()
+    prompts = read_prompt_file(Path(cfg.prompts)) if cfg.prompts else evaluated_prompts(cell, run) or builtin_prompts()
     price = resolve_price(cell.cost.instance, cell.cost.price_per_hour, local_device())
     plan = BenchPlan(serve_args=[*model_arguments(cell, model_ref), *serve_options(cell)], engines=list(cfg.engines),
                      cfg=cfg, prompts=prompts, out=run.serve, counter=load_counter(cell.model.name, cell.model),
@@ -85,7 +95,7 @@ def run_serve_loadtest(cell: CellConfig, run: RunDir, model_ref: str, *, progres
         plan.external = launcher_for(cell.serve, cell.model.dtype, export_options(cell, model_ref),
                                      run.serve / "export")
         plan.startup_timeout = cell.serve.startup_timeout
-    comparison = bench_engines(plan, console=Console(), progress=progress)
+    comparison = bench_engines(plan, console=terminal.console(), progress=progress)
     engines = {row["engine"]: {**row, "loadtest": str(run.serve / row["loadtest"])} for row in comparison["engines"]}
     return {"engines": engines, "comparison": str(run.serve / "comparison.json"),
             "plots": {name: str(run.serve / file) for name, file in comparison["plots"].items()},

@@ -1,16 +1,20 @@
-"""`tunebench models` and `tunebench prices`: what can be run, and what it costs per hour."""
+"""`tunebench models` and `tunebench prices`: what can be run, and what it costs per hour.
+
+Both print static tables, so they import neither torch nor transformers (the parameter counts are stored with
+the presets).
+"""
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from tunebench.config.schema import ModelConfig
-from tunebench.models.loading import ModelSource, parameter_count
-from tunebench.models.presets import EMBEDDED, PRESETS, Preset
+from tunebench import terminal
+from tunebench.models.presets import EMBEDDED, PARAMETERS, PRESETS, Preset
+
+JSON_HELP = "print JSON instead of a table"
 
 
 def available_offline(preset: Preset) -> str:
@@ -26,29 +30,44 @@ def human(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
+def preset_rows() -> list[dict[str, Any]]:
+    return [{"preset": p.name, "hf_id": p.hf_id, "kind": p.kind, "parameters": PARAMETERS[p.name],
+             "lora_targets": list(p.lora_targets), "type": "instruct" if p.instruct else "base",
+             "offline": available_offline(p)} for p in PRESETS.values()]
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def models() -> None:
+    def models(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
         """List the model presets: hub id, kind, size, LoRA targets, and whether they load offline."""
+        rows = preset_rows()
+        if as_json:
+            terminal.print_json(rows)
+            return
+        from rich.table import Table
+
         table = Table(title="model presets (any Hugging Face id or local path works too)", title_justify="left")
         for column in ("preset", "hugging face id", "kind", "parameters", "default LoRA targets", "type",
                        "offline"):
             table.add_column(column, overflow="fold")
-        for p in PRESETS.values():
-            source = ModelSource(p.name, p.hf_id, p, p.kind, False)
-            params = parameter_count(source, ModelConfig(name=p.name, random_weights=True))
-            table.add_row(p.name, p.hf_id, p.kind, human(params), ", ".join(p.lora_targets),
-                          "instruct" if p.instruct else "base", available_offline(p))
-        Console().print(table)
+        for r in rows:
+            table.add_row(r["preset"], r["hf_id"], r["kind"], human(r["parameters"]), ", ".join(r["lora_targets"]),
+                          r["type"], r["offline"])
+        terminal.console().print(table)
 
     @app.command()
-    def prices() -> None:
+    def prices(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
         """Show the price table used for time-to-train and inference cost."""
         from tunebench.cost import price_table
+
+        if as_json:
+            terminal.print_json([vars(p) for p in price_table().values()])
+            return
+        from rich.table import Table
 
         table = Table(title="hourly prices (override with cost.price_per_hour)", title_justify="left")
         for column in ("name", "gpu", "$/hour", "source", "date"):
             table.add_column(column, overflow="fold")
         for p in price_table().values():
             table.add_row(p.name, p.gpu, f"{p.price_per_hour:.3f}", p.source, p.date)
-        Console().print(table)
+        terminal.console().print(table)

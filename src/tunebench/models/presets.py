@@ -95,5 +95,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Exact parameter counts of the architectures above, built on the meta device (tests/models/test_presets.py
+# checks each one against `models.loading.parameter_count`). Kept here so `tunebench models` prints its static
+# table without importing torch and transformers (that took 6-9 s).
+PARAMETERS: dict[str, int] = {
+    "redpajama-3b": 2775864320, "redpajama-3b-instruct": 2775864320, "redpajama-7b": 6857302016,
+    "redpajama-7b-instruct": 6857302016, "falcon-7b": 6921720704, "flan-t5-base": 222903552,
+    "flan-t5-large": 750251008, "bert-base": 109483778, "distilbert": 66955010, EMBEDDED: 134515008,
+}
+
+
 def get_preset(name: str) -> Preset | None:
     return PRESETS.get(name)

@@ -82,9 +82,23 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = route_label(scope)
             self.metrics.requests.labels(route=route, status=str(status)).inc()
             self.metrics.request_latency.labels(route=route).observe(time.monotonic() - start)
+
+
+def route_label(scope: dict[str, Any]) -> str:
+    """The route template a request matched. FastAPI's own routes put themselves in the scope; Starlette's
+    (/docs, /openapi.json, /redoc) do not, so those are matched again here instead of counting as unmatched."""
+    route = scope.get("route")
+    if route is not None:
+        return getattr(route, "path", "unmatched")
+    from starlette.routing import Match
+
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        if candidate.matches(scope)[0] == Match.FULL:
+            return getattr(candidate, "path", "unmatched")
+    return "unmatched"
 
 
 def api_key_dependency(expected: str) -> Any:

@@ -76,8 +76,7 @@ def register(app: typer.Typer) -> None:
         """Serve a model over HTTP with TGI's and OpenAI's APIs (continuous batching, LoRA adapters, auth)."""
         import logging
 
-        from rich.console import Console
-
+        from tunebench import terminal
         from tunebench.serve.options import ServerOptions
 
         cfg = serve_defaults(run)
@@ -90,7 +89,7 @@ def register(app: typer.Typer) -> None:
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout))
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        console = Console(stderr=True)
+        console = terminal.console(stderr=True)
         if options.engine in EXTERNAL_ENGINES:  # vLLM / SGLang on an export of the model, in the foreground
             from tunebench.serve.external import serve_external
 
@@ -119,15 +118,14 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("bf16", "--dtype", help="weights written: bf16, fp16 or fp32"),
     ) -> None:
         """Write what vLLM or TGI needs to serve a model (merged, or base + LoRA for vLLM) and the launch command."""
-        from rich.console import Console
-
+        from tunebench import terminal
         from tunebench.serve.export import export_model
 
         if target not in TARGETS:
             raise UserError(f"--target '{target}' is not supported", f"allowed: {', '.join(TARGETS)}")
         opts = model_options(model, run, adapter, merge, random_weights, tokenizer, "auto", "cpu")
         manifest = export_model(opts, target, out, dtype)
-        Console().print(f"exported for {target} to {out}\nlaunch: {manifest['command']}")
+        terminal.console().print(f"exported for {target} to {out}\nlaunch: {manifest['command']}", soft_wrap=True)
 
 
 def read_api_key(given: str | None, path: Path | None) -> str | None:
@@ -163,9 +161,11 @@ def check_server_options(options: Any, given: tuple) -> None:
 
 def run_server(opts: Any, options: Any, console: Any) -> None:
     from tunebench.serve.app import build_state
-    from tunebench.serve.loading import load_served
+    from tunebench.serve.loading import load_served, read_adapter_config
     from tunebench.serve.server import serve_forever
 
+    for spec in opts.adapters:
+        read_adapter_config(spec)   # a mistyped adapter fails before "loading ...", not after the model
     name = opts.model or str(opts.run)
     console.print(f"loading {name} ...")
     served = load_served(opts)

@@ -54,9 +54,29 @@ def export_model(opts: Any, target: str, out: Path, dtype: str = "bf16") -> dict
     else:
         ranks = [int(cfg.get("r", 8)) for cfg in configs.values()]
         manifest = export_lora(out, model_cfg, source, tokenizer, adapters, ranks, context)
+    if run is not None:
+        manifest["prompt_example"] = prompt_example(run, tokenizer, source)
     write_json(out / "export.json", manifest)
     write_atomic(out / "README.md", readme(manifest))
     return manifest
+
+
+EXAMPLE_INPUTS = {"classification": "The engine makes a rattling noise when the car idles at a red light.",
+                  "summarization": "Anna: are we still on for lunch tomorrow?\nBen: yes, 12:30 at the usual place."}
+
+
+def prompt_example(run: Any, tokenizer: Any, source: Any) -> dict[str, Any] | None:
+    """A request in the prompt format the run was fine-tuned on (a fine-tuned model answers "Hello" badly)."""
+    from tunebench.data import Example
+    from tunebench.serve.loading import run_task
+
+    endpoint = run_task(run, tokenizer, source, None)
+    if endpoint is None:
+        return None
+    text = EXAMPLE_INPUTS.get(endpoint.task, EXAMPLE_INPUTS["classification"])
+    prompt = endpoint.builder.finetune(Example(id="example", input=text, target=""))
+    return {"task": endpoint.task, "input": text, "prompt": prompt.text, "stop": endpoint.stop,
+            "max_new_tokens": 8 if endpoint.task == "classification" else endpoint.max_new_tokens}
 
 
 def export_merged(target: str, model_dir: Path, model_cfg: Any, source: Any, tokenizer: Any,
@@ -161,13 +181,21 @@ def readme(manifest: dict[str, Any]) -> str:
     else:
         lines += ["vLLM serves the weights above.", ""]
     route = "/generate" if target == "tgi" else "/v1/completions"
-    body = ({"inputs": "Hello", "parameters": {"max_new_tokens": 20}} if target == "tgi"
-            else {"model": next(iter(adapters), manifest["served_model_name"]), "prompt": "Hello", "max_tokens": 20})
+    example = manifest.get("prompt_example")
+    prompt, tokens = (example["prompt"], example["max_new_tokens"]) if example else ("Hello", 20)
+    stop = example["stop"] if example else []
+    body = ({"inputs": prompt, "parameters": {"max_new_tokens": tokens, **({"stop": stop} if stop else {})}}
+            if target == "tgi" else {"model": next(iter(adapters), manifest["served_model_name"]), "prompt": prompt,
+                                     "max_tokens": tokens, **({"stop": stop} if stop else {})})
+    if example:
+        lines += [f"The model was fine-tuned for {example['task']} on this prompt format; send requests in it "
+                  "(anything else, such as a bare \"Hello\", is not what it learned to answer):", "",
+                  "```text", example["prompt"], "```", ""]
     lines += [
         "Try it:",
         "",
         "```bash",
-        f"curl -s localhost:{port}{route} -H 'Content-Type: application/json' -d '{json.dumps(body)}'",
+        f"curl -s localhost:{port}{route} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}",
         "```",
         "",
         "Measure it with the same load tester as `tunebench serve` "

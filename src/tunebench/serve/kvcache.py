@@ -113,13 +113,23 @@ def bytes_per_slot(num_layers: int, kv_heads: int, head_dim: int, max_len: int, 
     return 2 * num_layers * kv_heads * head_dim * max_len * torch.empty((), dtype=dtype).element_size()
 
 
+# On the CPU the cache lives in the machine's RAM beside everything else: `serve` with its default limits
+# (32 slots of 2,048 + 256 tokens) sized 3.2 GiB for SmolLM2-135M in float32, more than a laptop should give a
+# 135M model that a 2-core CPU decodes a few sequences of at a time. Slots of the request limits' length are
+# allocated up to this budget (TUNEBENCH_CPU_KV_GIB overrides it).
+CPU_KV_BUDGET_GIB = 1.0
+
+
 def slots_that_fit(wanted: int, per_slot: int, device: Any, reserve_bytes: int, fraction: float = 0.9) -> int:
-    """How many slots fit in the device's free memory after a reserve for activations (all of `wanted` on
-    the CPU, where memory is not the limit the tests care about)."""
+    """How many slots fit in the device's free memory after a reserve for activations; on the CPU, in
+    CPU_KV_BUDGET_GIB (always at least one slot)."""
+    import os
+
     import torch
 
     if getattr(device, "type", str(device)) != "cuda":
-        return wanted
+        budget = float(os.environ.get("TUNEBENCH_CPU_KV_GIB", CPU_KV_BUDGET_GIB)) * 2**30
+        return max(1, min(wanted, int(budget // max(per_slot, 1))))
     free, _total = torch.cuda.mem_get_info(device)
     room = int(free * fraction) - reserve_bytes
     return max(1, min(wanted, room // per_slot))

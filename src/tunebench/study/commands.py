@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunebench import terminal
 from tunebench.config.commands import SET_HELP, cells_table
 from tunebench.config.study import Study, load_study
 from tunebench.errors import UserError
@@ -74,6 +75,33 @@ def print_outcome(outcome: StudyOutcome, console: Console) -> None:
         console.print("fix the cause, then run the same command with --retry-failed")
 
 
+def plan_json(study: Study, selected_ids: set[str]) -> dict:
+    """What `run --dry-run --json` prints: every selected cell with its axes, and the shared training runs."""
+    from tunebench.study.plan import with_trainers
+
+    shown = [c for c in study.cells if c.id in selected_ids]
+    units = with_trainers(shown, study.cells)
+    return {"study": study.name, "cells": [{"id": c.id, **c.axes(), "experiments": list(c.experiments)}
+                                           for c in shown],
+            "training_runs": sum(1 for u in units if u.trainer is not None),
+            "shared_checkpoints": {u.trainer.id: sorted(u.epoch_of) for u in units
+                                   if u.trainer is not None and u.epoch_of}}
+
+
+def outcome_json(outcome: StudyOutcome) -> dict:
+    t = outcome.tally
+    return {"study_dir": str(outcome.study_dir), "ok": outcome.ok, "stages": dict(outcome.statuses),
+            "ran": t.ran, "reused": t.reused, "recovered": t.recovered,
+            "failed": [{"cell": c, "stage": s, "error": e} for c, s, e in t.failed],
+            "results": str(outcome.study_dir / "results.db")}
+
+
+def headline_json(report: Any) -> list[dict]:
+    """The headline tables (`tunebench report --json`), one record per row, as the report prints them."""
+    return [{"table": t.caption, "rows": [dict(zip(t.headers, row, strict=False)) for row in t.rows]}
+            for t in report.headline]
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
@@ -93,11 +121,16 @@ def register(app: typer.Typer) -> None:
                                            "directory)"),
         yes: bool = typer.Option(False, "--yes", help="run a study of more than 50 cells"),
         sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+        as_json: bool = typer.Option(False, "--json", help="print the plan (--dry-run) or the outcome as JSON on "
+                                     "stdout; progress goes to stderr"),
     ) -> None:
         """Run a study: train and evaluate every cell, recording results in runs/<study>/results.db."""
+        from tunebench.demo import passive_waiting
         from tunebench.study.select import select_cells
 
-        console = Console()
+        passive_waiting()   # as `tunebench demo` does: on a busy CPU, spinning OpenMP threads ran ~2.5x slower
+
+        console = terminal.console(stderr=as_json)
         study = load_study(study_file, sets)
         if study.config.search is not None:   # a search samples its cells: tunebench.study.search
             from tunebench.study.search.commands import run_search_command
@@ -106,11 +139,18 @@ def register(app: typer.Typer) -> None:
                                address=address, storage=storage, gpus=parse_gpus(gpus), retry_failed=retry_failed)
             return
         selected = select_cells(study.cells, only)
+        from tunebench.data.loader import check_local_sources
+
+        check_local_sources([(c.config.data, c.config.eval.split) for c in selected])
         if dry_run:
             from tunebench.study.preflight import preflight
 
+            notes = preflight(selected)
+            if as_json:
+                terminal.print_json(plan_json(study, {c.id for c in selected}))
+                return
             print_plan(study, {c.id for c in selected}, console)
-            for note in preflight(selected):
+            for note in notes:
                 console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
             console.print(f"checked: every model and data source of the {len(selected)} cell(s)")
             from tunebench.study.predict import predict_cells, print_prediction
@@ -132,6 +172,8 @@ def register(app: typer.Typer) -> None:
             sys.exit(130)
         print_outcome(outcome, console)
         console.print(f"report: tunebench report {outcome.study_dir}")
+        if as_json:
+            terminal.print_json(outcome_json(outcome))
         if not outcome.ok:
             sys.exit(1)
 
@@ -140,6 +182,7 @@ def register(app: typer.Typer) -> None:
         study_dir: Path = typer.Argument(..., help="a study directory, e.g. runs/demo"),
         fmt: str = typer.Option("md", "--format", help="md or html (html is one self-contained file)"),
         out: Path | None = typer.Option(None, "--out", help="report file (default: STUDY_DIR/report.md|html)"),
+        as_json: bool = typer.Option(False, "--json", help="also print the headline numbers as JSON"),
     ) -> None:
         """Write the study's report: quality, time and cost to train, inference cost, break-even."""
         from tunebench.study.report import write_report
@@ -149,5 +192,9 @@ def register(app: typer.Typer) -> None:
         if not study_dir.is_dir():
             raise UserError(f"study directory not found: {study_dir}", "give the directory a study ran in, "
                             "e.g. runs/<study-name>")
-        path, _ = write_report(study_dir, fmt, out)
-        Console().print(f"report: {path}")
+        path, written = write_report(study_dir, fmt, out)
+        if as_json:
+            terminal.print_json({"report": str(path), "verdicts": written.verdicts,
+                                 "headline": headline_json(written)})
+            return
+        terminal.console().print(f"report: {path}")

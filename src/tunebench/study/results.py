@@ -10,6 +10,7 @@ import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunebench.study.store import Metric, Store
@@ -184,6 +185,7 @@ class StudyResults:
     inference: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
     left_out: int = 0     # cells in the store that the study file no longer has
+    predictions: dict[str, Path] = field(default_factory=dict)   # cell id -> its eval predictions.jsonl
 
     def metrics(self, task: str) -> list[str]:
         """The task's headline metric first, then those shown beside it (`task_metrics`)."""
@@ -237,5 +239,8 @@ def load_results(store: Store) -> StudyResults:
         if row["cell_id"] in cells:
             cells[row["cell_id"]].costs[row["stage"]] = row
     left_out = store.rows("SELECT COUNT(*) AS n FROM cells WHERE in_study = 0")[0]["n"]
+    predictions = {row["cell_id"]: store.study_dir / row["path"] for row in store.rows(
+        "SELECT cell_id, path FROM artifacts WHERE stage = 'eval' AND kind = 'predictions'") if row["cell_id"] in cells}
     return StudyResults(study, list(cells.values()), store.rows("SELECT * FROM inference"),
-                        [p for p in store.rows("SELECT * FROM provenance") if p["cell_id"] in cells], left_out)
+                        [p for p in store.rows("SELECT * FROM provenance") if p["cell_id"] in cells], left_out,
+                        predictions)

@@ -69,7 +69,7 @@ def latest_checkpoint(run: Any) -> Any:
 
 def stopped(step: int | None, signal_name: str, checkpoint: Any, how: str = "stopped outside a training step") -> None:
     """What an interrupted run says: which signal, where it stopped, how to go on."""
-    from rich.console import Console
+    from tunebench import terminal
 
     what = "interrupted" if signal_name == "SIGINT" else "terminated (SIGTERM)"
     if step is not None:
@@ -79,4 +79,4 @@ def stopped(step: int | None, signal_name: str, checkpoint: Any, how: str = "sto
     else:
         where = f"{how}; no checkpoint was written yet"
     resume = "continue with the same command and --resume" if checkpoint is not None else "start it again"
-    Console(stderr=True).print(f"{what}: {where}; {resume}", highlight=False, soft_wrap=True)
+    terminal.console(stderr=True).print(f"{what}: {where}; {resume}", highlight=False, soft_wrap=True)

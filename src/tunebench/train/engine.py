@@ -363,13 +363,13 @@ def summarize(cfg: CellConfig, cell_id: str, run: RunDir, plan: Plan, trainer: A
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    from rich.console import Console
+    from tunebench import terminal
 
     def num(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     cost = "-" if s["cost_usd"] is None else f"${s['cost_usd']:.4f} ({s['price_source']})"
-    Console().print(
+    terminal.console().print(
         f"trained {s['cell_id']}: {s['steps']} steps, {s['epochs_done']:g} epochs, train loss "
         f"{num(s['train_loss'], '.4f')}, eval loss {num(s['eval_loss'], '.4f')}, {s['tokens_per_s']:,.0f} tok/s, "
         f"{s['wall_time_s']:.0f} s, {cost} -> {s['weights']}", highlight=False, soft_wrap=True)

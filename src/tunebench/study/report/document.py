@@ -67,6 +67,7 @@ class Report:
     title: str
     blocks: list[Block] = field(default_factory=list)
     headline: list[Table] = field(default_factory=list)   # what the terminal shows after `tunebench demo`
+    verdicts: list[str] = field(default_factory=list)    # one line per task and model: is fine-tuning better?
 
     def add(self, *blocks: Block) -> None:
         self.blocks.extend(blocks)

@@ -91,7 +91,7 @@ def hosted_baselines(results: StudyResults, report: Report) -> None:
             billed = billed_per_1k(entry)
             rows = [[f"{model}, {label(method)}", fmt(entry.value(primary), primary), money(billed), "–", "–"]]
             for local, tmethod, tentry in tuned:
-                local_row = breakeven_row(local, tmethod, tentry, token_price(results, task, local))
+                local_row = breakeven_row(results, task, local, tmethod, tentry, token_price(results, task, local))
                 per_1k = local_row.per_1k.value if local_row.per_1k else None
                 pays = "–"
                 if billed is not None and per_1k is not None and local_row.training_usd is not None:

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from tunebench.study import plots
+from tunebench.study.report.breakeven import model_breakevens
 from tunebench.study.report.document import (
     INTERVAL_NOTE,
     INTERVALS,
@@ -47,6 +48,9 @@ def quality_section(results: StudyResults, report: Report, plots_dir: Path) -> N
             continue
         primary = results.primary(task)
         report.add(Heading(f"{task.capitalize()}: zero-shot vs few-shot vs fine-tuned", 3))
+        for mb in model_breakevens(results, task):   # lead with the verdict: better at all, at this n?
+            if mb.verdict:
+                report.add(Para(mb.verdict))
         methods = methods_in(chosen)
         rows = [[model] + [fmt(chosen[(model, m)][0].value(primary), primary) if (model, m) in chosen else "–"
                            for m in methods] for model in results.models(task)]

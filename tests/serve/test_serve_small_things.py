@@ -1,0 +1,57 @@
+"""Small things a user trips on: /docs counted under its own route, the CPU KV cache within a budget, a bad
+adapter rejected before the model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_docs_and_openapi_are_their_own_routes_in_metrics():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from tunebench.serve.app import MetricsMiddleware
+
+    class Metrics:
+        registry = CollectorRegistry()
+        requests = Counter("requests", "", ["route", "status"], registry=registry)
+        request_latency = Histogram("latency", "", ["route"], registry=registry)
+
+    app = FastAPI()
+    app.add_middleware(MetricsMiddleware, metrics=Metrics)
+
+    @app.get("/items/{item}")
+    async def item(item: str) -> dict:
+        return {"item": item}
+
+    with TestClient(app) as client:
+        for path in ("/docs", "/openapi.json", "/items/a", "/nowhere"):
+            client.get(path)
+    routes = {s.labels["route"] for m in Metrics.registry.collect() for s in m.samples if "route" in s.labels}
+    assert {"/docs", "/openapi.json", "/items/{item}", "unmatched"} <= routes
+
+
+def test_the_cpu_kv_cache_stays_within_its_budget(monkeypatch):
+    import torch
+
+    from tunebench.serve.kvcache import bytes_per_slot, slots_that_fit
+
+    # SmolLM2-135M in float32 at the default request limits (2,048 + 256 tokens + scratch): 106 MB a slot
+    per_slot = bytes_per_slot(30, 3, 64, 2305, torch.float32)
+    assert slots_that_fit(32, per_slot, torch.device("cpu"), 0) * per_slot <= 2**30
+    assert slots_that_fit(32, per_slot, torch.device("cpu"), 0) == 10
+    assert slots_that_fit(4, 1000, torch.device("cpu"), 0) == 4   # small limits: every slot asked for
+    monkeypatch.setenv("TUNEBENCH_CPU_KV_GIB", "0.0001")
+    assert slots_that_fit(32, per_slot, torch.device("cpu"), 0) == 1
+
+
+@pytest.mark.parametrize("adapter", ["x=/nonexistent", "x=."])
+def test_a_bad_adapter_fails_before_loading_the_model(adapter):
+    result = subprocess.run([sys.executable, "-m", "tunebench.cli", "serve", "smollm2-135m-instruct", "--adapter",
+                             adapter, "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "adapter 'x'" in result.stderr
+    assert "loading" not in result.stdout + result.stderr
