@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +52,7 @@ from tunebench.study.select import check_size, select_cells
 from tunebench.study.storage import Storage
 from tunebench.study.store import Store
 from tunebench.study.task import marker
+from tunebench.train.signals import sigterm_as_interrupt  # SIGTERM stops a study as Ctrl-C does
 
 WAIT_S = 0.5          # how long the driver waits for a unit to end before it looks at events again
 CANCEL_GRACE_S = 120  # Ctrl-C: how long running tasks get to checkpoint and stop
@@ -478,23 +476,6 @@ def cell_rows(units: list[Unit]) -> tuple[list[dict[str, Any]], dict[str, list[s
                          "params": json.dumps(cell.config.model_dump(mode="json"))})
             stages[cell.id] = unit.stages(cell) if cell.id in evaluated else ["train"]
     return rows, stages
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the study like Ctrl-C does: the running stage goes back to pending, nothing is lost."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def executor_choice(study: Study, executor: str | None, gpus: list[str] | None) -> str:
