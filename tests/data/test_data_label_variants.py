@@ -42,7 +42,11 @@ def test_fold_labels_merges_each_group_into_its_most_frequent_spelling(tmp_path,
 
 
 def test_the_warning_reaches_the_command_line(tmp_path, cli, tiny_llama_dir):
-    source = write_rows(tmp_path / "posts.jsonl")
+    # a test split of its own: classes of one row cannot give one to a carved evaluation split
+    source = tmp_path / "posts.jsonl"
+    rows = [{"text": f"post {label} {i}", "label": label, "split": "train"} for label, n in ROWS for i in range(n)]
+    rows.append({"text": "post space test", "label": "space", "split": "test"})
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     shown = cli("data", "show", str(source), "--task", "classification", "--tokenizer", str(tiny_llama_dir))
     assert shown.returncode == 0, shown.stderr
     said = " ".join(shown.stderr.split())

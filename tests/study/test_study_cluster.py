@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -112,8 +113,11 @@ def test_a_killed_driver_reruns_only_what_is_missing(tmp_path, tiny_llama_dir, c
     deadline = time.monotonic() + 240
     done_before: set = set()
     while time.monotonic() < deadline and driver.poll() is None:
-        if (out / "results.db").exists():
-            rows = stage_rows(out / "results.db")
+        try:
+            rows = stage_rows(out / "results.db") if (out / "results.db").exists() else {}
+        except sqlite3.OperationalError:   # the driver is still creating the schema
+            rows = {}
+        if rows:
             done_before = {k for k, r in rows.items() if r["status"] == "done"}
             if done_before and any(r["status"] == "running" for r in rows.values()):
                 break

@@ -40,7 +40,7 @@ def test_unknown_model_fails_the_dry_run(study, cli):
 @pytest.mark.parametrize(("setting", "message"), [
     ("model.name=/no/such/model", "the model directory '/no/such/model' does not exist"),
     ("model.name=a/b/c", "is neither a preset, a local directory nor a hub id"),
-    ("data.source=/no/such/data.jsonl", "data file not found: /no/such/data.jsonl"),
+    ("data.source=/no/such/data.jsonl", "data source not found: /no/such/data.jsonl"),
     ("data.source=builtin:classifcation", "unknown built-in data set 'builtin:classifcation'"),
 ])
 def test_missing_models_and_data_fail_the_dry_run(study, capsys, setting, message):

@@ -92,7 +92,7 @@ def read_local(path: Path, split_column: str, split_column_required: bool,
     if not path.exists():
         raise UserError(f"data source not found: {path.resolve()}",
                         "give an existing JSONL/CSV/Parquet file or directory, a hub dataset id, or "
-                        "builtin:classification / builtin:summarization")
+                        + " / ".join(f"builtin:{b}" for b in BUILTINS))
     if path.is_dir():
         return read_directory(path)
     splits = read_single_file(path, split_column, split_column_required)
