@@ -123,9 +123,11 @@ def test_a_store_moved_aside_is_rebuilt_from_the_files(tmp_path, study):
 def test_the_serve_and_loadtest_stage_fills_the_inference_tables(tmp_path, tiny_llama_dir):
     from tunebench.study.report import study_report, to_markdown
 
+    # Two requests a second apart: the rate fails only if a reply lags by over a second. At 2 req/s for 1 s a
+    # half-second stall of a loaded CI core failed it (achieved 1.87/s), which says nothing about the tables.
     text = tiny_study(tiny_llama_dir, """  - method: lora
     training: {epochs: 1}
-    loadtest: {enabled: true, engines: [batched], rates: [2], duration: 1, warmup: 0, repeat: 1, bisect: 0,
+    loadtest: {enabled: true, engines: [batched], rates: [1], duration: 2, warmup: 0, repeat: 1, bisect: 0,
                max_new_tokens: 4, slo: "p90<=10s"}
     cost: {instance: cpu-2core}
 """)
@@ -133,10 +135,10 @@ def test_the_serve_and_loadtest_stage_fills_the_inference_tables(tmp_path, tiny_
     assert run_study(load_study(write_study(tmp_path, text)), out, console=quiet()).ok
     with sqlite3.connect(out / "results.db") as conn:
         rows = conn.execute("SELECT engine, max_rps, usd_per_1k_tokens, result FROM inference").fetchall()
-    assert len(rows) == 1 and rows[0][0] == "batched" and rows[0][1] == 2 and rows[0][2] > 0
+    assert len(rows) == 1 and rows[0][0] == "batched" and rows[0][1] == 1 and rows[0][2] > 0
     assert (out / rows[0][3]).exists()
     report = to_markdown(study_report(out, tmp_path / "plots"), out)
-    assert "| batched | 2.00 |" in report and "No load-test results" not in report
+    assert "| batched | 1.00 |" in report and "No load-test results" not in report
 
 
 def test_the_inline_path_imports_no_ray():
