@@ -114,12 +114,13 @@ class CellPrediction:
     spot_price_per_hour: float | None = None
     sources: list[str] = field(default_factory=list)
     shares_training: bool = False
+    trains: bool = True                     # False: a prompting cell, evaluation only
     checkpoint_s: float | None = None      # training seconds between checkpoints: what a preemption can lose
     preemptions_per_hour: float = 0.0       # cost.spot_preemptions_per_hour (an assumption)
 
     @property
     def seconds(self) -> float | None:
-        if self.eval_s is None or (self.train_s is None and not self.shares_training):
+        if self.eval_s is None or (self.trains and self.train_s is None and not self.shares_training):
             return None
         return (0.0 if self.shares_training else self.train_s or 0.0) + self.eval_s
 
@@ -178,7 +179,8 @@ def predict_cell(cfg: CellConfig, cid: str, figures: Figures, *, shares_training
     price = lookup(instance) if instance in price_table() else None
     p = CellPrediction(cid, instance=instance, price_per_hour=cfg.cost.price_per_hour or (price.price_per_hour
                        if price else 0.0), spot_price_per_hour=price.spot_price_per_hour if price else None,
-                       shares_training=shares_training, preemptions_per_hour=cfg.cost.spot_preemptions_per_hour)
+                       shares_training=shares_training, preemptions_per_hour=cfg.cost.spot_preemptions_per_hour,
+                       trains=trained)
     known_tokens = figures.tokens_per_example.get((model, cfg.data.task))
     need_tokenizer = (trained and not known_tokens) or cfg.data.cleaning.max_input_tokens is not None
     tokenizer = None
