@@ -93,3 +93,26 @@ def load_cells(path):
     from tunebench.config.study import load_study
 
     return load_study(path).cells
+
+
+def test_a_search_keeps_its_launch_prediction_once_and_the_report_sets_it_against_the_spend(tiny_llama_dir,
+                                                                                            tmp_path):
+    from test_search import search_study
+
+    from tunebench.config.study import load_study
+    from tunebench.study.predicted import predict_search_at_launch
+
+    spec = "  parameters:\n    lora.r: {low: 2, high: 8}\n  budget: {trials: 3}\n"
+    study = load_study(write_study(tmp_path, search_study(tiny_llama_dir, spec)))
+    out = tmp_path / "runs"
+    predict_search_at_launch(study, out, Console(quiet=True))
+    predict_search_at_launch(study, out, Console(quiet=True))   # a resumed search keeps the first
+    (launch,) = read_predictions(out)["launches"]
+    assert launch["kind"] == "search" and launch["trials"] == 3 and launch["draws"] >= 1
+    with Store.open(out) as store:
+        store.record_study("search", "", None, {})
+        add_cell(store, "t0", "m", "lora")
+        finish(store, "t0", "train", 360.0)
+        finish(store, "t0", "eval", 36.0)
+    text = to_markdown(study_report(out, out / "plots"), out)
+    assert "the search was predicted to cost 3 trials ×" in text and "1 trial cell(s) then spent $0.3960" in text

@@ -93,6 +93,46 @@ def predict_at_launch(cells: list[Any], study_dir: Path, console: Any) -> None:
                       highlight=False)
 
 
+def predict_search_at_launch(study: Any, study_dir: Path, console: Any) -> None:
+    """A search's cells are sampled as it goes: keep, once, what its budget was predicted to cost at launch
+    (configurations drawn from its space, as the dry run prints them), to set against what it spent."""
+    from tunebench.rundir import write_atomic
+    from tunebench.study.predict import predict_cells, sample_space
+
+    try:
+        data = read_predictions(study_dir)
+        if any(launch.get("kind") == "search" for launch in data["launches"]):
+            return
+        cells = sample_space(study)
+        prediction = predict_cells(cells, study_dir)
+        trials = study.config.search.budget.trials
+        usd, spot, hours = prediction.total(), prediction.total(spot=True), prediction.hours
+        mean = (lambda v: None if v is None else v / len(cells))  # noqa: E731 - per drawn configuration
+        data["launches"].append({
+            "at": datetime.now(UTC).isoformat(timespec="seconds"), "kind": "search", "trials": trials,
+            "draws": len(cells), "usd_per_trial": mean(usd), "spot_usd_per_trial": mean(spot),
+            "gpu_hours_per_trial": mean(hours),
+            "usd": None if usd is None or trials is None else mean(usd) * trials})
+        Path(study_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(predictions_path(study_dir), json.dumps(data, indent=1) + "\n")
+    except Exception as err:  # a broken prediction is reported, the search still runs
+        console.print(f"[yellow]note:[/yellow] no cost prediction recorded ({type(err).__name__}: {err})",
+                      highlight=False)
+
+
+def search_launch(study_dir: Path) -> dict[str, Any] | None:
+    """The search's launch prediction, with what its trials then spent (training and evaluation)."""
+    from tunebench.study.store import Store
+
+    launch = next((x for x in read_predictions(study_dir)["launches"] if x.get("kind") == "search"), None)
+    if launch is None or not (Path(study_dir) / "results.db").exists():
+        return None
+    with Store.open_readonly(study_dir) as store:
+        rows = store.rows("SELECT COUNT(DISTINCT cell_id) AS n, SUM(usd) AS usd FROM costs WHERE stage IN "
+                          "('train', 'eval')")
+    return {**launch, "cells_run": rows[0]["n"] if rows else 0, "actual_usd": rows[0]["usd"] if rows else None}
+
+
 # ---------------------------------------------------------------- predicted against actual
 
 
