@@ -86,3 +86,18 @@ def test_a_dry_run_on_an_instance_without_a_spot_price_says_so(tiny_llama_dir, t
     said = " ".join(capsys.readouterr().out.split())
     assert not caught.value.code, said
     assert "no spot price" in said and "no sourced spot price for t4" in said and "h100" in said
+
+
+def test_tunebench_prices_shows_spot_beside_on_demand(capsys):
+    import json
+
+    with pytest.raises(SystemExit) as caught:
+        main(["prices", "--json"])
+    assert not caught.value.code
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["h100"]["spot_price_per_hour"] == 3.348 and rows["h100"]["spot_date"]
+    assert rows["t4"]["spot_price_per_hour"] is None
+    with pytest.raises(SystemExit):
+        main(["prices"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "spot $/hour" in said and "none sourced" in said
