@@ -202,6 +202,9 @@ def run_demo_study(study_file: Path, out: Path | None, console: Console, dtype: 
     sets = cpu_settings(study, dtype, console)
     if sets:
         study = load_study(study_file, sets=sets)
+    from tunebench.study.predicted import predict_at_launch
+
+    predict_at_launch(study.cells, out or Path("runs") / study.name, console)   # kept for predicted vs actual
     outcome = run_study(study, out or Path("runs") / study.name, console=console)
     print_outcome(outcome, console)
     md = outcome.study_dir / "report.md"

@@ -150,6 +150,10 @@ class EvalConfig(Section):
 class CostConfig(Section):
     instance: str | None = Field(None, description="price-table entry; None: match the device")
     price_per_hour: float | None = Field(None, gt=0)
+    # an assumption, not a measurement: clouds publish no per-hour preemption rate (the prediction says so)
+    spot_preemptions_per_hour: float = Field(0.1, ge=0, description="spot: preemptions per machine-hour assumed "
+                                             "by the cost prediction (each redoes the work since the last "
+                                             "checkpoint)")
 
 
 Engine = Literal["batched", "naive", "vllm", "sglang"]

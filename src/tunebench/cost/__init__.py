@@ -19,10 +19,10 @@ class Price:
     price_per_hour: float
     source: str
     date: str
-    # Spot: the hourly price and how often a machine is taken back; None where the table has no dated source
+    # Spot (preemptible): None where the table has no dated public source for it; never filled in by a guess
     spot_price_per_hour: float | None = None
-    interruptions_per_hour: float | None = None
     spot_source: str | None = None
+    spot_date: str | None = None
 
 
 @cache

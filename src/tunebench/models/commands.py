@@ -66,8 +66,10 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         table = Table(title="hourly prices (override with cost.price_per_hour)", title_justify="left")
-        for column in ("name", "gpu", "$/hour", "source", "date"):
+        for column in ("name", "gpu", "$/hour", "source", "date", "spot $/hour", "spot source, date"):
             table.add_column(column, overflow="fold")
         for p in price_table().values():
-            table.add_row(p.name, p.gpu, f"{p.price_per_hour:.3f}", p.source, p.date)
+            table.add_row(p.name, p.gpu, f"{p.price_per_hour:.3f}", p.source, p.date,
+                          "none sourced" if p.spot_price_per_hour is None else f"{p.spot_price_per_hour:.3f}",
+                          f"{p.spot_source}, {p.spot_date}" if p.spot_source else "-")
         terminal.console().print(table)

@@ -157,12 +157,15 @@ def register(app: typer.Typer) -> None:
 
             print_prediction(predict_cells(selected, out or default_study_dir(study)), console)
             return
+        from tunebench.study.predicted import predict_at_launch
         from tunebench.study.runner import run_study
 
         try:
             if executor is not None and executor not in ("inline", "ray"):
                 raise UserError(f"--executor {executor!r} is not an executor",
                                 "use --executor inline or --executor ray")
+            # the prediction made before the run, so that the report compares against it (predictions.json)
+            predict_at_launch(selected, out or default_study_dir(study), console)
             outcome = run_study(study, out or default_study_dir(study), only=only, retry_failed=retry_failed,
                                 gpus=parse_gpus(gpus), yes=yes, console=console, executor=executor,
                                 address=address, storage=storage)
@@ -194,7 +197,10 @@ def register(app: typer.Typer) -> None:
                             "e.g. runs/<study-name>")
         path, written = write_report(study_dir, fmt, out)
         if as_json:
+            from tunebench.study.predicted import compare
+
             terminal.print_json({"report": str(path), "verdicts": written.verdicts,
-                                 "headline": headline_json(written)})
+                                 "headline": headline_json(written),
+                                 "predicted_vs_actual": compare(study_dir).as_json()})
             return
         terminal.console().print(f"report: {path}")

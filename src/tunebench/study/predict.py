@@ -27,7 +27,10 @@ BENCHMARKED_TPS = {
     ("redpajama-7b", "lora", "h200"): 12475.1,
 }
 BENCHMARK_SOURCE = "benchmarks/results/2026-11-28-h200-train-*.jsonl"
-RESTART_S = 120.0   # a preempted spot run: a new machine, the model loaded again, the checkpoint read back
+# A preempted spot run: a new machine, the model loaded again, the checkpoint read back. An assumption (no
+# measurement behind it), stated with every spot figure.
+RESTART_S = 120.0
+DEFAULT_CHECKPOINTS = 10   # the trainer saves every 1/10 of its steps (save_steps unset) and at each epoch end
 
 
 @dataclass
@@ -111,10 +114,13 @@ class CellPrediction:
     spot_price_per_hour: float | None = None
     sources: list[str] = field(default_factory=list)
     shares_training: bool = False
+    trains: bool = True                     # False: a prompting cell, evaluation only
+    checkpoint_s: float | None = None      # training seconds between checkpoints: what a preemption can lose
+    preemptions_per_hour: float = 0.0       # cost.spot_preemptions_per_hour (an assumption)
 
     @property
     def seconds(self) -> float | None:
-        if self.eval_s is None or (self.train_s is None and not self.shares_training):
+        if self.eval_s is None or (self.trains and self.train_s is None and not self.shares_training):
             return None
         return (0.0 if self.shares_training else self.train_s or 0.0) + self.eval_s
 
@@ -123,15 +129,24 @@ class CellPrediction:
         s = self.seconds
         return None if s is None else s / 3600 * self.price_per_hour
 
-    def spot_usd(self, epochs: int, interruptions_per_hour: float) -> float | None:
-        """Spot: the price, plus the work a preemption loses (half a checkpoint interval, here an epoch) and
-        the restart, at the table's interruption rate."""
-        s = self.seconds
-        if s is None or self.spot_price_per_hour is None:
+    @property
+    def redone_s(self) -> float | None:
+        """Seconds a spot run is expected to redo: preemptions at the assumed rate, each losing on average half
+        the work since the last checkpoint (evaluation keeps none: half of it) plus a restart."""
+        if self.seconds is None:
             return None
         train = 0.0 if self.shares_training else self.train_s or 0.0
-        preemptions = interruptions_per_hour * s / 3600
-        redone = preemptions * (train / max(1, epochs) / 2 + RESTART_S)
+        evaluation = self.eval_s or 0.0
+        interval = self.checkpoint_s if self.checkpoint_s is not None else train
+        rate = self.preemptions_per_hour / 3600
+        return rate * train * (interval / 2 + RESTART_S) + rate * evaluation * (evaluation / 2 + RESTART_S)
+
+    @property
+    def spot_usd(self) -> float | None:
+        """Spot: the spot price over the run and the work its preemptions redo; None without a sourced price."""
+        s, redone = self.seconds, self.redone_s
+        if s is None or redone is None or self.spot_price_per_hour is None:
+            return None
         return (s + redone) / 3600 * self.spot_price_per_hour
 
 
@@ -164,7 +179,8 @@ def predict_cell(cfg: CellConfig, cid: str, figures: Figures, *, shares_training
     price = lookup(instance) if instance in price_table() else None
     p = CellPrediction(cid, instance=instance, price_per_hour=cfg.cost.price_per_hour or (price.price_per_hour
                        if price else 0.0), spot_price_per_hour=price.spot_price_per_hour if price else None,
-                       shares_training=shares_training)
+                       shares_training=shares_training, preemptions_per_hour=cfg.cost.spot_preemptions_per_hour,
+                       trains=trained)
     known_tokens = figures.tokens_per_example.get((model, cfg.data.task))
     need_tokenizer = (trained and not known_tokens) or cfg.data.cleaning.max_input_tokens is not None
     tokenizer = None
@@ -221,7 +237,20 @@ def predict_cell(cfg: CellConfig, cid: str, figures: Figures, *, shares_training
         p.sources[-1] = "train s: fitted to earlier runs"
     elif tps_value and p.train_tokens is not None:
         p.train_s = p.train_tokens / tps_value + overhead
+    if p.train_s is not None:
+        p.checkpoint_s = p.train_s * checkpoint_share(cfg, n_train)
     return p
+
+
+def checkpoint_share(cfg: CellConfig, n_train: int) -> float:
+    """The share of a training run between two checkpoints: every save_steps steps (default 1/10 of them) and
+    at each epoch end, whichever comes first (tunebench.train.engine, EpochCallback)."""
+    epochs = cfg.training.epochs or 1
+    share = 1.0 / max(DEFAULT_CHECKPOINTS, epochs)
+    if cfg.training.save_steps and cfg.training.batch_size and n_train:
+        steps = -(-n_train // (cfg.training.batch_size * (cfg.training.gradient_accumulation or 1))) * epochs
+        share = min(1.0 / epochs, cfg.training.save_steps / max(1, steps))
+    return share
 
 
 @dataclass
@@ -229,8 +258,9 @@ class StudyPrediction:
     cells: list[CellPrediction]
     epochs: dict[str, int]
 
-    def total(self, spot: bool = False, interruptions_per_hour: float = 0.0) -> float | None:
-        values = [c.spot_usd(self.epochs[c.cell_id], interruptions_per_hour) if spot else c.usd for c in self.cells]
+    def total(self, spot: bool = False) -> float | None:
+        """$ of every cell, on-demand or spot; None when one cell's figure (or its spot price) is unknown."""
+        values = [c.spot_usd if spot else c.usd for c in self.cells]
         return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
     @property
@@ -239,11 +269,12 @@ class StudyPrediction:
         return None if any(v is None for v in values) else sum(v for v in values if v is not None) / 3600
 
 
-def predict_cells(cells: list[Any], study_dir: Path | None) -> StudyPrediction:
-    """Cells of a study (tunebench.config.study.Cell), epochs groups training once (tunebench.study.plan)."""
+def predict_cells(cells: list[Any], study_dir: Path | None, figures: Figures | None = None) -> StudyPrediction:
+    """Cells of a study (tunebench.config.study.Cell), epochs groups training once (tunebench.study.plan);
+    the figures are read from `study_dir`'s results.db unless given."""
     from tunebench.study.plan import plan
 
-    figures = Figures.of(study_dir)
+    figures = figures if figures is not None else Figures.of(study_dir)
     shared = {cid for unit in plan(cells) for cid in unit.epoch_of}
     tokenizers: dict[str, Any] = {}
     out = [predict_cell(c.config, c.id, figures, shares_training=c.id in shared, tokenizers=tokenizers)
@@ -255,38 +286,52 @@ def print_prediction(prediction: StudyPrediction, console: Any, *, scale: float 
     """A table per cell, and the total (× `scale`: a search budget's trials over the cells predicted)."""
     from rich.table import Table
 
-    from tunebench.cost import price_table
-
     table = Table(title=title or "predicted cost before launch", title_justify="left")
     for column in ("cell", "train tokens", "train", "eval", "GPU-h", "$ on-demand", "$ spot", "from"):
         table.add_column(column, overflow="fold")
-    rate = {}
+
+    def secs(v: float | None) -> str:
+        return "?" if v is None else f"{v:.0f} s"
+
     for c in prediction.cells:
-        entry = price_table().get(c.instance)
-        rate[c.cell_id] = entry.interruptions_per_hour if entry and entry.interruptions_per_hour else 0.0
-        spot = c.spot_usd(prediction.epochs[c.cell_id], rate[c.cell_id])
-
-        def secs(v: float | None) -> str:
-            return "?" if v is None else f"{v:.0f} s"
-
+        spot = c.spot_usd
         table.add_row(c.cell_id, "shared" if c.shares_training else f"{c.train_tokens:,.0f}" if c.train_tokens
                       else "-" if not c.train_examples else "?",
                       "shared" if c.shares_training else secs(c.train_s) if c.train_examples else "-",
                       secs(c.eval_s), "?" if c.seconds is None else f"{c.seconds / 3600:.4f}",
-                      "?" if c.usd is None else f"{c.usd:.4f}", "no spot price" if spot is None else f"{spot:.4f}",
+                      "?" if c.usd is None else f"{c.usd:.4f}",
+                      ("no spot price" if c.spot_price_per_hour is None else "?") if spot is None else f"{spot:.4f}",
                       "; ".join(c.sources))
     console.print(table)
-    total = prediction.total()
-    spot_total = None
-    if all(c.spot_price_per_hour is not None for c in prediction.cells):
-        spot_total = sum((c.spot_usd(prediction.epochs[c.cell_id], rate[c.cell_id]) or 0.0)
-                         for c in prediction.cells)
-    hours = prediction.hours
-    instance = prediction.cells[0].instance if prediction.cells else "?"
-    text = (f"predicted total: {'?' if hours is None else f'{hours * scale:.4f}'} GPU-hours · "
-            f"${'?' if total is None else f'{total * scale:.4f}'} on-demand ({instance})")
-    text += f" · ${spot_total * scale:.4f} spot" if spot_total is not None else " · spot: no spot price in the table"
-    console.print(text, highlight=False)
+    for line in summary_lines(prediction, scale):
+        console.print(line, highlight=False)
+
+
+def summary_lines(prediction: StudyPrediction, scale: float = 1.0) -> list[str]:
+    """The totals, on-demand and spot, and what the spot figure assumes (or why there is none)."""
+    from tunebench.cost import price_table
+
+    total, spot_total, hours = prediction.total(), prediction.total(spot=True), prediction.hours
+    instances = sorted({c.instance for c in prediction.cells}) or ["?"]
+    lines = [f"predicted total: {'?' if hours is None else f'{hours * scale:.4f}'} GPU-hours · "
+             f"${'?' if total is None else f'{total * scale:.4f}'} on-demand ({', '.join(instances)})"]
+    unpriced = sorted({c.instance for c in prediction.cells if c.spot_price_per_hour is None})
+    if unpriced:
+        with_spot = [name for name, p in price_table().items() if p.spot_price_per_hour is not None]
+        lines.append(f"spot: none — the price table has no sourced spot price for {', '.join(unpriced)} "
+                     f"(entries with one: {', '.join(with_spot)}; tunebench prices)")
+    elif spot_total is not None:
+        redone = sum(c.redone_s or 0.0 for c in prediction.cells)
+        rates = sorted({c.preemptions_per_hour for c in prediction.cells})
+        lines.append(f"spot: ${spot_total * scale:.4f}, including {redone * scale:.0f} s of work redone after "
+                     f"preemptions — assumed {'/'.join(f'{r:g}' for r in rates)} preemption(s) per hour "
+                     "(cost.spot_preemptions_per_hour, an assumption: no cloud publishes a rate), each losing "
+                     "half a checkpoint interval (every 1/10 of the training steps or each epoch, whichever is "
+                     f"sooner; training.save_steps) and {RESTART_S:.0f} s to restart (assumed)")
+        sources = sorted({f"{price_table()[i].spot_source} ({price_table()[i].spot_date})" for i in instances
+                          if i in price_table()})
+        lines += [f"  spot price: {s}" for s in sources]
+    return lines
 
 
 def sample_space(study: Any, n: int = 16) -> list[Any]:

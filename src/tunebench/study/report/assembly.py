@@ -147,6 +147,9 @@ def study_report(study_dir: Path, plots_dir: Path) -> Report:
     from tunebench.study.search.report import add_search_section  # a search's own section (its module)
 
     add_search_section(report, Path(study_dir), plots_dir)
+    from tunebench.study.report.predicted import predicted_section  # predicted at launch against actual
+
+    predicted_section(report, Path(study_dir))
     return report
 
 

@@ -42,8 +42,10 @@ def run_search_command(study: Study, study_dir: Path, console: Console, *, dry_r
     if dry_run:
         print_search_plan(study, study_dir, console)
         return
+    from tunebench.study.predicted import predict_search_at_launch
     from tunebench.study.search.loop import load_search, run_search
 
+    predict_search_at_launch(study, study_dir, console)   # kept to set against what the search spends
     try:
         outcome = run_search(study, study_dir, console=console, executor=executor, address=address,
                              storage=storage, gpus=gpus, retry_failed=retry_failed)

@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config.search import QUALITY_METRICS
+from tunebench.study.search.fronts import (
+    add_epoch_front,
+    add_inference_front,
+    epoch_points,
+    front_basis,
+    inference_costs,
+    inference_searched,
+)
 
 
 @dataclass
@@ -25,6 +33,7 @@ class TrialPoint:
     ci: tuple[float | None, float | None]
     train_usd: float | None
     usd: float              # training and evaluation
+    inference_usd: float | None = None   # $ per 1K output tokens its load test measured (the inference front)
 
 
 def quality_metric(config: dict[str, Any], task: str) -> tuple[str, str]:
@@ -143,6 +152,9 @@ def add_search_section(report: Any, study_dir: Path, plots_dir: Path) -> None:
         task = ((config.get("defaults") or {}).get("data") or {}).get("task", "classification")
         metric, direction = quality_metric(config, task)
         points = trial_points(store, osearch, metric)
+        several = len(osearch.directions) > 1
+        epochs = [] if several else epoch_points(store, osearch, config, Path(study_dir))
+        served = inference_costs(store, [p.cell_id for p in points]) if inference_searched(config) else None
     maximize = direction == "maximize"
     states: dict[str, int] = {}
     for t in osearch.get_trials(deepcopy=False):
@@ -150,22 +162,21 @@ def add_search_section(report: Any, study_dir: Path, plots_dir: Path) -> None:
     search = config.get("search") or {}
     pruner = search.get("pruner") or "none"
     pruner = pruner.get("name", "none") if isinstance(pruner, dict) else pruner
-    several = len(osearch.directions) > 1
     report.add(Heading("Search"), Para(
         f"Sampler **{search.get('sampler', 'tpe')}**, pruner **{pruner}**, objectives "
         + ", ".join(f"{d.name.lower()} `{o.get('metric')}`" for d, o in zip(osearch.directions,
                                                                           search.get("objectives") or [{}],
                                                                           strict=False))
         + f"; trials: {', '.join(f'{n} {s}' for s, n in sorted(states.items()))}; "
-        f"spent ${sum(p.usd for p in points):.4f}. The front is "
-        + ("that of an unpruned multi-objective search: every trial ran its full configuration."
-           if several else "built from every evaluated trial; pruned trials (×) are evaluated where they "
-           "stopped, a cheaper configuration than the one asked for.")))
+        f"spent ${sum(p.usd for p in points):.4f}. "
+        + front_basis(several, epochs, len(points))))
+    add_epoch_front(report, epochs, config, plots_dir)
     chosen = front(points, maximize)
     if points:
         plots_dir.mkdir(parents=True, exist_ok=True)
         report.add(Figure(pareto_plot(plots_dir / "search-front.png", points, chosen, metric),
-                          f"{metric} against cost to train, every trial; the line joins the non-dominated ones"))
+                          f"{metric} of every trial's final evaluation against cost to train (pruned trials, ×, "
+                          "evaluated where they stopped); the line joins the non-dominated ones"))
         report.add(Figure(progress_plot(plots_dir / "search-progress.png", points, metric, maximize),
                           "best so far against trials and against $ spent"))
     rows = []
@@ -175,7 +186,9 @@ def add_search_section(report: Any, study_dir: Path, plots_dir: Path) -> None:
         rows.append([str(p.number), p.state, f"{p.quality:.4g}{ci}", f"${p.train_usd:.4f}", params, p.cell_id])
     if rows:
         report.add(Table(["trial", "state", metric + " [95% CI]", "train $", "parameters", "cell"], rows,
-                         "the chosen configurations: the quality-vs-cost front"))
+                         "the chosen configurations: the quality-vs-cost front of the final evaluations"))
+    if served is not None:
+        add_inference_front(report, points, served, metric, maximize, plots_dir)
     weights = importances(osearch)
     if weights:
         report.add(Table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in weights.items()],
