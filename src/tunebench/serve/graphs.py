@@ -92,6 +92,7 @@ class DecodeRunner:
         self.decode_attention: Any = None
         self.flex_error: str | None = None  # why FlexAttention was given up for SDPA, if it was
         self._flex_checked = False
+        self.flex_first_s = 0.0  # the first FlexAttention step, eager: torch.compile builds the kernel there
         choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", "flex" if device.type == "cuda" else "sdpa")
         if choice not in ("flex", "sdpa"):
             raise ValueError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: flex, sdpa")
@@ -227,10 +228,12 @@ class DecodeRunner:
         if self.flex and not self._flex_checked:
             # First FlexAttention step: an eager run compiles the kernel (it writes the keys and values the step
             # writes, so it is harmless); if torch cannot build it here, SDPA serves instead.
+            started = time.perf_counter()
             try:
                 with adapter_scope(self.model, adapter):
                     self.forward(rows, width, extra)
                 self._flex_checked = True
+                self.flex_first_s = time.perf_counter() - started
             except Exception as err:
                 self._give_up_flex(err)
         if self.flex:
@@ -266,7 +269,10 @@ class DecodeRunner:
         _, rows, width = host.shape
         slots = torch.tensor(slot_rows, dtype=torch.long)
         if rows > PREFILL_ROWS or width > PREFILL_WIDTH or self.offline:  # too large for the buffers: eagerly
-            inputs, slots = host.to(self.rows.device), slots.to(self.rows.device)
+            # non_blocking: a blocking copy waits for every step already queued, so the host would launch this
+            # eager prefill (~40 ms of Python for a 3B model) onto an idle GPU instead of behind running steps.
+            device = self.rows.device
+            inputs, slots = host.to(device, non_blocking=True), slots.to(device, non_blocking=True)
             self.cache.bind(slots[:, None], inputs[2], 0, rows, offset + width, gather=slots)
             return self._run(inputs[0], inputs[1], offset + width, extra)
         self.prefill_inputs[:, :rows, :width].copy_(host, non_blocking=True)
