@@ -74,7 +74,9 @@ def flex_function(device_type: str) -> Any:
         if device_type == "cuda":
             # Shapes stay static (the split-KV kernel needs a concrete batch); each engine's cache shape is one
             # more entry, so allow a few before dynamo falls back to the unfused version.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), 64))
             _compiled[device_type] = torch.compile(flex_attention, dynamic=False)
         else:
             _compiled[device_type] = flex_attention
