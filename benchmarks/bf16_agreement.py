@@ -40,23 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()[:args.prompts]]
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).to(args.device).eval()
-    prompts = [f"Summarize this dialogue in one sentence.\n\n{r['dialogue'].strip()}\n\nSummary:" for r in rows]
+    asks = [f"Summarize this dialogue in one sentence.\n\n{r['dialogue'].strip()}" for r in rows]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": a}], tokenize=False, add_generation_prompt=True)
+               if tok.chat_template else f"{a}\n\nSummary:" for a in asks]
     refs = [r["summary"] for r in rows]
     timings, texts = {}, {}
     for engine in ("padded", "batched"):
         t0 = time.monotonic()
         out = generate(model, tok, prompts, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-                       engine=engine, stop=("\n",))
+                       engine=engine)
         timings[engine] = round(time.monotonic() - t0, 1)
         texts[engine] = [g.text.strip() for g in out]
-    scores = {engine: rouge(t, refs) for engine, t in texts.items()}
+    # ROUGE on the first line (the summary sentence; a cut-off second line would only add noise).
+    scores = {engine: rouge([t.split("\n")[0] for t in ts], refs) for engine, ts in texts.items()}
     same = sum(a == b for a, b in zip(texts["padded"], texts["batched"], strict=True))
     line = {"benchmark": "bf16_agreement", "model": Path(args.model).name, "device": args.device, "dtype": "bfloat16",
             "prompts": len(prompts), "new_tokens": args.new_tokens, "identical": f"{same}/{len(prompts)}",
             "identical_share": round(same / len(prompts), 4),
             "rouge": {e: {k: round(v, 2) for k, v in s.items()} for e, s in scores.items()},
             "rougeL_difference_points": round(scores["batched"]["rougeL"] - scores["padded"]["rougeL"], 2),
-            "seconds": timings, "wall_s": round(time.monotonic() - started, 1)}
+            "sample": texts["batched"][0][:200], "seconds": timings, "wall_s": round(time.monotonic() - started, 1)}
     print(json.dumps(line), flush=True)
     if args.out:
         with args.out.open("a") as f:

@@ -45,6 +45,19 @@ def test_flex_decode_gives_the_greedy_tokens_of_sdpa_and_of_padded_generate(fixt
     assert model.config._attn_implementation != NAME  # the scope put it back
 
 
+def test_small_steps_under_the_row_threshold_decode_with_sdpa_and_change_no_token(tiny_neox_dir, load_tiny,
+                                                                                  monkeypatch):
+    model, tok = load_tiny(tiny_neox_dir)
+    sdpa, _ = engine_tokens(model, tok, "sdpa", monkeypatch, new_tokens=12)
+    monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", "3")  # 4 slots, 6 prompts: steps of 4, 3, 2 and 1 rows
+    calls = []
+    original = DecodeAttention.mask
+    monkeypatch.setattr(DecodeAttention, "mask", lambda self, rows: (calls.append(rows), original(self, rows))[1])
+    mixed, _ = engine_tokens(model, tok, "flex", monkeypatch, new_tokens=12)
+    assert mixed == sdpa
+    assert calls and min(calls) >= 3
+
+
 def test_block_mask_gives_each_running_row_its_own_blocks_and_idle_slots_none():
     positions = torch.tensor([0, KV_BLOCK - 1, KV_BLOCK, 3 * KV_BLOCK + 5, 7, 9])
     attention = DecodeAttention(torch.nn.Module(), positions, columns=4 * KV_BLOCK + 1)

@@ -93,6 +93,9 @@ class DecodeRunner:
         self.flex_error: str | None = None  # why FlexAttention was given up for SDPA, if it was
         self._flex_checked = False
         self.flex_first_s = 0.0  # the first FlexAttention step, eager: torch.compile builds the kernel there
+        # Steps of fewer rows decode with SDPA (TUNEBENCH_FLEX_MIN_ROWS; 0: FlexAttention at every size, as
+        # measured on the H200, where SDPA's step was faster at 1 row, 3.85 vs 4.24 ms, and about even at 32).
+        self.flex_min_rows = int(os.environ.get("TUNEBENCH_FLEX_MIN_ROWS", "0"))
         choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", "flex" if device.type == "cuda" else "sdpa")
         if choice not in ("flex", "sdpa"):
             raise ValueError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: flex, sdpa")
@@ -190,7 +193,7 @@ class DecodeRunner:
         """The step's body: model forward for rows 0..rows-1, then greedy choice on the device. With
         FlexAttention, `width` is unused: each row reads its own blocks of its slot."""
         tokens, positions, cols = self.inputs[0, :rows, None], self.inputs[1, :rows, None], self.inputs[2, :rows, None]
-        flex = self.decode_attention
+        flex = self.decode_attention if rows >= self.flex_min_rows else None
         self.cache.bind(self.rows[:rows, None], cols, 0, rows, width, whole=flex is not None)
         if flex is None:
             return self._run(tokens, positions, width, extra)
@@ -225,7 +228,8 @@ class DecodeRunner:
     def step(self, rows: int, width: int, adapter: str | None, extra: dict[str, Any]) -> StepOutput:
         """Run one step; `adapter` is the one adapter every row uses (None: no adapters are loaded), and
         `extra` the mixed-batch arguments when the rows disagree (then it runs eagerly)."""
-        if self.flex and not self._flex_checked:
+        flex = self.flex and rows >= self.flex_min_rows
+        if flex and not self._flex_checked:
             # First FlexAttention step: an eager run compiles the kernel (it writes the keys and values the step
             # writes, so it is harmless); if torch cannot build it here, SDPA serves instead.
             started = time.perf_counter()
@@ -236,7 +240,7 @@ class DecodeRunner:
                 self.flex_first_s = time.perf_counter() - started
             except Exception as err:
                 self._give_up_flex(err)
-        if self.flex:
+        if flex and self.flex:
             try:
                 return self._replay("decode-flex", self.forward, rows, 0, adapter, extra)
             except FlexCaptureFailed as err:
