@@ -6,13 +6,14 @@ decode attention of the device: FlexAttention on CUDA, or as TUNEBENCH_DECODE_AT
 
 Random weights (the GPU benchmarks' 3B) give near-uniform next-token distributions, where bf16 rounding flips
 many argmaxes whatever the engine; a trained model's margins are what the ">= 99% identical" rule is about.
-Prints one JSON line: identical outputs, ROUGE (x100) per engine and their difference.
+Prints one JSON line: outputs identical to the first run's, ROUGE (x100) per run and the differences.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="padded engine's batch size")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", default="padded:16,batched", help="engine[:batch size], comma-separated; the "
+                        "first is the reference (padded at another batch size shows what batching alone changes)")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON line to this file")
     args = parser.parse_args(argv)
     import torch
@@ -45,21 +48,27 @@ def main(argv: list[str] | None = None) -> int:
                if tok.chat_template else f"{a}\n\nSummary:" for a in asks]
     refs = [r["summary"] for r in rows]
     timings, texts = {}, {}
-    for engine in ("padded", "batched"):
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    for run in runs:
+        engine, _, size = run.partition(":")
         t0 = time.monotonic()
-        out = generate(model, tok, prompts, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-                       engine=engine)
-        timings[engine] = round(time.monotonic() - t0, 1)
-        texts[engine] = [g.text.strip() for g in out]
+        out = generate(model, tok, prompts, max_new_tokens=args.new_tokens,
+                       batch_size=int(size or args.batch_size), engine=engine)
+        timings[run] = round(time.monotonic() - t0, 1)
+        texts[run] = [g.text.strip() for g in out]
     # ROUGE on the first line (the summary sentence; a cut-off second line would only add noise).
-    scores = {engine: rouge([t.split("\n")[0] for t in ts], refs) for engine, ts in texts.items()}
-    same = sum(a == b for a, b in zip(texts["padded"], texts["batched"], strict=True))
+    scores = {run: rouge([t.split("\n")[0] for t in ts], refs) for run, ts in texts.items()}
+    reference = runs[0]
+    identical = {run: f"{sum(a == b for a, b in zip(texts[reference], ts, strict=True))}/{len(prompts)}"
+                 for run, ts in texts.items() if run != reference}
     line = {"benchmark": "bf16_agreement", "model": Path(args.model).name, "device": args.device, "dtype": "bfloat16",
-            "prompts": len(prompts), "new_tokens": args.new_tokens, "identical": f"{same}/{len(prompts)}",
-            "identical_share": round(same / len(prompts), 4),
-            "rouge": {e: {k: round(v, 2) for k, v in s.items()} for e, s in scores.items()},
-            "rougeL_difference_points": round(scores["batched"]["rougeL"] - scores["padded"]["rougeL"], 2),
-            "sample": texts["batched"][0][:200], "seconds": timings, "wall_s": round(time.monotonic() - started, 1)}
+            "decode_attention": os.environ.get("TUNEBENCH_DECODE_ATTENTION", "default"),
+            "prompts": len(prompts), "new_tokens": args.new_tokens, "reference": reference,
+            "identical_to_reference": identical,
+            "rouge": {e: {k: round(v, 2) for k, v in sc.items()} for e, sc in scores.items()},
+            "rougeL_minus_reference_points": {run: round(scores[run]["rougeL"] - scores[reference]["rougeL"], 2)
+                                              for run in runs[1:]},
+            "seconds": timings, "wall_s": round(time.monotonic() - started, 1)}
     print(json.dumps(line), flush=True)
     if args.out:
         with args.out.open("a") as f:

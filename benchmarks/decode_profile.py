@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth", type=float, default=4.3e12, help="bytes/s for the bound")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="SDPA backends to time, comma-separated")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON line to this file")
+    parser.add_argument("--flex-variants", default="", help="also time FlexAttention variants (ragged rows): "
+                        "';'-separated BLOCK[:JSON kernel options], e.g. '64;32:{\"num_warps\": 2}'")
     args = parser.parse_args(argv)
     import torch
 
@@ -155,6 +157,9 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
         set_lengths(runner, ragged)
         results["flex-ragged"] = variant(runner, "flex", rows_list, args.width)
         log(f"flex, ragged lengths: {results['flex-ragged']}")
+        for spec in [v for v in args.flex_variants.split(";") if v.strip()]:
+            results[f"flex-ragged {spec}"] = flex_variant(runner, spec, rows_list, args.width)
+            log(f"flex variant {spec}: {results[f'flex-ragged {spec}']}")
     line = {"benchmark": "decode_profile", "model": args.model, "device": torch.cuda.get_device_name(0),
             "slots": engine.slots, "width": args.width, "step_ms_by_rows": results,
             "flex_error": runner.flex_error, "kv_block": 32,
@@ -165,6 +170,25 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
             "wall_s": round(time.monotonic() - started, 1)}
     print(json.dumps(line), flush=True)
     return line
+
+
+def flex_variant(runner: Any, spec: str, rows_list: list[int], width: int) -> Any:
+    """FlexAttention with another block size and/or Triton kernel options (`spec`: BLOCK[:JSON])."""
+    import os
+
+    from tunebench.serve import decode_attention as da
+
+    block, _, options = spec.partition(":")
+    try:
+        os.environ["TUNEBENCH_FLEX_OPTIONS"] = options or "{}"
+        runner.decode_attention = da.DecodeAttention(runner.model, runner.inputs[1], runner.cache.max_len,
+                                                     block=int(block))
+        runner._flex_checked = False
+        return variant(runner, "flex", rows_list, width)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    finally:
+        os.environ.pop("TUNEBENCH_FLEX_OPTIONS", None)
 
 
 def safe_table(runner: Any, rows: int, width: int) -> Any:

@@ -28,6 +28,9 @@ NAME = "tunebench_slots"
 KV_BLOCK = 32  # columns per block: a row reads its length rounded up to this (the kernel's BLOCK_N follows it)
 Q_BLOCK = 128  # one query block covers the single decode position (a multiple of the kernel's BLOCK_M)
 _compiled: dict[str, Any] = {}
+# Triton options for the compiled kernel on CUDA (num_warps, num_stages, BLOCK_N, SPLIT_KV ...), from
+# TUNEBENCH_FLEX_OPTIONS as JSON; none by default (torch's heuristics). For benchmarks/decode_profile.py.
+KERNEL_OPTIONS: dict[str, Any] = {}
 
 
 def register() -> None:
@@ -59,8 +62,9 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     if rows < slots:  # one kernel shape for every step: idle rows have no blocks to read
         query = torch.cat([query, query.new_zeros((slots - rows, *query.shape[1:]))])
     flex = flex_function(query.device.type)
+    options = {"kernel_options": dict(KERNEL_OPTIONS)} if KERNEL_OPTIONS and query.is_cuda else {}
     out = flex(query, key, value, block_mask=attention_mask, scale=scaling,
-               enable_gqa=query.shape[1] != key.shape[1])
+               enable_gqa=query.shape[1] != key.shape[1], **options)
     return out[:rows].transpose(1, 2).contiguous(), None
 
 
@@ -87,12 +91,18 @@ class DecodeAttention:
     """Builds a decode step's BlockMask from the runner's per-row positions (a device buffer a CUDA graph
     reads at replay), and scopes the model's attention implementation to NAME while a step runs."""
 
-    def __init__(self, model: Any, positions: Any, columns: int) -> None:
+    def __init__(self, model: Any, positions: Any, columns: int, block: int = KV_BLOCK) -> None:
+        import json
+        import os
+
         import torch
 
         register()
+        KERNEL_OPTIONS.clear()
+        KERNEL_OPTIONS.update(json.loads(os.environ.get("TUNEBENCH_FLEX_OPTIONS", "{}")))
         self.model, self.positions, self.columns = model, positions, columns
-        self.blocks = -(-columns // KV_BLOCK)
+        self.block = block
+        self.blocks = -(-columns // block)
         device = positions.device
         self.slot_index = torch.arange(positions.shape[0], device=device)
         self.block_index = torch.arange(self.blocks, dtype=torch.int32, device=device)
@@ -109,11 +119,11 @@ class DecodeAttention:
         from torch.nn.attention.flex_attention import BlockMask
 
         slots = self.positions.shape[0]
-        counts = torch.where(self.slot_index < rows, self.positions // KV_BLOCK + 1, 0)
+        counts = torch.where(self.slot_index < rows, self.positions // self.block + 1, 0)
         counts = counts.to(torch.int32).view(slots, 1, 1)
         indices = self.block_index.expand(slots, 1, 1, self.blocks).contiguous()
         extra = {"compute_q_blocks": False} if _takes_compute_q_blocks() else {}
-        return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(Q_BLOCK, KV_BLOCK), mask_mod=self.mask_mod,
+        return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(Q_BLOCK, self.block), mask_mod=self.mask_mod,
                                         seq_lengths=(1, self.columns), **extra)
 
     @contextlib.contextmanager

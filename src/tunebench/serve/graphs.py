@@ -8,7 +8,8 @@ tokens: the host's work on those tokens (text, stop checks, streaming) overlaps 
 Shapes come from buckets: b is a power of two up to 32, then a multiple of 32 (or all slots), covering the
 occupied rows; w a power of two (or a multiple of 64 between 128 and 512) covering the longest sequence, so a
 few dozen graphs serve every batch; rows past the occupied ones are idle (they write the scratch column and
-see column 0 only).
+see column 0 only). With FlexAttention decode (`tunebench.serve.decode_attention`, the default on CUDA)
+the width drops out: each row reads its own blocks of its slot, so decode graphs are keyed by b alone.
 
 Prefills of waiting prompts are graphs too (an eager forward of a 3B model costs ~40 ms of Python on the
 H200 host, whatever the batch, which stalled the running batch at every admission): the prompts are
