@@ -1,14 +1,18 @@
 """Where a decode step's time goes on the GPU: the batched engine's step alone, per batch size and attention kernel.
 
-    python benchmarks/decode_profile.py [--model redpajama-3b] [--slots 256] [--width 192]
+    python benchmarks/decode_profile.py [--model redpajama-3b] [--slots 256] [--width 192] [--backends default]
 
 The engine's own model runner (`tunebench.serve.graphs.DecodeRunner`) over its slot KV cache, random weights
-of a preset's architecture in bf16, no server and no scheduler:
-1. GPU time per decode step (CUDA-graph replay timed with CUDA events) at 1, 32, 128 and --slots rows over
-   --width columns, with torch's default SDPA kernel choice, each SDPA backend that takes the shape
-   (efficient, cudnn, math), and transformers' flex_attention (FlexAttention with the engine's dense mask);
-   beside each, the step's memory-bandwidth bound (weights + the keys and values it reads, at --bandwidth).
-2. torch.profiler over eager steps at --slots rows: the CUDA kernels that take the most time, per step.
+of a preset's architecture in bf16, no server and no scheduler. Every row holds `--width` tokens (its next
+position is width - 1), so SDPA over the width bucket and FlexAttention over each row's own blocks read the
+same columns; "flex-ragged" gives the rows lengths spread over the upper half of the width (a burst's mix),
+which SDPA still pays the whole width for.
+1. GPU time per decode step (CUDA-graph replay timed with CUDA events) at 1, 32, 128 and --slots rows, with
+   FlexAttention (`tunebench.serve.decode_attention`, the engine's default on CUDA) and with SDPA over the
+   width bucket for each --backends entry (default: torch's own choice; efficient, cudnn, math); beside
+   each, the step's memory-bandwidth bound (weights + the keys and values it must read, at --bandwidth).
+2. torch.profiler over eager steps at --slots rows, FlexAttention and SDPA: the CUDA kernels that take the
+   most time, per step.
 Prints one JSON line.
 """
 
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generation_engines import build
 
-BACKENDS = ("default", "efficient", "cudnn", "math")
+BACKENDS = ("default", "efficient", "cudnn", "math")  # SDPA over the width bucket
 
 
 def step_ms(runner: Any, rows: int, width: int, repeats: int = 20) -> float:
@@ -56,6 +60,8 @@ def variant(runner: Any, name: str, rows_list: list[int], width: int) -> dict[st
             out[str(rows)] = step_ms(runner, rows, width)
             if not runner.use_graphs:
                 return {"error": "graph capture failed (see the log)"}
+            if name == "flex" and not runner.flex:
+                return {"error": f"FlexAttention given up: {runner.flex_error}"}
     except Exception as err:  # a backend that does not take this shape
         return {"error": f"{type(err).__name__}: {err}"[:300]}
     return out
@@ -87,18 +93,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--width", type=int, default=192, help="attention columns (the engine's width bucket)")
     parser.add_argument("--bandwidth", type=float, default=4.3e12, help="bytes/s for the bound")
-    parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="SDPA backends to time, comma-separated")
+    parser.add_argument("--out", type=Path, default=None, help="also append the JSON line to this file")
+    parser.add_argument("--flex-variants", default="", help="also time FlexAttention variants (ragged rows): "
+                        "';'-separated BLOCK[:JSON kernel options], e.g. '64;32:{\"num_warps\": 2}'")
     args = parser.parse_args(argv)
     import torch
 
     started = time.monotonic()
     model, tok = build(args.model)
     with torch.inference_mode():  # as the engine's thread runs
-        measure(args, model, tok, started)
+        line = measure(args, model, tok, started)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
     return 0
 
 
+def set_lengths(runner: Any, lengths: list[int]) -> None:
+    """Row i holds lengths[i] tokens: its next input goes to position and column lengths[i] - 1 (the step is
+    replayed without advancing, so every replay reads the same columns)."""
+    import torch
+
+    runner.start_rows(0, [n - 1 for n in lengths], torch.ones(len(lengths), dtype=torch.long))
+
+
 def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> dict[str, Any]:
+    import random
+
     import torch
 
     from tunebench.serve.graphs import sdpa_backends
@@ -106,36 +128,78 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
 
     engine = offline_engine(model, tok, longest=max(256, args.width), slots=args.slots)
     runner, cache = engine.runner, engine.cache
-    rows_list = sorted({1, 32, 128, engine.slots})
+    flex = runner.decode_attention  # None if torch could not build it here (runner.flex_error says why)
+    rows_list = sorted(r for r in {1, 32, 128, engine.slots} if r <= engine.slots)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     per_column = cache.all_keys[:, 0, :, 0].numel() * 2 * cache.all_keys.element_size()  # keys + values, all layers
-    bound = {str(r): round(1e3 * (weights + r * args.width * per_column) / args.bandwidth, 3) for r in rows_list}
+    rng = random.Random(0)
+    ragged = [rng.randrange(args.width // 2, args.width) + 1 for _ in range(engine.slots)]
+
+    def bound(lengths: list[int]) -> dict[str, float]:
+        return {str(r): round(1e3 * (weights + sum(lengths[:r]) * per_column) / args.bandwidth, 3)
+                for r in rows_list}
+
     results: dict[str, Any] = {}
-    for name in BACKENDS:
+    set_lengths(runner, [args.width] * engine.slots)
+    runner.decode_attention = None
+    for name in [b for b in args.backends.split(",") if b]:
         runner.sdpa_backends = sdpa_backends("" if name == "default" else name)
-        results[name] = variant(runner, name, rows_list, args.width)
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {results[name]}", file=sys.stderr, flush=True)
+        results[f"sdpa-{name}"] = variant(runner, name, rows_list, args.width)
+        log(f"sdpa {name}: {results[f'sdpa-{name}']}")
     runner.sdpa_backends = []
-    try:
-        kernels: Any = kernel_table(runner, engine.slots, args.width)
-    except Exception as err:
-        kernels = {"error": f"{type(err).__name__}: {err}"[:300]}
+    kernels: dict[str, Any] = {}
+    kernels["sdpa"] = safe_table(runner, engine.slots, args.width)
+    if flex is not None:
+        runner.decode_attention, runner._flex_checked = flex, False
+        results["flex"] = variant(runner, "flex", rows_list, args.width)
+        log(f"flex: {results['flex']}")
+        kernels["flex"] = safe_table(runner, engine.slots, args.width)
+        set_lengths(runner, ragged)
+        results["flex-ragged"] = variant(runner, "flex", rows_list, args.width)
+        log(f"flex, ragged lengths: {results['flex-ragged']}")
+        for spec in [v for v in args.flex_variants.split(";") if v.strip()]:
+            results[f"flex-ragged {spec}"] = flex_variant(runner, spec, rows_list, args.width)
+            log(f"flex variant {spec}: {results[f'flex-ragged {spec}']}")
     line = {"benchmark": "decode_profile", "model": args.model, "device": torch.cuda.get_device_name(0),
             "slots": engine.slots, "width": args.width, "step_ms_by_rows": results,
-            "bandwidth_bound_ms_by_rows": bound, "weights_gb": round(weights / 1e9, 2),
-            "kernels_eager_at_slots": kernels, "wall_s": round(time.monotonic() - started, 1)}
-    print(json.dumps(line), flush=True)  # before FlexAttention, whose compilation may outlast the call
-    if not args.no_flex:
-        try:
-            model.set_attn_implementation("flex_attention")
-            runner.additive_dtype = cache.all_keys.dtype  # flex adds the mask to the scores
-            flex = variant(runner, "flex", rows_list, args.width)
-        except Exception as err:
-            flex = {"error": f"{type(err).__name__}: {err}"[:300]}
-        print(json.dumps({"benchmark": "decode_profile", "attention": "flex_attention (dense mask)",
-                          "width": args.width, "step_ms_by_rows": flex,
-                          "wall_s": round(time.monotonic() - started, 1)}), flush=True)
+            "flex_error": runner.flex_error, "kv_block": 32,
+            "ragged_mean_length": round(sum(ragged) / len(ragged), 1),
+            "bandwidth_bound_ms_by_rows": {"full-width": bound([args.width] * engine.slots),
+                                           "ragged": bound(ragged)},
+            "weights_gb": round(weights / 1e9, 2), "kernels_eager_at_slots": kernels,
+            "wall_s": round(time.monotonic() - started, 1)}
+    print(json.dumps(line), flush=True)
     return line
+
+
+def flex_variant(runner: Any, spec: str, rows_list: list[int], width: int) -> Any:
+    """FlexAttention with another block size and/or Triton kernel options (`spec`: BLOCK[:JSON])."""
+    import os
+
+    from tunebench.serve import decode_attention as da
+
+    block, _, options = spec.partition(":")
+    try:
+        os.environ["TUNEBENCH_FLEX_OPTIONS"] = options or "{}"
+        runner.decode_attention = da.DecodeAttention(runner.model, runner.inputs[1], runner.cache.max_len,
+                                                     block=int(block))
+        runner._flex_checked = False
+        return variant(runner, "flex", rows_list, width)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    finally:
+        os.environ.pop("TUNEBENCH_FLEX_OPTIONS", None)
+
+
+def safe_table(runner: Any, rows: int, width: int) -> Any:
+    try:
+        return kernel_table(runner, rows, width)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -106,13 +106,18 @@ def step_breakdown(engine: Any) -> dict[str, Any]:
             "tokens_streaming_ms_per_step": round(1e3 * p.host_s / steps, 3),
             "scheduling_ms_per_step": round(1e3 * p.scheduling_s / steps, 3),
             "prefill_ms_each": round(1e3 * p.prefill_s / max(p.prefills, 1), 2), "prefills": p.prefills,
-            "graphs_captured": engine.runner.captures, "graphs_on_at_end": engine.runner.use_graphs}
+            "graphs_captured": engine.runner.captures, "graphs_on_at_end": engine.runner.use_graphs,
+            "capture_s": round(engine.runner.capture_s, 2),
+            "decode_attention": "flex" if engine.runner.flex else "sdpa", "flex_error": engine.runner.flex_error}
 
 
 def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, int],
-                   adapter: tuple[str, Path, bool] | None = None) -> dict[str, dict[str, Any]]:
+                   adapter: tuple[str, Path, bool] | None = None,
+                   peer_prompts: int = 0) -> dict[str, dict[str, Any]]:
     """The served bursts (2 x slots requests, texts in the same order) through the engine in this process:
-    same model, slots and limits as the server, no HTTP. `adapter`: (name, dir, merge)."""
+    same model, slots and limits as the server, no HTTP. `adapter`: (name, dir, merge). With `peer_prompts`,
+    also the first that many requests of the 100/64 burst through transformers' continuous batching
+    (`generate_batch`, its default configuration) and through the engine, as out["continuous_peer"]."""
     import gc
 
     import torch
@@ -151,9 +156,51 @@ def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, 
                             "requests_per_s": round(len(done) / wall, 2),
                             "output_tokens_per_s": round(tokens / wall, 1), "profile": step_breakdown(engine)}
             log(f"offline {profile}{' ' + adapter[0] if adapter else ''} burst: {out[profile]}")
+        if peer_prompts:
+            out["continuous_peer"] = continuous_peer(served, engine, requests(64)[:peer_prompts], args)
+            log(f"continuous batching peer: {out['continuous_peer']}")
     finally:
         del engine, served
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    return out
+
+
+def continuous_peer(served: Any, engine: Any, requests: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The same requests through transformers' continuous batching and through the engine offline (greedy, 64
+    new tokens; random weights rarely end early, and tokens/s counts what each generated)."""
+    import torch
+
+    from tunebench.evaluate.generation import generate_continuous, generation_config
+    from tunebench.serve.offline import run_offline
+
+    def synchronize() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    new_tokens = requests[0].params.max_new_tokens
+    encoded = [list(r.prompt_ids) for r in requests]
+    out: dict[str, Any] = {"prompts": len(requests), "new_tokens": new_tokens}
+    started = time.monotonic()
+    done = run_offline(engine, requests)
+    synchronize()
+    wall = time.monotonic() - started
+    out["engine_offline"] = {"wall_s": round(wall, 3),
+                             "output_tokens_per_s": round(sum(c.generated_tokens for c in done) / wall, 1)}
+    try:
+        config = generation_config(served.model, served.tokenizer, max_new_tokens=new_tokens, do_sample=False,
+                                   temperature=1.0, top_p=1.0)
+        generate_continuous(served.model, served.tokenizer, encoded[:8], config, stop=(), on_progress=None)  # warm-up
+        synchronize()
+        started = time.monotonic()
+        results = generate_continuous(served.model, served.tokenizer, encoded, config, stop=(), on_progress=None)
+        synchronize()
+        wall = time.monotonic() - started
+        out["continuous"] = {"wall_s": round(wall, 3),
+                             "output_tokens_per_s": round(sum(g.n_tokens for g in results) / wall, 1)}
+        out["engine_over_continuous"] = round(out["engine_offline"]["output_tokens_per_s"]
+                                              / out["continuous"]["output_tokens_per_s"], 2)
+    except Exception as err:  # the peer failing is a result too
+        out["continuous"] = {"error": f"{type(err).__name__}: {err}"[:300]}
     return out

@@ -93,7 +93,9 @@ class EngineSpy:
                 "launch_ms_per_step": round(1e3 * p.launch_s / steps, 3),
                 "tokens_ms_per_step": round(1e3 * p.host_s / steps, 3),
                 "scheduling_ms_per_step": round(1e3 * p.scheduling_s / steps, 3),
-                "graphs_captured": runner.captures, "capture_s": round(runner.capture_s, 2)}
+                "graphs_captured": runner.captures, "capture_s": round(runner.capture_s, 2),
+                "decode_attention": "flex" if runner.flex else "sdpa", "flex_error": runner.flex_error,
+                "flex_first_step_s": round(runner.flex_first_s, 2)}
 
 
 def timed(engine: str, model: Any, tok: Any, prompts: list[str], new_tokens: int, batch_size: int) -> dict[str, Any]:

@@ -155,9 +155,10 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
                 ("naive single stream", 10)]
     if args.offline:
         short = args.warmup + OFFLINE_RATE_S + 2
-        return [("batched server", SERVER_START_S),
-                ("bursts + rates + single stream", 25 + len(OFFLINE_FRACTIONS) * short + 16),
-                ("offline engine: load, bursts", 40), ("offline LoRA unmerged vs merged", 60)]
+        rates = sum(len(f) for p, f in OFFLINE_FRACTIONS.items() if p in chosen_profiles(args))
+        return [("batched server", SERVER_START_S), ("bursts + rates + single stream", 25 + rates * short + 16),
+                ("offline engine: load, bursts", 40), ("continuous-batching peer", 30),
+                ("offline LoRA unmerged vs merged", 60)]
     adapters = [(f"LoRA {mode}: server, burst, {len(ADAPTER_FRACTIONS)} rates", adapter_seconds(args))
                 for mode in ("unmerged", "merged")]
     if args.adapters_only:
@@ -430,8 +431,10 @@ def run_quick(args, work, tokenizer, texts, counter, clock, results) -> None:
 # ---------------------------------------------------------------- offline: the engine without HTTP
 
 
-OFFLINE_RATE_S = 8.0
-OFFLINE_FRACTIONS = (0.9,)  # one open-loop rate: how much of the burst's rate holds at p90 <= 2 s
+OFFLINE_RATE_S = 6.0
+# Open-loop rates per profile as fractions of its served burst's rate: where p90 <= 2 s stops holding.
+OFFLINE_FRACTIONS = {"100in-64out": (0.6, 0.8, 1.0, 1.2), "classify-100in-16out": (0.8, 1.0)}
+PEER_PROMPTS = 256  # requests of the 100/64 burst also run through transformers' continuous batching
 
 
 def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results) -> dict[str, dict[str, Any]]:
@@ -444,11 +447,13 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
         for profile, new_tokens in chosen_profiles(args).items():
             served[profile] = burst(url, texts, 2 * args.slots, new_tokens)
             log(f"served {profile} burst: {served[profile]}")
-        profile = "100in-64out"
-        if profile in served and clock.allows("open-loop rates", len(OFFLINE_FRACTIONS) * (args.warmup + seconds + 2)):
-            rates = capacity_rates(served[profile]["requests_per_s"], OFFLINE_FRACTIONS)
-            summary = loadtest(url, texts, rates, PROFILES[profile], work / "offline-served", short, counter,
-                               title="batched (served)")
+        for profile in served:
+            fractions = OFFLINE_FRACTIONS[profile]
+            if not clock.allows(f"open-loop rates {profile}", len(fractions) * (args.warmup + seconds + 2)):
+                continue
+            rates = capacity_rates(served[profile]["requests_per_s"], fractions)
+            summary = loadtest(url, texts, rates, PROFILES[profile], work / f"offline-served-{profile}", short,
+                               counter, title=f"batched (served) {profile}")
             emit(result_line("batched", f"{profile} ({seconds:g} s per rate)", summary, served[profile]),
                  results)
         if clock.allows("batched single stream", 15):
@@ -462,7 +467,11 @@ def run_offline_comparison(args, work, tokenizer, texts, counter, clock, results
     served = run_served_for_offline(args, work, tokenizer, texts, counter, clock, results)
     if not clock.allows("offline engine", 40):
         return
-    offline = offline_bursts(args, tokenizer, texts, profiles)
+    peer = PEER_PROMPTS if "100in-64out" in profiles and clock.allows("continuous-batching peer", 70) else 0
+    offline = offline_bursts(args, tokenizer, texts, profiles, peer_prompts=peer)
+    if "continuous_peer" in offline:
+        emit({"benchmark": "serve_throughput", "comparison": "engine_offline_vs_continuous_batching",
+              "profile": "100in-64out", **offline.pop("continuous_peer")}, results)
     for profile in profiles:
         a, b = offline.get(profile), served.get(profile)
         ratio = round(a["output_tokens_per_s"] / b["output_tokens_per_s"], 3) if a and b else None

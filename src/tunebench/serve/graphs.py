@@ -8,7 +8,8 @@ tokens: the host's work on those tokens (text, stop checks, streaming) overlaps 
 Shapes come from buckets: b is a power of two up to 32, then a multiple of 32 (or all slots), covering the
 occupied rows; w a power of two (or a multiple of 64 between 128 and 512) covering the longest sequence, so a
 few dozen graphs serve every batch; rows past the occupied ones are idle (they write the scratch column and
-see column 0 only).
+see column 0 only). With FlexAttention decode (`tunebench.serve.decode_attention`, the default on CUDA)
+the width drops out: each row reads its own blocks of its slot, so decode graphs are keyed by b alone.
 
 Prefills of waiting prompts are graphs too (an eager forward of a 3B model costs ~40 ms of Python on the
 H200 host, whatever the batch, which stalled the running batch at every admission): the prompts are
@@ -35,7 +36,7 @@ log = logging.getLogger("tunebench.serve")
 MIN_WIDTH = 32
 WIDTH_STEP = 64
 FINE_WIDTHS = (128, 512)
-WARMUP_RUNS = 2  # eager runs on a side stream before capture (cuBLAS handles, lazy allocations)
+WARMUP_RUNS = 1  # eager runs on a side stream before capture (cuBLAS workspace, lazy allocations, kernel plans)
 BASE = "__base__"
 ROW_STEP = 32
 PREFILL_ROWS = 64  # largest prefill group a graph serves
@@ -48,6 +49,10 @@ def power_of_two_at_least(n: int, floor: int = 1) -> int:
     while size < n:
         size *= 2
     return size
+
+
+class FlexCaptureFailed(RuntimeError):
+    """A FlexAttention decode step failed to capture; the runner decodes with SDPA instead."""
 
 
 @dataclass
@@ -83,6 +88,25 @@ class DecodeRunner:
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
         self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
+        # Decode attention: FlexAttention with a per-row block mask on CUDA (graphs keyed by rows alone, no
+        # padded columns read), SDPA over the width bucket elsewhere or when TUNEBENCH_DECODE_ATTENTION=sdpa.
+        self.decode_attention: Any = None
+        self.flex_error: str | None = None  # why FlexAttention was given up for SDPA, if it was
+        self._flex_checked = False
+        self.flex_first_s = 0.0  # the first FlexAttention step, eager: torch.compile builds the kernel there
+        # Steps of fewer rows decode with SDPA (TUNEBENCH_FLEX_MIN_ROWS; 0: FlexAttention at every size, as
+        # measured on the H200, where SDPA's step was faster at 1 row, 3.85 vs 4.24 ms, and about even at 32).
+        self.flex_min_rows = int(os.environ.get("TUNEBENCH_FLEX_MIN_ROWS", "0"))
+        choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", "flex" if device.type == "cuda" else "sdpa")
+        if choice not in ("flex", "sdpa"):
+            raise ValueError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: flex, sdpa")
+        if choice == "flex":
+            try:
+                from tunebench.serve.decode_attention import DecodeAttention
+
+                self.decode_attention = DecodeAttention(model, self.inputs[1], cache.max_len)
+            except Exception as err:  # an older torch or transformers: SDPA still serves
+                self._give_up_flex(err)
         # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
         # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
         # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
@@ -161,18 +185,29 @@ class DecodeRunner:
         event.record()
         return buffer, pairs, event
 
-    def forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
-        """The step's body: model forward for rows 0..rows-1, then greedy choice on the device."""
-        tokens, positions, cols = self.inputs[0, :rows, None], self.inputs[1, :rows, None], self.inputs[2, :rows, None]
-        self.cache.bind(self.rows[:rows, None], cols, 0, rows, width)
-        return self._run(tokens, positions, width, extra)
+    @property
+    def flex(self) -> bool:
+        """Whether decode steps use FlexAttention (`tunebench.serve.decode_attention`)."""
+        return self.decode_attention is not None
 
-    def _run(self, tokens: Any, positions: Any, width: int, extra: dict[str, Any]) -> StepOutput:
+    def forward(self, rows: int, width: int, extra: dict[str, Any]) -> StepOutput:
+        """The step's body: model forward for rows 0..rows-1, then greedy choice on the device. With
+        FlexAttention, `width` is unused: each row reads its own blocks of its slot."""
+        tokens, positions, cols = self.inputs[0, :rows, None], self.inputs[1, :rows, None], self.inputs[2, :rows, None]
+        flex = self.decode_attention if rows >= self.flex_min_rows else None
+        self.cache.bind(self.rows[:rows, None], cols, 0, rows, width, whole=flex is not None)
+        if flex is None:
+            return self._run(tokens, positions, width, extra)
+        with flex.scope():
+            return self._run(tokens, positions, width, extra, mask=flex.mask(rows))
+
+    def _run(self, tokens: Any, positions: Any, width: int, extra: dict[str, Any], mask: Any = None) -> StepOutput:
         import torch
 
         from tunebench.serve.kvcache import visible_mask
 
-        mask = visible_mask(positions, width, self.additive_dtype)
+        if mask is None:
+            mask = visible_mask(positions, width, self.additive_dtype)
         with self.attention_scope():
             out = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
                              logits_to_keep=1, **{self.cache_arg: self.cache}, **extra)
@@ -194,7 +229,29 @@ class DecodeRunner:
     def step(self, rows: int, width: int, adapter: str | None, extra: dict[str, Any]) -> StepOutput:
         """Run one step; `adapter` is the one adapter every row uses (None: no adapters are loaded), and
         `extra` the mixed-batch arguments when the rows disagree (then it runs eagerly)."""
+        flex = self.flex and rows >= self.flex_min_rows
+        if flex and not self._flex_checked:
+            # First FlexAttention step: an eager run compiles the kernel (it writes the keys and values the step
+            # writes, so it is harmless); if torch cannot build it here, SDPA serves instead.
+            started = time.perf_counter()
+            try:
+                with adapter_scope(self.model, adapter):
+                    self.forward(rows, width, extra)
+                self._flex_checked = True
+                self.flex_first_s = time.perf_counter() - started
+            except Exception as err:
+                self._give_up_flex(err)
+        if flex and self.flex:
+            try:
+                return self._replay("decode-flex", self.forward, rows, 0, adapter, extra)
+            except FlexCaptureFailed as err:
+                self._give_up_flex(err.__cause__ or err)
         return self._replay("decode", self.forward, rows, width, adapter, extra)
+
+    def _give_up_flex(self, err: BaseException) -> None:
+        log.warning("FlexAttention decode unavailable (%s: %s); decoding with SDPA", type(err).__name__, err)
+        self.decode_attention = None
+        self.flex_error = f"{type(err).__name__}: {err}"[:300]
 
     # ------------------------------------------------------------ prefill
 
@@ -217,7 +274,10 @@ class DecodeRunner:
         _, rows, width = host.shape
         slots = torch.tensor(slot_rows, dtype=torch.long)
         if rows > PREFILL_ROWS or width > PREFILL_WIDTH or self.offline:  # too large for the buffers: eagerly
-            inputs, slots = host.to(self.rows.device), slots.to(self.rows.device)
+            # non_blocking: a blocking copy waits for every step already queued, so the host would launch this
+            # eager prefill (~40 ms of Python for a 3B model) onto an idle GPU instead of behind running steps.
+            device = self.rows.device
+            inputs, slots = host.to(device, non_blocking=True), slots.to(device, non_blocking=True)
             self.cache.bind(slots[:, None], inputs[2], 0, rows, offset + width, gather=slots)
             return self._run(inputs[0], inputs[1], offset + width, extra)
         self.prefill_inputs[:, :rows, :width].copy_(host, non_blocking=True)
@@ -243,7 +303,9 @@ class DecodeRunner:
             try:
                 self.graphs[key] = self.capture(forward, rows, width, adapter)
                 self.capture_s += time.perf_counter() - started
-            except RuntimeError:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
+            except RuntimeError as err:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
+                if kind == "decode-flex":  # give up FlexAttention, not graphs
+                    raise FlexCaptureFailed("FlexAttention decode step could not be captured") from err
                 log.exception("CUDA graph capture failed; running eagerly from now on")
                 self.use_graphs = False
                 return forward(rows, width, {"adapter_names": [adapter] * rows} if adapter else {})
@@ -264,9 +326,17 @@ class DecodeRunner:
                 for _ in range(WARMUP_RUNS):
                     forward(rows, width, {})
             torch.cuda.current_stream().wait_stream(stream)
+            # Captured by hand rather than under `torch.cuda.graph`, whose entry runs gc.collect() and
+            # empty_cache() before every capture (a large share of a capture's time in a big process).
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                output = forward(rows, width, {})
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                try:
+                    output = forward(rows, width, {})
+                finally:
+                    graph.capture_end()
+            torch.cuda.current_stream().wait_stream(stream)
         self.captures += 1
         return graph, output
 

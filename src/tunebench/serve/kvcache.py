@@ -36,6 +36,7 @@ class SlotCache(Cache):
         self._rows: Any = None
         self._cols: Any = None
         self._gather: Any = None
+        self._whole = False
         self._lo, self._hi, self._width = 0, 0, 0
 
     @property
@@ -48,13 +49,16 @@ class SlotCache(Cache):
         """The longest sequence (prompt + generated tokens) a slot holds."""
         return self.max_len - 1
 
-    def bind(self, rows: Any, cols: Any, lo: int, hi: int, width: int, gather: Any = None) -> None:
+    def bind(self, rows: Any, cols: Any, lo: int, hi: int, width: int, gather: Any = None,
+             whole: bool = False) -> None:
         """The next forward pass runs rows lo..hi-1 (`rows`: their indices as an (n, 1) tensor); its token t of
         row i goes to column `cols[i, t]`; attention sees columns 0..width-1. With `gather` (a 1-D tensor of
         row indices) attention reads those rows instead of the slice lo..hi: a prefill captured in a CUDA graph
-        cannot bake in where its rows start, so it copies them out (a few hundred MB per prefill, ~0.1 ms)."""
+        cannot bake in where its rows start, so it copies them out (a few hundred MB per prefill, ~0.1 ms).
+        With `whole`, attention gets every slot and column of the layer (views, no copy): decode attention
+        with a block mask (`tunebench.serve.decode_attention`) reads only each row's own blocks."""
         self._rows, self._cols, self._lo, self._hi, self._width = rows, cols, lo, hi, width
-        self._gather = gather
+        self._gather, self._whole = gather, whole
 
     def update(self, key_states: Any, value_states: Any, layer_idx: int, cache_kwargs: Any = None,
                **kwargs: Any) -> tuple[Any, Any]:
@@ -62,6 +66,8 @@ class SlotCache(Cache):
         # (n, heads, t, dim) -> (n, t, heads, dim): advanced indices around a slice put their dims first.
         keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
         values[self._rows, :, self._cols] = value_states.transpose(1, 2).to(values.dtype)
+        if self._whole:
+            return keys, values
         if self._gather is not None:
             return (keys.index_select(0, self._gather)[:, :, :self._width],
                     values.index_select(0, self._gather)[:, :, :self._width])

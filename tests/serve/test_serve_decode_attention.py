@@ -1,0 +1,77 @@
+"""Decode attention through FlexAttention with a per-row block mask (`tunebench.serve.decode_attention`),
+run on the CPU with torch's unfused FlexAttention: the same greedy tokens as padded `model.generate` in fp32
+(multi-head and grouped-query models), the block counts each row reads, and the model's attention
+implementation left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunebench.evaluate.generation import generate
+from tunebench.serve.decode_attention import KV_BLOCK, NAME, DecodeAttention
+from tunebench.serve.offline import offline_engine, run_offline
+from tunebench.serve.requests import GenerationRequest
+from tunebench.serve.sampling import SamplingParams
+
+TEXTS = ["The engine makes a rattling noise", "Plant the tomato seedlings", "Anna: are we still on for lunch?",
+         "Solder the resistor to the board", "The rocket reached orbit", "Simmer the onions in butter"]
+
+
+def engine_tokens(model, tok, attention: str, monkeypatch, new_tokens: int = 40):
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", attention)
+    engine = offline_engine(model, tok, longest=64, slots=4)  # 6 prompts, 4 slots: rows join and leave
+    assert engine.runner.flex == (attention == "flex")
+    requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
+                for t in TEXTS]
+    completions = run_offline(engine, requests)
+    assert engine.runner.flex_error is None
+    return [[t.id for t in c.tokens] for c in completions], [[t.logprob for t in c.tokens] for c in completions]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_neox_dir"])
+def test_flex_decode_gives_the_greedy_tokens_of_sdpa_and_of_padded_generate(fixture, request, load_tiny,
+                                                                           monkeypatch):
+    model, tok = load_tiny(request.getfixturevalue(fixture))
+    flex, flex_logprobs = engine_tokens(model, tok, "flex", monkeypatch)  # 40 new tokens: rows cross a block
+    sdpa, sdpa_logprobs = engine_tokens(model, tok, "sdpa", monkeypatch)
+    assert flex == sdpa
+    for a, b in zip(flex_logprobs, sdpa_logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    padded = generate(model, tok, TEXTS, max_new_tokens=40, batch_size=3, engine="padded")
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "flex")
+    through_eval = generate(model, tok, TEXTS, max_new_tokens=40, batch_size=3, engine="batched")
+    assert through_eval == padded
+    assert model.config._attn_implementation != NAME  # the scope put it back
+
+
+def test_small_steps_under_the_row_threshold_decode_with_sdpa_and_change_no_token(tiny_neox_dir, load_tiny,
+                                                                                  monkeypatch):
+    model, tok = load_tiny(tiny_neox_dir)
+    sdpa, _ = engine_tokens(model, tok, "sdpa", monkeypatch, new_tokens=12)
+    monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", "3")  # 4 slots, 6 prompts: steps of 4, 3, 2 and 1 rows
+    calls = []
+    original = DecodeAttention.mask
+    monkeypatch.setattr(DecodeAttention, "mask", lambda self, rows: (calls.append(rows), original(self, rows))[1])
+    mixed, _ = engine_tokens(model, tok, "flex", monkeypatch, new_tokens=12)
+    assert mixed == sdpa
+    assert calls and min(calls) >= 3
+
+
+def test_block_mask_gives_each_running_row_its_own_blocks_and_idle_slots_none():
+    positions = torch.tensor([0, KV_BLOCK - 1, KV_BLOCK, 3 * KV_BLOCK + 5, 7, 9])
+    attention = DecodeAttention(torch.nn.Module(), positions, columns=4 * KV_BLOCK + 1)
+    mask = attention.mask(rows=4)
+    assert mask.kv_num_blocks[:, 0, 0].tolist() == [1, 1, 2, 4, 0, 0]
+    dense = mask.to_dense()[:, 0, 0]  # block-level: which blocks each slot may read
+    assert dense.sum(-1).tolist() == [1, 1, 2, 4, 0, 0]
+    seen = torch.arange(4 * KV_BLOCK + 1)
+    assert [bool(attention.mask_mod(torch.tensor(3), 0, 0, seen[c])) for c in (3 * KV_BLOCK + 5,
+                                                                                 3 * KV_BLOCK + 6)] == [True, False]
+
+
+def test_an_unknown_decode_attention_is_refused(tiny_llama_dir, load_tiny, monkeypatch):
+    model, tok = load_tiny(tiny_llama_dir)
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "paged")
+    with pytest.raises(ValueError, match="allowed: flex, sdpa"):
+        offline_engine(model, tok, longest=16, slots=1)
