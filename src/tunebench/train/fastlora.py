@@ -13,7 +13,7 @@ layer's dtype once, for the base matmul and the adapter alike. Anything this pat
 other variants, adapter biases, merged or disabled adapters, mixed-adapter batches, quantized bases) falls
 back to peft's forward, module by module.
 
-`install_norms_in_compute_dtype` and `install_fused_rope`: see their docstrings (found in the same profile:
+`install_norms_in_compute_dtype` and `install_rope`: see their docstrings (found in the same profile:
 LayerNorm outputs in fp32 under autocast, and the rotary embedding's concatenations at ~50 ms per step).
 
 `sdpa_kernels`: cuDNN's SDPA, which PyTorch prefers on Hopper, builds and caches an execution graph per input
@@ -132,22 +132,125 @@ def install_norms_in_compute_dtype(model: Any) -> int:
     return patched
 
 
-def install_fused_rope(model: Any) -> bool:
-    """GPT-NeoX's rotary embedding (two rotate-half concatenations, four multiplies, two adds and two more
-    concatenations per layer, forward and back) as liger-kernel's one Triton kernel each way. transformers looks
-    the function up in its module at every call, so this replaces it for the process (CUDA only; same math).
-    Returns whether it was installed."""
-    if getattr(model.config, "model_type", None) != "gpt_neox" or not torch.cuda.is_available():
-        return False
-    from liger_kernel.transformers.rope import liger_rotary_pos_emb
-    from transformers.models.gpt_neox import modeling_gpt_neox
+ROPES = ("transformers", "liger", "compiled", "split")
+
+
+class _RotateHalf(torch.autograd.Function):
+    """x * cos + rotate_half(x) * sin for a full-width rotary (rotary dim = head dim): three kernels each way
+    (a multiply and two half-width fused multiply-adds) instead of transformers' neg, two concatenations, two
+    multiplies and an add forward and their twins back. cos and sin are not differentiated (they come from
+    the rotary buffer)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        out = x * cos
+        out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)  # y1 = x1 c1 - x2 s1
+        out[..., half:].addcmul_(x[..., :half], sin[..., half:])            # y2 = x2 c2 + x1 s2
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        grad_x = grad * cos
+        grad_x[..., :half].addcmul_(grad[..., half:], sin[..., half:])            # dx1 = g1 c1 + g2 s2
+        grad_x[..., half:].addcmul_(grad[..., :half], sin[..., :half], value=-1)  # dx2 = g2 c2 - g1 s1
+        return grad_x, None, None
+
+
+def split_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' GPT-NeoX `apply_rotary_pos_emb` with `_RotateHalf` where the rotary covers the whole head."""
+    if cos.shape[-1] != q.shape[-1] or q.shape[-1] % 2:  # a partial rotary keeps transformers' code
+        return _stock_rope()(q, k, cos, sin, unsqueeze_dim)
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return _RotateHalf.apply(q, cos, sin), _RotateHalf.apply(k, cos, sin)
+
+
+_STOCK_ROPE: list[Any] = []
+
+
+def _stock_rope() -> Any:
+    """transformers' own GPT-NeoX rotary function, as it was before any install_rope in this process."""
+    if not _STOCK_ROPE:
+        from transformers.models.gpt_neox import modeling_gpt_neox
+
+        _STOCK_ROPE.append(modeling_gpt_neox.apply_rotary_pos_emb)
+    return _STOCK_ROPE[0]
+
+
+def compiled_rope(backend: str = "inductor") -> Any:
+    """transformers' rotary function through torch.compile with dynamic shapes: one generated kernel for q and
+    k each way instead of ten, and no recompilation when length-grouped batches change width and row count
+    (only batch size 1 and evaluation without gradients get graphs of their own). If
+    compilation fails, the stock function runs from then on (with a warning)."""
+    from torch.fx.experimental import _config as shape_config
+
+    # Without duck sizing a batch whose row count happens to equal the head count (32 rows of 512 tokens) does
+    # not tie the two sizes together, which would recompile at the next batch. Read when a graph is traced.
+    shape_config.use_duck_shape = False
+    stock = _stock_rope()
+    compiled = torch.compile(stock, dynamic=True, fullgraph=True, backend=backend)
+    failed: list[Exception] = []
 
     def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                              unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        return liger_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+        if not failed:
+            try:
+                return compiled(q, k, cos, sin, unsqueeze_dim)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as err:  # no Triton, no C++ compiler, an unsupported op: fall back, say so once
+                import warnings
 
-    modeling_gpt_neox.apply_rotary_pos_emb = apply_rotary_pos_emb
+                failed.append(err)
+                warnings.warn(f"compiled rotary embedding failed ({type(err).__name__}: {err}); "
+                              "using transformers' own", stacklevel=2)
+        return stock(q, k, cos, sin, unsqueeze_dim)
+
+    apply_rotary_pos_emb.failed = failed  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb
+
+
+def install_rope(model: Any, how: str, backend: str = "inductor") -> bool:
+    """GPT-NeoX's rotary embedding (two rotate-half concatenations, four multiplies, two adds and two more
+    concatenations per layer, forward and back; ~45 ms of each 560 ms step of the 3B `fast` case on the H200,
+    most of it strided elementwise kernels over the q and k views of the fused qkv output) replaced by
+    `how`: "liger" (liger-kernel's Triton kernel; measured slower), "compiled" (`compiled_rope`), "split"
+    (`split_rotary_pos_emb`), or "transformers" (restores the stock function). transformers looks the function
+    up in its module at every call, so this holds for the process. Returns whether a replacement is in place."""
+    if how not in ROPES:
+        raise ValueError(f"rope {how!r}: choose from {ROPES}")
+    if getattr(model.config, "model_type", None) != "gpt_neox":
+        return False
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    stock = _stock_rope()
+    if how == "transformers":
+        modeling_gpt_neox.apply_rotary_pos_emb = stock
+        return False
+    if how == "liger":
+        if not torch.cuda.is_available():
+            return False
+        from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+        def liger_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+            return liger_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+
+        modeling_gpt_neox.apply_rotary_pos_emb = liger_rope
+    elif how == "compiled":
+        modeling_gpt_neox.apply_rotary_pos_emb = compiled_rope(backend)
+    else:
+        modeling_gpt_neox.apply_rotary_pos_emb = split_rotary_pos_emb
     return True
+
+
+def install_fused_rope(model: Any) -> bool:
+    """liger-kernel's rope (CUDA only; same math); kept for the earlier measurement's name."""
+    return install_rope(model, "liger")
 
 
 @contextmanager

@@ -127,8 +127,8 @@ def install_speed_knobs(model: Any, plan: Plan) -> None:
         fastlora.install_fused_lora(model)
     if plan.norms_in_compute_dtype:
         fastlora.install_norms_in_compute_dtype(model)
-    if plan.fused_rope:
-        fastlora.install_fused_rope(model)
+    if plan.fused_rope or plan.rope != "transformers":
+        fastlora.install_rope(model, "liger" if plan.fused_rope else plan.rope)
 
 
 def keep_lora_inputs_in_compute_dtype(model: Any) -> None:
