@@ -64,6 +64,87 @@ def lora_delta(result: torch.Tensor, x_d: torch.Tensor, a: torch.Tensor, b: torc
     return _LoraDelta.apply(result, x_d, a, b, scaling)
 
 
+class _LoraLinear(torch.autograd.Function):
+    """base(x) + scaling * (dropout(x) A^T) B^T for a frozen nn.Linear base, as one node forward and back. The
+    backward adds the base layer's input gradient in the GEMM's epilogue (addmm onto the adapter's, already
+    through the dropout mask) instead of autograd summing the two full-size gradients of x in a separate
+    kernel. The dropout is drawn as torch.nn.functional.dropout draws it on the same device (the fused
+    `native_dropout` kernel on CUDA, a Bernoulli noise tensor on CPU), so the masks are peft's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
+                b: torch.Tensor, scaling: float, p: float) -> torch.Tensor:
+        dtype = x.dtype
+        a_c, b_c = a.to(dtype), b.to(dtype)
+        x_d, mask = _dropout(x, p) if p > 0 else (x, None)
+        flat = x_d.reshape(-1, x.shape[-1])
+        result = torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+        h = flat @ a_c.t()
+        out = torch.addmm(result, h, b_c.t(), alpha=scaling)
+        ctx.save_for_backward(flat, h, a_c, b_c, weight, mask)
+        ctx.scaling, ctx.p, ctx.x_shape = scaling, p, x.shape
+        ctx.weight_dtypes = (a.dtype, b.dtype)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        flat, h, a_c, b_c, weight, mask = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_h = g @ (b_c * ctx.scaling)
+        grad_a = (grad_h.t() @ flat).to(ctx.weight_dtypes[0]) if ctx.needs_input_grad[3] else None
+        grad_b = ((g.t() @ h) * ctx.scaling).to(ctx.weight_dtypes[1]) if ctx.needs_input_grad[4] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            lora = grad_h @ a_c
+            if mask is not None:
+                lora = _dropout_backward(lora, mask.reshape(lora.shape), ctx.p)
+            grad_x = torch.addmm(lora, g, weight.to(g.dtype)).view(ctx.x_shape)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _fused_dropout(x: torch.Tensor) -> bool:
+    """Whether torch.nn.functional.dropout takes ATen's fused `native_dropout` kernel for `x` (its rule for
+    0 < p < 1 on non-empty tensors: CUDA and other accelerators; on CPU it multiplies by a noise tensor)."""
+    return x.device.type not in ("cpu", "mps", "meta")
+
+
+def _dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dropped x, what the backward needs): the same random draws as torch.nn.functional.dropout(x, p)."""
+    if _fused_dropout(x):
+        return torch.native_dropout(x, p, True)  # (output, bool mask)
+    noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)  # ATen's CPU dropout
+    return x * noise, noise
+
+
+def _dropout_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return torch.ops.aten.native_dropout_backward(grad, mask, 1 / (1 - p))
+    return grad.mul_(mask)
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
+                scaling: float, p: float) -> torch.Tensor:
+    return _LoraLinear.apply(x, weight, bias, a, b, scaling, p)
+
+
+def _with_base(layer: Any, kwargs: dict[str, Any]) -> tuple[str, float] | None:
+    """(adapter, dropout p) when the whole layer can be `_LoraLinear`: one active adapter, a frozen base without
+    hooks or extra arguments, and a plain dropout (or none). Else None: the base runs on its own."""
+    if not getattr(layer, "_tunebench_with_base", False) or kwargs:
+        return None
+    names = [name for name in layer.active_adapters if name in layer.lora_A]
+    base = layer.base_layer
+    if len(names) != 1 or base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook") \
+            or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return None
+    dropout = layer.lora_dropout[names[0]]
+    if isinstance(dropout, torch.nn.Identity):
+        return names[0], 0.0
+    if type(dropout) is torch.nn.Dropout and not dropout.inplace and dropout.p < 1:
+        return names[0], dropout.p if dropout.training else 0.0
+    return None
+
+
 def _covered(layer: Any, x: torch.Tensor, kwargs: dict[str, Any]) -> bool:
     """Plain LoRA on an nn.Linear base, unmerged, no variant or bias: the only case the fused path computes."""
     if layer.disable_adapters or layer.merged or kwargs.get("adapter_names") is not None:
@@ -90,6 +171,11 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         # Under autocast a LayerNorm hands its fp32 output to the next linear (qkv, MLP up), which autocast
         # rounds to the compute dtype anyway: round it once here, for the base matmul and the adapter alike.
         x = x.to(compute)
+    whole = None if args else _with_base(self, kwargs)
+    if whole is not None:
+        name, p = whole
+        return lora_linear(x, self.base_layer.weight, self.base_layer.bias, self.lora_A[name].weight,
+                           self.lora_B[name].weight, self.scaling[name], p)
     result = self.base_layer(x, *args, **kwargs)
     for name in self.active_adapters:
         if name not in self.lora_A:
@@ -99,14 +185,16 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     return result
 
 
-def install_fused_lora(model: Any) -> int:
-    """Route every peft `lora.Linear` of `model` through the fused adapter path; returns how many."""
+def install_fused_lora(model: Any, with_base: bool = False) -> int:
+    """Route every peft `lora.Linear` of `model` through the fused adapter path (`with_base`: the base layer's
+    matmul inside the same autograd node, `_LoraLinear`); returns how many."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     patched = 0
     for module in model.modules():
         if type(module) is LoraLinear:  # subclasses (bitsandbytes, other backends) keep their own forward
             module.forward = MethodType(_fused_forward, module)
+            module._tunebench_with_base = with_base
             patched += 1
     return patched
 
@@ -181,11 +269,12 @@ def _stock_rope() -> Any:
     return _STOCK_ROPE[0]
 
 
-def compiled_rope(backend: str = "inductor") -> Any:
+def compiled_rope(backend: str = "inductor", trial: tuple[torch.device, torch.dtype] | None = None) -> Any:
     """transformers' rotary function through torch.compile with dynamic shapes: one generated kernel for q and
     k each way instead of ten, and no recompilation when length-grouped batches change width and row count
-    (only batch size 1 and evaluation without gradients get graphs of their own). If
-    compilation fails, the stock function runs from then on (with a warning)."""
+    (only batch size 1 and evaluation without gradients get graphs of their own). If compilation fails, the
+    stock function runs from then on (with a warning); `trial` (device, dtype) runs it forward and backward once
+    right away, so that a failure shows before training."""
     from torch.fx.experimental import _config as shape_config
 
     # Without duck sizing a batch whose row count happens to equal the head count (32 rows of 512 tokens) does
@@ -211,7 +300,32 @@ def compiled_rope(backend: str = "inductor") -> Any:
         return stock(q, k, cos, sin, unsqueeze_dim)
 
     apply_rotary_pos_emb.failed = failed  # type: ignore[attr-defined]
+    if trial is not None:
+        _trial_run(apply_rotary_pos_emb, *trial)
     return apply_rotary_pos_emb
+
+
+def _trial_run(rope: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """Forward and backward once on small q/k views like GPT-NeoX's, so that a failure to compile either graph
+    (the backward one is compiled at the first backward) shows here, where `rope` can still fall back, and not
+    in the middle of a training step."""
+    qkv = torch.randn(2, 5, 3, 3 * 8, device=device, dtype=dtype, requires_grad=True)
+    q, k, _ = qkv.transpose(1, 2).chunk(3, dim=-1)
+    cos = torch.randn(1, 5, 8, device=device, dtype=dtype)
+    autocast = dtype in (torch.bfloat16, torch.float16)  # as the Trainer calls it: the same graph then
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            q_out, k_out = rope(q, k, cos, cos)
+        (q_out.float().sum() + k_out.float().sum()).backward()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:
+        import warnings
+
+        if not rope.failed:
+            rope.failed.append(err)
+            warnings.warn(f"compiled rotary embedding failed its trial ({type(err).__name__}: {err}); "
+                          "using transformers' own", stacklevel=3)
 
 
 def install_rope(model: Any, how: str, backend: str = "inductor") -> bool:
@@ -242,7 +356,9 @@ def install_rope(model: Any, how: str, backend: str = "inductor") -> bool:
 
         modeling_gpt_neox.apply_rotary_pos_emb = liger_rope
     elif how == "compiled":
-        modeling_gpt_neox.apply_rotary_pos_emb = compiled_rope(backend)
+        weight = next(model.parameters(), None) if hasattr(model, "parameters") else None
+        trial = (weight.device, weight.dtype) if weight is not None else None
+        modeling_gpt_neox.apply_rotary_pos_emb = compiled_rope(backend, trial)
     else:
         modeling_gpt_neox.apply_rotary_pos_emb = split_rotary_pos_emb
     return True
