@@ -11,7 +11,10 @@ weights stay fp32 (the optimizer's masters); only their matmul copies are in the
 is what autocast did anyway. An fp32 input under autocast (a LayerNorm's output) is rounded to the base
 layer's dtype once, for the base matmul and the adapter alike. Anything this path does not cover (DoRA and
 other variants, adapter biases, merged or disabled adapters, mixed-adapter batches, quantized bases) falls
-back to peft's forward, module by module.
+back to peft's forward, module by module. With `with_base` (`Plan.fused_lora_linear`) a layer with one active
+adapter and a frozen, hook-free base is one node altogether (`_LoraLinear`): the base matmul, the dropout
+(drawn inside as torch's own dropout draws it, so the masks stay peft's) and the adapter, and its backward
+adds the base input gradient in the GEMM epilogue instead of autograd summing two full-size gradients of x.
 
 `install_norms_in_compute_dtype` and `install_rope`: see their docstrings (found in the same profile:
 LayerNorm outputs in fp32 under autocast, and the rotary embedding's concatenations at ~50 ms per step).
