@@ -314,11 +314,13 @@ def _trial_run(rope: Any, device: torch.device, dtype: torch.dtype) -> None:
     in the middle of a training step."""
     qkv = torch.randn(2, 5, 3, 3 * 8, device=device, dtype=dtype, requires_grad=True)
     q, k, _ = qkv.transpose(1, 2).chunk(3, dim=-1)
-    cos = torch.randn(1, 5, 8, device=device, dtype=dtype)
+    # cos and sin as the rotary module makes them: two separate tensors (views of one, or one passed twice,
+    # would be traced into a graph of their own and the first training step would compile again)
+    cos, sin = (torch.randn(1, 5, 8, device=device, dtype=dtype) for _ in range(2))
     autocast = dtype in (torch.bfloat16, torch.float16)  # as the Trainer calls it: the same graph then
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            q_out, k_out = rope(q, k, cos, cos)
+            q_out, k_out = rope(q, k, cos, sin)
         (q_out.float().sum() + k_out.float().sum()).backward()
     except torch.OutOfMemoryError:
         raise
