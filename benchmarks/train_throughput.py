@@ -20,8 +20,9 @@ ratio of an unknown step count means nothing); all other hyperparameters are the
     full-7b-fsdp        full fine-tuning of 7B, FSDP full_shard over the GPUs (run it under torchrun)
 
 `--variants` sweeps engine knobs on the 3B `fast` case (token budget, attention path, liger, torch.compile,
-fused AdamW, and issue 21's kernel choices: `no-norms`, `no-rope` (the same as `fast` while `fused_rope` is
-off by default), and `before-issue-21`, which is `fast` without any of them); `--profile-after CASE[,CASE]`
+fused AdamW, and issue 21's kernel choices: `no-norms`, `no-rope` (transformers' rotary instead of the compiled
+one), `split-rope`, `rope` (liger's), `no-sync-free`, `no-lora-linear`, `issue-21-round-1` (`fast` as issue
+21's first round left it) and `before-issue-21`, which is `fast` without any of them); `--profile-after CASE[,CASE]`
 profiles 3 steps after a case's timed ones, with a per-step device-time breakdown (benchmarks/train_profiling.py);
 `--profile CASE[,CASE]` writes a torch.profiler summary for those cases (top CUDA kernels, GPU busy
 vs. wall time, the largest idle gaps) to --out. Each single-GPU case runs in its own subprocess (a memory cap
@@ -95,11 +96,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "packed-flex": {"training": {"packing": "padding_free"}, "attn": "flex_attention", "timeout": 90},
     "adamw-unfused": {"training": {"optimizer": "adamw_torch"}},
     # Issue 21's kernel choices (train/fastlora.py), each removed from `fast`, and all of them together:
-    "no-rope": {"overrides": {"fused_rope": False}},
+    "no-rope": {"overrides": {"fused_rope": False, "rope": "transformers"}},
     "rope": {"overrides": {"fused_rope": True}},
+    "split-rope": {"overrides": {"rope": "split"}},
+    "no-sync-free": {"overrides": {"sync_free_steps": False}},
+    "no-lora-linear": {"overrides": {"fused_lora_linear": False}},
     "no-norms": {"overrides": {"norms_in_compute_dtype": False}},
-    "before-issue-21": {"overrides": {"fused_lora": False, "flash_sdpa": False, "norms_in_compute_dtype": False,
-                                      "fused_rope": False}},
+    # `fast` as the first round of issue 21 left it (fused LoRA, flash SDPA, bf16 norms; stock rope, syncs):
+    "issue-21-round-1": {"overrides": {"rope": "transformers", "sync_free_steps": False, "fused_lora_linear": False}},
+    "before-issue-21": {"overrides": {"fused_lora": False, "fused_lora_linear": False, "flash_sdpa": False,
+                                      "norms_in_compute_dtype": False, "fused_rope": False, "rope": "transformers",
+                                      "sync_free_steps": False}},
 }
 DEFAULT_SECONDS = {"original": 60.0, "full-7b-fsdp": 45.0}
 
@@ -360,7 +367,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "loss_at_tokens": loss_at_tokens(records),
         "packing": plan["packing"], "attention_mask": plan["attention_mask"], "attn": spec["attn"] or "sdpa",
         "fused_loss": plan["fused_loss"], "compile": plan["compile"], "optimizer": plan["optimizer"],
-        **{k: plan.get(k) for k in ("fused_lora", "flash_sdpa", "norms_in_compute_dtype", "fused_rope")},
+        **{k: plan.get(k) for k in ("fused_lora", "fused_lora_linear", "flash_sdpa", "norms_in_compute_dtype",
+                                    "fused_rope", "rope", "sync_free_steps")},
         "precision": plan["precision"], "quantization": plan["quantization"],
         "tokens_per_batch": plan["tokens_per_batch"], "batch_size": plan["batch_size"],
         "gradient_accumulation": plan["gradient_accumulation"],

@@ -235,8 +235,20 @@ def training_arguments(cfg: CellConfig, plan: Plan, run: RunDir, total_steps: in
         report_to=report_to, seed=cfg.training.seed, data_seed=cfg.training.seed,
         disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=2 if _cuda() else 0,  # collate the next batch while the GPU works on this one
-        use_cpu=not _cuda(), ddp_find_unused_parameters=False, **(fsdp or {}),
+        use_cpu=not _cuda(), ddp_find_unused_parameters=False, **(fsdp or {}), **sync_free(plan),
     )
+
+
+def sync_free(plan: Plan) -> dict[str, Any]:
+    """TrainingArguments that keep the host from waiting on the GPU between logs (`Plan.sync_free_steps`): the
+    NaN/Inf check of every step's loss (which only edits the logged average) reads the loss back, and a
+    blocking copy of each batch to the GPU waits for the queued work; batches come from pinned memory, so
+    they can be copied asynchronously. Weights and losses stay the same; a NaN or Inf loss is logged as it is
+    instead of being replaced by the running average."""
+    if not plan.sync_free_steps:
+        return {}
+    return {"logging_nan_inf_filter": False, "accelerator_config": {"non_blocking": True},
+            "dataloader_pin_memory": True}
 
 
 def _cuda() -> bool:

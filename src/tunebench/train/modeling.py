@@ -124,11 +124,11 @@ def install_speed_knobs(model: Any, plan: Plan) -> None:
     from tunebench.train import fastlora
 
     if plan.fused_lora:
-        fastlora.install_fused_lora(model)
+        fastlora.install_fused_lora(model, with_base=plan.fused_lora_linear)
     if plan.norms_in_compute_dtype:
         fastlora.install_norms_in_compute_dtype(model)
-    if plan.fused_rope:
-        fastlora.install_fused_rope(model)
+    if plan.fused_rope or plan.rope != "transformers":
+        fastlora.install_rope(model, "liger" if plan.fused_rope else plan.rope)
 
 
 def keep_lora_inputs_in_compute_dtype(model: Any) -> None:

@@ -109,9 +109,12 @@ class Plan:
     size_to_memory: bool = False    # tokens_per_batch is a ceiling, lowered once the model is loaded
     # train/fastlora.py, the `fast` recipe's bf16 LoRA on CUDA (measured on the H200, see README):
     fused_lora: bool = False        # LoRA's adapter path as one autograd function
+    fused_lora_linear: bool = False  # ... with the frozen base layer's matmul in the same function
     flash_sdpa: bool = False        # SDPA without cuDNN while training (no per-shape graph builds)
     norms_in_compute_dtype: bool = False  # LayerNorm outputs bf16 under autocast
     fused_rope: bool = False        # GPT-NeoX rotary embedding as liger-kernel's kernel (override only)
+    rope: str = "transformers"      # GPT-NeoX rotary: transformers | compiled | split | liger (fastlora.install_rope)
+    sync_free_steps: bool = False   # no host-device syncs between logs (non-blocking batch copies, no NaN check)
 
     @property
     def adapter(self) -> bool:
@@ -162,12 +165,14 @@ def resolve_plan(cell: CellConfig, kind: str, device: Device, context_length: in
     )
 
 
-def speed_knobs(original: bool, kind: str, method: str, device: Device) -> dict[str, bool]:
+def speed_knobs(original: bool, kind: str, method: str, device: Device) -> dict[str, bool | str]:
     """The fast recipe's kernel choices for bf16 LoRA of a causal LM on CUDA (each one the same computation; the
-    three on by default measured 21.0k -> 27.4k tokens/s on the H200). `fused_rope` stays off until measured: it
-    is a plan override (benchmarks), not a default."""
+    first three measured 21.0k -> 27.4k tokens/s on the H200). `fused_rope` (liger's rope, measured slower)
+    stays a plan override. `sync_free_steps` holds for every `fast` run on CUDA: it changes no number."""
     on = not original and device.cuda and device.bf16 and kind == "causal" and method == "lora"
-    return {"fused_lora": on, "flash_sdpa": on, "norms_in_compute_dtype": on, "fused_rope": False}
+    return {"fused_lora": on, "fused_lora_linear": on, "flash_sdpa": on, "norms_in_compute_dtype": on,
+            "fused_rope": False, "rope": "compiled" if on else "transformers",
+            "sync_free_steps": not original and device.cuda}
 
 
 def check_method_and_kind(cell: CellConfig, kind: str, device: Device) -> None:
