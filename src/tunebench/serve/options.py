@@ -45,6 +45,10 @@ class ServerOptions:
     max_new_tokens: int = 256
     request_timeout: float = 300.0
     max_stop_sequences: int = 4
+    frontend: str = "split"  # split: the engine in a process of its own (tunebench.serve.client); inline: here
+
+
+FRONTENDS = ("split", "inline")
 
 
 def parse_adapter(text: str) -> AdapterSpec:

@@ -1,0 +1,79 @@
+"""The split front end (issue 20): HTTP in this process, the engine in a process of its own. The API suites run
+against it through the `batched` fixture; here what only the split has: the engine process dying, and its
+messages across the boundary (cancel, stop strings, jobs, metrics)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from serve_helpers import LONG, sse_events, start
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def split(tiny_llama_dir):
+    background, live = start(tiny_llama_dir, frontend="split")
+    yield live
+    background.stop()
+
+
+def test_split_server_generates_like_the_inline_one(split, tiny_llama_dir):
+    body = {"inputs": "The engine", "parameters": {"max_new_tokens": 12, "details": True}}
+    ours = split.post("/generate", body).json()
+    background, inline = start(tiny_llama_dir, frontend="inline")
+    try:
+        theirs = inline.post("/generate", body).json()
+    finally:
+        background.stop()
+    assert ours["generated_text"] == theirs["generated_text"]
+    assert [t["id"] for t in ours["details"]["tokens"]] == [t["id"] for t in theirs["details"]["tokens"]]
+    assert split.post("/info", {}).status_code == 405
+    with split.client() as c:
+        assert c.get("/info").json()["frontend"] == "split"
+
+
+def test_killing_the_engine_process_fails_every_open_request_and_health_says_so(split):
+    pid = split.state.engine.process.pid
+    outcomes: list = []
+
+    def plain() -> None:
+        body = {"inputs": "The engine", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
+        with split.client(timeout=30) as c:
+            outcomes.append(("plain", c.post("/generate", json=body).status_code))
+
+    def stream() -> None:
+        body = {"inputs": "The engine", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
+        with split.client(timeout=30) as c, c.stream("POST", "/generate_stream", json=body) as r:
+            events = sse_events(r.iter_lines())
+        outcomes.append(("stream", events[-1].get("error_type") if events else None))
+
+    threads = [threading.Thread(target=f) for f in (plain, plain, stream, stream)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: split.state.engine.in_flight == 4)
+    time.sleep(0.3)  # tokens are flowing
+    started = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a request hung after the engine died"
+    assert time.monotonic() - started < 5
+    assert sorted(outcomes) == [("plain", 500), ("plain", 500), ("stream", "internal"), ("stream", "internal")]
+    with split.client() as c:
+        health = c.get("/health")
+        assert health.status_code == 503 and "killed by signal 9" in health.json()["reason"]
+        late = c.post("/generate", json={"inputs": "hello", "parameters": {"max_new_tokens": 2}})
+    assert late.status_code == 500 and "engine process" in late.json()["error"]
+    assert split.state.engine.in_flight == 0
