@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import httpx
 import pytest
 from serve_helpers import LONG, sse_events, start
 
@@ -77,3 +76,41 @@ def test_killing_the_engine_process_fails_every_open_request_and_health_says_so(
         late = c.post("/generate", json={"inputs": "hello", "parameters": {"max_new_tokens": 2}})
     assert late.status_code == 500 and "engine process" in late.json()["error"]
     assert split.state.engine.in_flight == 0
+
+
+def test_a_start_up_error_in_the_engine_process_reaches_the_caller_as_a_user_error(tiny_llama_dir, neox_adapter):
+    from tunebench.errors import UserError
+    from tunebench.serve.client import build_split_state
+    from tunebench.serve.options import AdapterSpec, ModelOptions, ServerOptions
+
+    opts = ModelOptions(model=str(tiny_llama_dir), adapters=(AdapterSpec("neox", neox_adapter),))
+    with pytest.raises(UserError) as refused:
+        build_split_state(opts, ServerOptions(frontend="split"))
+    assert "adapter 'neox'" in refused.value.problem and "--adapter neox=" in refused.value.fix
+
+
+def test_auto_splits_on_cuda_only():
+    from tunebench.serve.options import resolved_frontend
+
+    assert resolved_frontend("auto", "cuda:1") == "split"
+    assert resolved_frontend("auto", "cpu") == "inline"
+    assert resolved_frontend("inline", "cuda") == "inline"
+
+
+def test_metrics_cross_the_boundary(split):
+    split.generate("The engine", max_new_tokens=5, ignore_eos=True)
+    metrics = split.metrics()
+    assert metrics["tunebench_time_to_first_token_seconds_count"] >= 1
+    assert metrics["tunebench_inter_token_latency_seconds_count"] >= 4
+    assert metrics["tunebench_generated_tokens_sum"] >= 5 and metrics["tunebench_batch_size_count"] >= 5
+
+
+def test_a_stop_string_found_by_the_front_end_ends_the_request_in_the_engine(split):
+    text = split.generate("The engine", max_new_tokens=40, ignore_eos=True)["generated_text"]
+    stop = text[4:9]  # a piece of what greedy decoding produces
+    before = split.metrics()["tunebench_generated_tokens_sum"]
+    out = split.generate("The engine", max_new_tokens=400, ignore_eos=True, stop=[stop], details=True)
+    assert out["details"]["finish_reason"] == "stop_sequence" and out["generated_text"].endswith(stop)
+    wait_for(lambda: split.metrics()["tunebench_running_sequences"] == 0, timeout=60)
+    # the engine let it go: had it run on to its 400 tokens, it would have counted those
+    assert split.metrics()["tunebench_generated_tokens_sum"] - before == out["details"]["generated_tokens"] < 400

@@ -165,9 +165,9 @@ class ServeConfig(Section):
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     request_timeout: float = Field(300.0, gt=0, description="seconds a request may take, queueing included")
-    frontend: Literal["split", "inline"] = Field("split", description="split: HTTP, tokenization and streaming in "
-                                                 "this process, the engine in a process of its own; inline: both "
-                                                 "in one process (debugging)")
+    frontend: Literal["auto", "split", "inline"] = Field(
+        "auto", description="split: HTTP, tokenization and streaming in one process, the engine in another; inline: "
+                            "both in one process (debugging); auto: split on CUDA, inline on the CPU (as measured)")
     # vllm / sglang only (tunebench's own engines ignore these)
     gpu_memory_fraction: float = Field(0.9, gt=0, le=1, description="vllm --gpu-memory-utilization, sglang "
                                        "--mem-fraction-static")

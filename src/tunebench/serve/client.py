@@ -186,8 +186,9 @@ class EngineClient:
                 seq.handle._queue.put_nowait(seq.accept(a, b))
                 if seq.done:
                     self._end(seq, seq.completion())
-                    if seq.finish_reason == "stop_sequence":
+                    if seq.finish_reason == "stop_sequence":  # the engine ends it quietly: counted here
                         self._send(("finish", rid))
+                        self.metrics.generated_tokens.observe(len(seq.tokens))
             elif kind == DONE:
                 if not seq.done:  # the engine's verdict (EOS or the token limit) stands
                     seq.finish_reason = a

@@ -63,8 +63,8 @@ def register(app: typer.Typer) -> None:
                                                  help="read the API key from this file (its first line)"),
         allow_no_auth: bool = typer.Option(False, "--allow-no-auth",
                                            help="serve on a non-loopback --host without an API key"),
-        frontend: str | None = typer.Option(None, "--frontend", help="split (the engine in its own process, the "
-                                            "default) or inline (one process: debugging)"),
+        frontend: str | None = typer.Option(None, "--frontend", help="split (the engine in its own process), inline "
+                                            "(one process: debugging), auto (split on CUDA; the default)"),
         max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="sequences decoded together"),
         max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503"),
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
@@ -155,7 +155,7 @@ def check_server_options(options: Any, given: tuple) -> None:
     if options.frontend not in FRONTENDS:
         raise UserError(f"--frontend '{options.frontend}' is not a front-end mode",
                         f"allowed: {', '.join(FRONTENDS)} (split: the engine in a process of its own; inline: one "
-                        "process, for debugging)")
+                        "process, for debugging; auto: split on CUDA, inline on the CPU)")
     if options.engine not in (*ENGINES, *EXTERNAL_ENGINES):
         raise UserError(f"--engine '{options.engine}' is not an engine",
                         f"allowed: {', '.join((*ENGINES, *EXTERNAL_ENGINES))}")
@@ -168,6 +168,8 @@ def check_server_options(options: Any, given: tuple) -> None:
 
 
 def run_server(opts: Any, options: Any, console: Any) -> None:
+    import dataclasses
+
     from tunebench.serve.app import build_state
     from tunebench.serve.loading import load_served, read_adapter_config
     from tunebench.serve.server import serve_forever
@@ -175,6 +177,9 @@ def run_server(opts: Any, options: Any, console: Any) -> None:
     for spec in opts.adapters:
         read_adapter_config(spec)   # a mistyped adapter fails before "loading ...", not after the model
     name = opts.model or str(opts.run)
+    from tunebench.serve.options import resolved_frontend
+
+    options = dataclasses.replace(options, frontend=resolved_frontend(options.frontend, opts.device))
     if options.frontend == "split":  # the engine process loads the model; this one keeps HTTP
         from tunebench.serve.client import build_split_state
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -266,6 +267,11 @@ def main(argv: list[str]) -> int:
     if core is None:
         return 2
     log.info("engine process %d ready in %.1f s", os.getpid(), time.monotonic() - started)
+    # Ctrl-C reaches the whole process group: the front end drains HTTP and then sends "stop"; were this process
+    # to die at once, the requests being drained would fail. SIGTERM (a service manager stopping the group):
+    # finish what is admitted, then exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(core, "stopping", True))
     core.run()
     return 0
 
