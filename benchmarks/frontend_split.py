@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     try:
         for frontend in args.frontends.split(","):
-            with Session(args, work, tokenizer, "batched", f"batched-{frontend}", ["--frontend", frontend]) as url:
+            args.frontend = frontend  # serve_throughput's serve_args passes it on
+            with Session(args, work, tokenizer, "batched", f"batched-{frontend}") as url:
                 for new_tokens in (8, max(PROFILES.values())):  # every bucket's graph (batch and width) first
                     burst(url, texts, count, new_tokens)
                 for _ in range(args.repeat):

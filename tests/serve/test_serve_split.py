@@ -110,7 +110,7 @@ def test_a_stop_string_found_by_the_front_end_ends_the_request_in_the_engine(spl
     stop = text[4:9]  # a piece of what greedy decoding produces
     before = split.metrics()["tunebench_generated_tokens_sum"]
     out = split.generate("The engine", max_new_tokens=400, ignore_eos=True, stop=[stop], details=True)
-    assert out["details"]["finish_reason"] == "stop_sequence" and out["generated_text"].endswith(stop)
+    assert out["details"]["finish_reason"] == "stop_sequence" and stop in out["generated_text"]
     wait_for(lambda: split.metrics()["tunebench_running_sequences"] == 0, timeout=60)
     # the engine let it go: had it run on to its 400 tokens, it would have counted those
     assert split.metrics()["tunebench_generated_tokens_sum"] - before == out["details"]["generated_tokens"] < 400

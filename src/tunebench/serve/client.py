@@ -228,7 +228,10 @@ class EngineClient:
     def _engine_gone(self) -> None:
         if self.gone is not None:
             return
-        code = self.process.poll()
+        try:  # the socket closes a moment before the process can be reaped
+            code = self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            code = None
         how = f"exited with code {code}" if code is not None and code >= 0 else \
             f"was killed by signal {-code}" if code is not None else "closed its channel"
         self.gone = f"the engine process {how}; the server cannot generate until it is restarted"
