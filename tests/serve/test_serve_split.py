@@ -22,46 +22,55 @@ def wait_for(condition, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-def split(tiny_llama_dir):
+def split(batched):
+    """The session's batched server (tests/serve/conftest.py), which runs split (serve_helpers.start's default)."""
+    assert batched.state.options.frontend == "split"
+    return batched
+
+
+@pytest.fixture
+def doomed(tiny_llama_dir):
+    """A split server of its own: its engine process is killed."""
     background, live = start(tiny_llama_dir, frontend="split")
     yield live
     background.stop()
 
 
-def test_split_server_generates_like_the_inline_one(split, tiny_llama_dir):
-    body = {"inputs": "The engine", "parameters": {"max_new_tokens": 12, "details": True}}
-    ours = split.post("/generate", body).json()
-    background, inline = start(tiny_llama_dir, frontend="inline")
+def test_split_server_generates_like_the_inline_one(split, tiny_llama_dir, lora_adapters):
+    bodies = [{"inputs": "The engine", "parameters": {"max_new_tokens": 12, "details": True, **extra}}
+              for extra in ({}, {"adapter_id": "alpha"}, {"do_sample": True, "seed": 7, "temperature": 0.8})]
+    ours = [split.post("/generate", body).json() for body in bodies]
+    background, inline = start(tiny_llama_dir, lora_adapters, frontend="inline")
     try:
-        theirs = inline.post("/generate", body).json()
+        theirs = [inline.post("/generate", body).json() for body in bodies]
     finally:
         background.stop()
-    assert ours["generated_text"] == theirs["generated_text"]
-    assert [t["id"] for t in ours["details"]["tokens"]] == [t["id"] for t in theirs["details"]["tokens"]]
-    assert split.post("/info", {}).status_code == 405
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["generated_text"] == b["generated_text"]
+        assert [t["id"] for t in a["details"]["tokens"]] == [t["id"] for t in b["details"]["tokens"]]
     with split.client() as c:
         assert c.get("/info").json()["frontend"] == "split"
 
 
-def test_killing_the_engine_process_fails_every_open_request_and_health_says_so(split):
-    pid = split.state.engine.process.pid
+def test_killing_the_engine_process_fails_every_open_request_and_health_says_so(doomed):
+    pid = doomed.state.engine.process.pid
     outcomes: list = []
 
     def plain() -> None:
         body = {"inputs": "The engine", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
-        with split.client(timeout=30) as c:
+        with doomed.client(timeout=30) as c:
             outcomes.append(("plain", c.post("/generate", json=body).status_code))
 
     def stream() -> None:
         body = {"inputs": "The engine", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
-        with split.client(timeout=30) as c, c.stream("POST", "/generate_stream", json=body) as r:
+        with doomed.client(timeout=30) as c, c.stream("POST", "/generate_stream", json=body) as r:
             events = sse_events(r.iter_lines())
         outcomes.append(("stream", events[-1].get("error_type") if events else None))
 
     threads = [threading.Thread(target=f) for f in (plain, plain, stream, stream)]
     for t in threads:
         t.start()
-    wait_for(lambda: split.state.engine.in_flight == 4)
+    wait_for(lambda: doomed.state.engine.in_flight == 4)
     time.sleep(0.3)  # tokens are flowing
     started = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -70,12 +79,12 @@ def test_killing_the_engine_process_fails_every_open_request_and_health_says_so(
     assert not any(t.is_alive() for t in threads), "a request hung after the engine died"
     assert time.monotonic() - started < 5
     assert sorted(outcomes) == [("plain", 500), ("plain", 500), ("stream", "internal"), ("stream", "internal")]
-    with split.client() as c:
+    with doomed.client() as c:
         health = c.get("/health")
         assert health.status_code == 503 and "killed by signal 9" in health.json()["reason"]
         late = c.post("/generate", json={"inputs": "hello", "parameters": {"max_new_tokens": 2}})
     assert late.status_code == 500 and "engine process" in late.json()["error"]
-    assert split.state.engine.in_flight == 0
+    assert doomed.state.engine.in_flight == 0
 
 
 def test_a_start_up_error_in_the_engine_process_reaches_the_caller_as_a_user_error(tiny_llama_dir, neox_adapter):
@@ -114,3 +123,16 @@ def test_a_stop_string_found_by_the_front_end_ends_the_request_in_the_engine(spl
     wait_for(lambda: split.metrics()["tunebench_running_sequences"] == 0, timeout=60)
     # the engine let it go: had it run on to its 400 tokens, it would have counted those
     assert split.metrics()["tunebench_generated_tokens_sum"] - before == out["details"]["generated_tokens"] < 400
+
+
+def test_a_study_files_serve_frontend_is_validated(tmp_path):
+    from tunebench.config.study import load_study
+    from tunebench.errors import UserError
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\ndefaults: {serve: {frontend: threads}}\nexperiments:\n  - method: zero_shot\n")
+    with pytest.raises(UserError) as info:
+        load_study(path)
+    assert "serve.frontend = 'threads'" in info.value.problem and "'split'" in (info.value.fix or "")
+    path.write_text("name: x\ndefaults: {serve: {frontend: split}}\nexperiments:\n  - method: zero_shot\n")
+    assert load_study(path).cells[0].config.serve.frontend == "split"
