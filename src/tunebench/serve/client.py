@@ -303,6 +303,7 @@ def build_split_state(model_options: Any, options: Any) -> Any:
         if process.poll() is None:
             process.kill()
         process.wait()
+        channel.sock.close()
         raise
     info = answer[1]
     served = ServedModel(None, tokenizer, model_id=info["model_id"], context_length=info["context_length"],
