@@ -91,6 +91,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapters-only", action="store_true", help="only the LoRA unmerged vs merged cases")
     parser.add_argument("--offline", action="store_true", help="served vs offline engine on the same bursts")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train a BPE here)")
+    parser.add_argument("--frontend", default="auto", choices=("auto", "split", "inline"),
+                        help="tunebench serve --frontend (auto: split on CUDA)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -178,7 +180,8 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
 def serve_args(args: argparse.Namespace, tokenizer: Path, engine: str, extra: list[str] | None = None) -> list[str]:
     return [args.model, "--random-weights", "--tokenizer", str(tokenizer), "--device", args.device, "--engine",
             engine, "--max-concurrency", str(args.slots if engine == "batched" else 1), "--max-queue", "2048",
-            "--max-input-tokens", "128", "--max-new-tokens", "128", "--timeout", "60", *(extra or [])]
+            "--max-input-tokens", "128", "--max-new-tokens", "128", "--timeout", "60",
+            "--frontend", getattr(args, "frontend", "auto"), *(extra or [])]
 
 
 def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, out: Path, args: argparse.Namespace,

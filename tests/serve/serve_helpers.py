@@ -67,8 +67,15 @@ def start(model_dir: Path, adapters: dict[str, Path] | None = None, *, run: Path
 
     specs = tuple(AdapterSpec(n, p) for n, p in (adapters or {}).items())
     opts = ModelOptions(model=None if run else str(model_dir), run=run, adapters=specs)
-    defaults = {"max_new_tokens": 480, "max_input_tokens": 256, "max_concurrency": 16, "max_queue": 64}
-    state = build_state(load_served(opts), ServerOptions(api_key=api_key, **{**defaults, **server}))
+    defaults = {"max_new_tokens": 480, "max_input_tokens": 256, "max_concurrency": 16, "max_queue": 64,
+                "frontend": "split"}
+    options = ServerOptions(api_key=api_key, **{**defaults, **server})
+    if options.frontend == "split":  # the engine in a process of its own, as `tunebench serve` runs it
+        from tunebench.serve.client import build_split_state
+
+        state = build_split_state(opts, options)
+    else:
+        state = build_state(load_served(opts), options)
     background = BackgroundServer(state).start()
     return background, Live(background.url, state, api_key)
 

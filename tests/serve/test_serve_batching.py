@@ -59,17 +59,15 @@ def test_naive_and_batched_give_identical_greedy_outputs(batched, naive):
             assert x["logprob"] == pytest.approx(y["logprob"], abs=1e-4)
 
 
-def test_served_text_equals_evaluation_generation(batched):
-    """The engine's greedy text is what evaluation's generation path produces for the same prompts."""
+def test_served_text_equals_evaluation_generation(batched, tiny_llama_dir):
+    """The engine's greedy text is what evaluation's generation path produces for the same prompts (the server's
+    engine runs in its own process: the reference loads the same base weights here)."""
+    from transformers import AutoModelForCausalLM
+
     from tunebench.evaluate.generation import generate
 
-    served = batched.state.served
-
-    def reference_run():  # in the engine's thread, which owns the model
-        with served.model.disable_adapter():
-            return generate(served.model, served.tokenizer, PROMPTS, max_new_tokens=16, batch_size=4)
-
-    reference = asyncio.run(batched.state.engine.call(reference_run))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    reference = generate(model, batched.state.served.tokenizer, PROMPTS, max_new_tokens=16, batch_size=4)
     out = asyncio.run(generate_all(batched, [{"inputs": p, "parameters": {"max_new_tokens": 16}} for p in PROMPTS]))
     assert [o["generated_text"] for o in out] == [r.text for r in reference]
 

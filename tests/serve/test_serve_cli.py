@@ -28,13 +28,16 @@ def start_cli_server(args, log_path, env):
     return process, found.group(1)
 
 
-def test_serve_command_answers_then_drains_on_sigterm(tiny_llama_dir, lora_adapters, tmp_path):
-    args = [str(tiny_llama_dir), "--adapter", f"alpha={lora_adapters['alpha']}", "--max-new-tokens", "480"]
+@pytest.mark.parametrize("frontend", ["inline", "split"])
+def test_serve_command_answers_then_drains_on_sigterm(tiny_llama_dir, lora_adapters, tmp_path, frontend):
+    args = [str(tiny_llama_dir), "--adapter", f"alpha={lora_adapters['alpha']}", "--max-new-tokens", "480",
+            "--frontend", frontend]
     process, url = start_cli_server(args, tmp_path / "server.log", {"TUNEBENCH_API_KEY": "s3cret"})
     headers = {"Authorization": "Bearer s3cret"}
     try:
         assert httpx.get(f"{url}/health").status_code == 200
-        assert httpx.get(f"{url}/info", headers=headers).json()["adapters"] == ["alpha"]
+        info = httpx.get(f"{url}/info", headers=headers).json()
+        assert info["adapters"] == ["alpha"] and info["frontend"] == frontend
         assert httpx.post(f"{url}/generate", json={"inputs": "x"}).status_code == 401
         result = {}
 
@@ -55,6 +58,11 @@ def test_serve_command_answers_then_drains_on_sigterm(tiny_llama_dir, lora_adapt
         assert process.wait(60) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health")
+        if frontend == "split":  # the engine process went with it
+            engine = re.search(r"engine process (\d+) ready", (tmp_path / "server.log").read_text())
+            assert engine, (tmp_path / "server.log").read_text()
+            with pytest.raises(ProcessLookupError):
+                os.kill(int(engine.group(1)), 0)
     finally:
         if process.poll() is None:
             process.kill()
@@ -63,6 +71,7 @@ def test_serve_command_answers_then_drains_on_sigterm(tiny_llama_dir, lora_adapt
 @pytest.mark.parametrize(("extra", "message"), [
     (["--adapter", "nameless"], "is not NAME=DIR"),
     (["--engine", "turbo"], "--engine 'turbo' is not an engine"),
+    (["--frontend", "threads"], "--frontend 'threads' is not a front-end mode"),
     (["--max-queue", "0"], "--max-queue must be > 0"),
     (["--adapter", "a=/no/such/dir"], "adapter 'a': /no/such/dir is not a directory"),
     (["--merge"], "--merge merges exactly one adapter; 0 given"),

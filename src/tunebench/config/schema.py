@@ -169,6 +169,9 @@ class ServeConfig(Section):
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     request_timeout: float = Field(300.0, gt=0, description="seconds a request may take, queueing included")
+    frontend: Literal["auto", "split", "inline"] = Field(
+        "auto", description="split: HTTP, tokenization and streaming in one process, the engine in another; inline: "
+                            "both in one process (debugging); auto: split on CUDA, inline on the CPU (as measured)")
     # vllm / sglang only (tunebench's own engines ignore these)
     gpu_memory_fraction: float = Field(0.9, gt=0, le=1, description="vllm --gpu-memory-utilization, sglang "
                                        "--mem-fraction-static")

@@ -5,6 +5,8 @@
 
     load_served(ModelOptions(...)) -> ServedModel            loading.py: model, tokenizer, adapters, run task
     build_state(served, ServerOptions(...)) -> ServerState   app.py: engine + metrics + request limits
+    build_split_state(ModelOptions, ServerOptions) -> ...    client.py: the same, the engine in its own process
+                                                             (core.py, over channel.py; `--frontend split`)
     create_app(state) -> FastAPI                             app.py: every route
     BackgroundServer(state).start().url                      server.py: the real server in a thread
     engine.submit(GenerationRequest) -> RequestHandle        engine.py: stream TokenEvents, then a Completion

@@ -131,6 +131,7 @@ def info(state: ServerState) -> dict[str, Any]:
         "adapters": list(served.adapters), "default_adapter": served.default_adapter,
         "merged_adapter": served.merged, "chat_template": served.has_chat_template,
         "task": {"task": task.task, "labels": task.labels} if task else None,
+        "frontend": state.options.frontend,
         "router": "tunebench", "version": version(), "sha": None, "docker_label": None,
     }
 
@@ -140,9 +141,14 @@ def create_app(state: ServerState) -> Any:
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
-        state.engine.start(asyncio.get_running_loop())
+        engine = state.engine
+        split = hasattr(engine, "start_async")  # the engine in a process of its own (tunebench.serve.client)
+        if split:
+            await engine.start_async(asyncio.get_running_loop())
+        else:
+            engine.start(asyncio.get_running_loop())
         yield
-        await asyncio.to_thread(state.engine.stop)
+        await (engine.stop_async() if split else asyncio.to_thread(engine.stop))
 
     # With an API key the schema and its pages need it too (they list the adapters and the routes): added below.
     keyed = bool(state.options.api_key)
@@ -188,7 +194,8 @@ def create_app(state: ServerState) -> Any:
     @app.get("/health", tags=["server"], summary="200 when the engine is running (no API key needed)")
     async def health() -> Any:
         if not state.engine.alive:
-            return JSONResponse({"status": "engine stopped"}, 503)
+            reason = getattr(state.engine, "gone", None)  # the split front end says why
+            return JSONResponse({"status": "engine stopped", **({"reason": reason} if reason else {})}, 503)
         return {"status": "ok", "engine": state.engine.kind}
 
     @app.get("/info", tags=["server"], summary="Model, engine, limits and adapters", dependencies=auth)
@@ -226,7 +233,8 @@ def protected_pages(app: Any, auth: list[Any]) -> None:
 
 
 def build_state(served: Any, options: Any) -> ServerState:
-    """The engine, metrics and request limits around a loaded model."""
+    """The engine, metrics and request limits around a model loaded in this process (`frontend: inline`; the
+    split front end's state is `tunebench.serve.client.build_split_state`)."""
     from tunebench.serve.engine import EngineLimits, create_engine
     from tunebench.serve.metrics import ServeMetrics
     from tunebench.serve.validate import Limits, RequestBuilder

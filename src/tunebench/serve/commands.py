@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
                                                  help="read the API key from this file (its first line)"),
         allow_no_auth: bool = typer.Option(False, "--allow-no-auth",
                                            help="serve on a non-loopback --host without an API key"),
+        frontend: str | None = typer.Option(None, "--frontend", help="split (the engine in its own process), inline "
+                                            "(one process: debugging), auto (split on CUDA; the default)"),
         max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="sequences decoded together"),
         max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503"),
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
@@ -85,7 +87,8 @@ def register(app: typer.Typer) -> None:
             engine=engine or cfg.engine, host=host or cfg.host, port=cfg.port if port is None else port,
             api_key=key, max_concurrency=max_concurrency or cfg.max_concurrency,
             max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
-            max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout)
+            max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout,
+            frontend=frontend or cfg.frontend)
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout))
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -147,7 +150,12 @@ def read_api_key(given: str | None, path: Path | None) -> str | None:
 
 def check_server_options(options: Any, given: tuple) -> None:
     from tunebench.serve.engine import ENGINES
+    from tunebench.serve.options import FRONTENDS
 
+    if options.frontend not in FRONTENDS:
+        raise UserError(f"--frontend '{options.frontend}' is not a front-end mode",
+                        f"allowed: {', '.join(FRONTENDS)} (split: the engine in a process of its own; inline: one "
+                        "process, for debugging; auto: split on CUDA, inline on the CPU)")
     if options.engine not in (*ENGINES, *EXTERNAL_ENGINES):
         raise UserError(f"--engine '{options.engine}' is not an engine",
                         f"allowed: {', '.join((*ENGINES, *EXTERNAL_ENGINES))}")
@@ -160,6 +168,8 @@ def check_server_options(options: Any, given: tuple) -> None:
 
 
 def run_server(opts: Any, options: Any, console: Any) -> None:
+    import dataclasses
+
     from tunebench.serve.app import build_state
     from tunebench.serve.loading import load_served, read_adapter_config
     from tunebench.serve.server import serve_forever
@@ -167,15 +177,25 @@ def run_server(opts: Any, options: Any, console: Any) -> None:
     for spec in opts.adapters:
         read_adapter_config(spec)   # a mistyped adapter fails before "loading ...", not after the model
     name = opts.model or str(opts.run)
-    console.print(f"loading {name} ...")
-    served = load_served(opts)
-    state = build_state(served, options)
+    from tunebench.serve.options import resolved_frontend
+
+    options = dataclasses.replace(options, frontend=resolved_frontend(options.frontend, opts.device))
+    if options.frontend == "split":  # the engine process loads the model; this one keeps HTTP
+        from tunebench.serve.client import build_split_state
+
+        console.print(f"loading {name} in the engine process ...")
+        state = build_split_state(opts, options)
+        served = state.served
+    else:
+        console.print(f"loading {name} ...")
+        served = load_served(opts)
+        state = build_state(served, options)
     adapters = f", adapters: {', '.join(served.adapters)}" if served.adapters else ""
     merged = f", merged adapter: {served.merged}" if served.merged else ""
 
     def announce(url: str) -> None:
-        console.print(f"serving {served.model_id} ({options.engine} engine, {served.device}{adapters}{merged}) on "
-                      f"{url}\n  TGI: {url}/generate  OpenAI: {url}/v1  metrics: {url}/metrics  "
-                      f"docs: {url}/docs", highlight=False, soft_wrap=True)
+        console.print(f"serving {served.model_id} ({options.engine} engine, {options.frontend} front end, "
+                      f"{served.device}{adapters}{merged}) on {url}\n  TGI: {url}/generate  OpenAI: {url}/v1  "
+                      f"metrics: {url}/metrics  docs: {url}/docs", highlight=False, soft_wrap=True)
 
     serve_forever(state, options.host, options.port, announce)

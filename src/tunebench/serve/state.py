@@ -7,6 +7,7 @@ import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tunebench.serve.engine import Completion, Engine, GenerationFailed, GenerationRequest, Overloaded, RequestHandle
@@ -19,7 +20,7 @@ RETRY_AFTER_S = "1"
 @dataclass
 class ServerState:
     served: Any  # tunebench.serve.loading.ServedModel
-    engine: Engine
+    engine: Engine  # or, with the split front end, tunebench.serve.client.EngineClient
     metrics: Any  # tunebench.serve.metrics.ServeMetrics
     options: Any  # tunebench.serve.options.ServerOptions
     builder: RequestBuilder
@@ -40,10 +41,13 @@ class ServerState:
             raise ApiError(503, "overloaded", f"the server is at capacity: {err}; retry later",
                            {"Retry-After": RETRY_AFTER_S}) from None
 
-    async def call(self, http_request: Any, fn: Any) -> Any:
-        """Run `fn` on the model between decode steps (constrained classification). A client that disconnects
-        meanwhile cancels it: a job not started yet is dropped and its place in the queue freed at once."""
-        call = asyncio.ensure_future(self.engine.call(fn))
+    async def call(self, http_request: Any, job: Any) -> Any:
+        """Run `job.run(served)` on the model between decode steps (constrained classification; see
+        `tunebench.serve.jobs`): in the engine's thread, or as a request to the engine process. A client that
+        disconnects meanwhile cancels it: a job not started yet is dropped and its place in the queue freed at
+        once."""
+        call_job = getattr(self.engine, "call_job", None)  # the split front end's EngineClient
+        call = asyncio.ensure_future(call_job(job) if call_job else self.engine.call(partial(job.run, self.served)))
         watcher = asyncio.create_task(wait_for_disconnect(http_request))
         try:
             await asyncio.wait({call, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -57,6 +61,8 @@ class ServerState:
         except Overloaded as err:
             raise ApiError(503, "overloaded", f"the server is at capacity: {err}; retry later",
                            {"Retry-After": RETRY_AFTER_S}) from None
+        except GenerationFailed as err:  # the engine process failed the job or is gone
+            raise failure_error(err) from None
         finally:
             for task in (call, watcher):
                 task.cancel()

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from tunebench.serve.jobs import ClassifyJob
 from tunebench.serve.schemas import ClassifyRequest, PredictRequest, SummarizeRequest, TaskRequest
 from tunebench.serve.state import ServerState
 from tunebench.serve.validate import ApiError, invalid
@@ -53,16 +54,6 @@ def summarize_request(state: ServerState, endpoint: Any, dialogue: str, wanted: 
     return state.builder.plain(prompt, wanted, endpoint.stop, endpoint.adapter, field="dialogue")
 
 
-def classify_now(state: ServerState, prompt: str, endpoint: Any) -> Any:
-    """Runs in the engine's thread, between decode steps."""
-    from tunebench.evaluate.classify import constrained_classify
-
-    served = state.served
-    if served.adapters:
-        served.model.set_adapter(endpoint.adapter or next(iter(served.adapters)))
-    return constrained_classify(served.model, served.tokenizer, [prompt], endpoint.labels, batch_size=1)[0]
-
-
 def finite(scores: dict[str, float]) -> dict[str, float | None]:
     """JSON has no infinity: a label the model gives zero probability scores null."""
     return {label: value if math.isfinite(value) else None for label, value in scores.items()}
@@ -85,7 +76,8 @@ def router(state: ServerState, dependencies: list[Any]) -> Any:
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         endpoint = task_of(state, "classification", "/classify")
         prompt = await state.build(checked_prompt, state, endpoint, body.text, "text")
-        result = await state.call(request, lambda: classify_now(state, prompt, endpoint))
+        job = ClassifyJob(prompt, tuple(endpoint.labels), endpoint.adapter)  # run by the engine, between steps
+        result = await state.call(request, job)
         return {"label": result.label, "scores": finite(result.scores)}
 
     @api.post("/summarize", summary="Summarize a dialogue with a fine-tuned summarization run")

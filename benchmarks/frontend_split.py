@@ -1,0 +1,91 @@
+"""The split front end against the in-process one (issue 20): the same 512-request bursts through `tunebench serve
+--frontend split` (the engine in a process of its own), `--frontend inline` (HTTP and engine in one process),
+and the engine offline (no HTTP, `tunebench.serve.offline`), in one call. Servers and bursts are
+`serve_throughput.py`'s (redpajama-3b random weights, 100-token prompts, 64 and 16 new tokens, 256 slots,
+`ignore_eos`); each burst is measured `--repeat` times, alternating profiles, after warm-up bursts of 8 and 64
+tokens (which capture every CUDA graph the measured bursts use). One JSON line per profile:
+
+    python3 benchmarks/frontend_split.py --out $OUT [--repeat 2]
+    python benchmarks/frontend_split.py --model DIR --tokenizer DIR --device cpu --slots 8   # a laptop's tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_checks import offline_bursts
+from serve_throughput import PROFILES, Session, build_tokenizer, burst, collect_profiles, log, prompt_texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="redpajama-3b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--slots", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=2, help="measured bursts per profile and front end")
+    parser.add_argument("--frontends", default="split,inline")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    # serve_throughput's Session reads these
+    args.warmup, args.duration = 0.0, 0.0
+    out = args.out or Path(tempfile.mkdtemp(prefix="frontend-split-"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="frontend-split-work-"))
+    tokenizer = Path(args.tokenizer) if args.tokenizer else build_tokenizer(work / "tokenizer")
+    texts = prompt_texts(tokenizer)
+    count = 2 * args.slots
+    served: dict[str, dict[str, list[dict]]] = {}
+    started = time.monotonic()
+    try:
+        for frontend in args.frontends.split(","):
+            args.frontend = frontend  # serve_throughput's serve_args passes it on
+            with Session(args, work, tokenizer, "batched", f"batched-{frontend}") as url:
+                for new_tokens in (8, max(PROFILES.values())):  # every bucket's graph (batch and width) first
+                    burst(url, texts, count, new_tokens)
+                for _ in range(args.repeat):
+                    for profile, new_tokens in PROFILES.items():
+                        result = burst(url, texts, count, new_tokens)
+                        served.setdefault(profile, {}).setdefault(frontend, []).append(result)
+                        log(f"{frontend} {profile}: {result}")
+        offline = offline_bursts(args, tokenizer, texts, PROFILES)
+    finally:
+        collect_profiles(work, out)
+        shutil.rmtree(work, ignore_errors=True)
+    lines = []
+    for profile in PROFILES:
+        by = {f: max(runs, key=lambda r: r["output_tokens_per_s"]) for f, runs in served.get(profile, {}).items()}
+        best = {f: r["output_tokens_per_s"] for f, r in by.items()}
+        off = offline.get(profile, {})
+        line = {"benchmark": "frontend_split", "profile": profile, "requests": count, "slots": args.slots,
+                "model": args.model, "device": args.device,
+                "served": {f: [r["output_tokens_per_s"] for r in runs] for f, runs in served[profile].items()},
+                "best_output_tokens_per_s": best,
+                "median_output_tokens_per_s": {f: statistics.median(r["output_tokens_per_s"] for r in runs)
+                                               for f, runs in served[profile].items()},
+                "offline_output_tokens_per_s": off.get("output_tokens_per_s"),
+                "offline_profile": off.get("profile")}
+        if "split" in best and "inline" in best:
+            line["split_over_inline"] = round(best["split"] / best["inline"], 3)
+        if off and best:
+            line["offline_over_best_served"] = round(off["output_tokens_per_s"] / max(best.values()), 3)
+        lines.append(line)
+    with (out / "results.jsonl").open("a") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+            print(json.dumps(line), flush=True)
+    log(f"done in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
