@@ -93,6 +93,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train a BPE here)")
     parser.add_argument("--frontend", default="auto", choices=("auto", "split", "inline"),
                         help="tunebench serve --frontend (auto: split on CUDA)")
+    parser.add_argument("--fractions", default=None, help="--offline: open-loop rates as fractions of each "
+                        "profile's served burst, e.g. '100in-64out=1.2,1.5;classify-100in-16out=1.5,2'")
+    parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -264,6 +267,8 @@ def result_line(engine: str, profile: str, summary: dict[str, Any], saturation: 
         "rates": [{"rps": e["offered_rps"], "passed": e["passed"], "p90_s": _r(e["mean"].get("latency_p90_s")),
                    "achieved_rps": _r(e["achieved_rps"], 3)} for e in summary["rates"]],
         "first_failing_reasons": best.get("failure_reasons"),
+        # Every rate tried passed: the capacity is at least the top one, not that rate.
+        "max_is_lower_bound": all(e["passed"] for e in summary["rates"]),
         "cost_per_1k_tokens": (summary.get("cost") or {}).get("cost_per_1k_tokens"),
     }
 
@@ -440,6 +445,17 @@ OFFLINE_FRACTIONS = {"100in-64out": (0.6, 0.8, 1.0, 1.2), "classify-100in-16out"
 PEER_PROMPTS = 256  # requests of the 100/64 burst also run through transformers' continuous batching
 
 
+def offline_fractions(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    """--fractions 'PROFILE=f1,f2;PROFILE=...' parsed; an unknown profile is refused before anything runs."""
+    out: dict[str, tuple[float, ...]] = {}
+    for part in filter(None, (args.fractions or "").split(";")):
+        name, _, values = part.partition("=")
+        if name.strip() not in PROFILES:
+            raise SystemExit(f"--fractions: unknown profile {name.strip()!r}; choose from {', '.join(PROFILES)}")
+        out[name.strip()] = tuple(float(v) for v in values.split(","))
+    return out
+
+
 def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results) -> dict[str, dict[str, Any]]:
     """The served half of `--offline`: bursts per profile, open-loop rates (100/64), a single stream."""
     served: dict[str, dict[str, Any]] = {}
@@ -451,7 +467,7 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
             served[profile] = burst(url, texts, 2 * args.slots, new_tokens)
             log(f"served {profile} burst: {served[profile]}")
         for profile in served:
-            fractions = OFFLINE_FRACTIONS[profile]
+            fractions = offline_fractions(args).get(profile, OFFLINE_FRACTIONS[profile])
             if not clock.allows(f"open-loop rates {profile}", len(fractions) * (args.warmup + seconds + 2)):
                 continue
             rates = capacity_rates(served[profile]["requests_per_s"], fractions)
@@ -468,7 +484,7 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
 def run_offline_comparison(args, work, tokenizer, texts, counter, clock, results) -> None:
     profiles = chosen_profiles(args)
     served = run_served_for_offline(args, work, tokenizer, texts, counter, clock, results)
-    if not clock.allows("offline engine", 40):
+    if args.served_only or not clock.allows("offline engine", 40):
         return
     peer = PEER_PROMPTS if "100in-64out" in profiles and clock.allows("continuous-batching peer", 70) else 0
     offline = offline_bursts(args, tokenizer, texts, profiles, peer_prompts=peer)
