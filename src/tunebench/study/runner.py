@@ -20,7 +20,8 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,7 @@ class Driver:
         self.on_epoch = on_epoch
         self.tally = Tally()
         self.running: dict[str, Running] = {}
+        self.queue: deque[UnitTask] = deque()             # planned, not yet submitted
         self.shares: set[tuple[str, str]] = set()        # (unit, cell) pairs whose 'train' is a checkpoint link
         self.interrupted: set[tuple[str, str]] = set()   # stages a killed driver left running
         self.positions: dict[str, str] = {}
@@ -265,27 +267,45 @@ class Driver:
 
     # ------------------------------------------------------------ running
 
-    def run(self, units: list[Unit]) -> None:
+    def enqueue(self, units: list[Unit], label: str | None = None) -> list[str]:
+        """Plan units and queue those with stages to run (submitted by `step`); their unit ids."""
         gpus_default = 1 if self.gpus > 0 else 0
-        tasks = [t for i, u in enumerate(units, 1) if (t := self.task_for(u, f"[{i}/{len(units)}]", gpus_default))]
+        tasks = [t for i, u in enumerate(units, 1)
+                 if (t := self.task_for(u, label or f"[{i}/{len(units)}]", gpus_default))]
         if self.executor.name != "inline":
             tasks.sort(key=lambda t: -t.cost)       # the longest first: the last to finish is a short one
-        queue = deque(tasks)
-        self.total, self.ended, self.t0 = len(tasks), 0, time.monotonic()
+        self.queue.extend(tasks)
+        self.total += len(tasks)
+        return [t.unit_id for t in tasks]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.running)
+
+    def step(self) -> list[str]:
+        """Submit what may be submitted, wait up to WAIT_S, record what ended; the ids of the units that ended.
+        A caller that keeps adding units between steps (a search) drives one executor for all of them."""
+        while self.queue and self.may_submit(self.queue[0]):
+            task = self.queue.popleft()
+            self.running[task.unit_id] = Running(self.executor.submit(task), task)
+        ended = []
+        for handle, result in self.executor.wait([r.handle for r in self.running.values()], WAIT_S, self.on_event):
+            ended.append(handle.unit_id)
+            self.finish(self.running[handle.unit_id], result)
+        return ended
+
+    def run(self, units: list[Unit]) -> None:
+        self.enqueue(units)
+        self.ended, self.t0 = 0, time.monotonic()
         live = None
-        if self.executor.name != "inline" and self.console.is_terminal and tasks:
+        if self.executor.name != "inline" and self.console.is_terminal and self.queue:
             from rich.live import Live
 
             live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2, transient=True)
             live.start()
         try:
-            while queue or self.running:
-                while queue and self.may_submit(queue[0]):
-                    task = queue.popleft()
-                    self.running[task.unit_id] = Running(self.executor.submit(task), task)
-                handles = [r.handle for r in self.running.values()]
-                for handle, result in self.executor.wait(handles, WAIT_S, self.on_event):
-                    self.finish(self.running[handle.unit_id], result)
+            while self.busy:
+                self.step()
         except KeyboardInterrupt:
             self.cancel_all()
             raise
@@ -334,6 +354,8 @@ class Driver:
                 break
         for running in self.running.values():
             self.mark_unfinished(running.task, "pending", "interrupted")
+        self.running.clear()   # a second Ctrl-C handler (a session's) has nothing left to wait for
+        self.queue.clear()
 
     def mark_unfinished(self, task: UnitTask, status: str, why: str) -> None:
         for cell_id in task.configs:
@@ -485,6 +507,57 @@ def executor_choice(study: Study, executor: str | None, gpus: list[str] | None) 
     return executor or ("ray" if gpus else study.config.executor.name)
 
 
+class Session:
+    """One driver over a study directory: its lock, results.db, storage and one executor, held until the session
+    ends. `run_study` runs one list of units through it; a search adds one trial's cells whenever another trial
+    ends, so the executor (a Ray instance) is started once for the whole search."""
+
+    def __init__(self, study_dir: Path, store: Store, storage: Storage, driver: Driver) -> None:
+        self.study_dir, self.store, self.storage, self.driver = study_dir, store, storage, driver
+
+    def record(self, units: list[Unit]) -> list[dict[str, Any]]:
+        """The units' cells into results.db (pending stages) and their resolved configs onto storage."""
+        rows, stage_names = cell_rows(units)
+        self.store.record_cells(rows, stage_names)
+        if self.storage.local:
+            for cell in unique_cells(units):
+                write_config_if_changed(cell, RunDir.for_cell(self.storage.root, cell.id))
+        return rows
+
+    def add(self, cells: list[Cell], label: str | None = None) -> list[str]:
+        """Queue cells (planned among themselves); the ids of the units with stages to run."""
+        units = with_trainers(cells, cells)
+        self.record(units)
+        return self.driver.enqueue(units, label)
+
+
+@contextmanager
+def driver_session(study: Study, study_dir: Path, *, retry_failed: bool = False, gpus: list[str] | None = None,
+                   stages: st.StageFunctions | None = None, console: Console | None = None,
+                   executor: str | None = None, address: str | None = None, storage: str | None = None,
+                   on_epoch: Callable[[Running, EpochMetrics], bool | None] | None = None) -> Iterator[Session]:
+    """Lock the study directory, open results.db and the executor once; Ctrl-C stops the running units (they
+    checkpoint and go back to pending) before the executor is closed."""
+    console = console or Console()
+    prepare_study_dir(study_dir)
+    name = executor_choice(study, executor, gpus)
+    where = Storage(storage or study.config.storage or str(study_dir))
+    where.check_writable()
+    with StudyLock(study_dir), Store.open(study_dir) as store, sigterm_as_interrupt():
+        store.record_study(study.name, study.config.description, str(study.path) if study.path else None,
+                           study.config.model_dump(mode="json"))
+        runner = make_executor(name, address=address or study.config.executor.address, gpus=gpus, stages=stages)
+        try:
+            driver = Driver(study_dir, store, where, runner, console, RunOptions(retry_failed=retry_failed), on_epoch)
+            try:
+                yield Session(study_dir, store, where, driver)
+            except KeyboardInterrupt:
+                driver.cancel_all()
+                raise
+        finally:
+            runner.close()
+
+
 def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_failed: bool = False,
               gpus: list[str] | None = None, yes: bool = False, stages: st.StageFunctions | None = None,
               console: Console | None = None, executor: str | None = None, address: str | None = None,
@@ -493,26 +566,11 @@ def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_f
     console = console or Console()
     selected = select_cells(study.cells, only)
     check_size(selected, yes, study)
-    prepare_study_dir(study_dir)
-    name = executor_choice(study, executor, gpus)
-    where = Storage(storage or study.config.storage or str(study_dir))
-    where.check_writable()
     units = with_trainers(selected, study.cells)
-    with StudyLock(study_dir), Store.open(study_dir) as store, sigterm_as_interrupt():
-        store.record_study(study.name, study.config.description, str(study.path) if study.path else None,
-                           study.config.model_dump(mode="json"))
-        rows, stage_names = cell_rows(units)
-        store.record_cells(rows, stage_names)
-        store.mark_current([cell.id for cell in study.cells])
-        if where.local:
-            for cell in unique_cells(units):
-                write_config_if_changed(cell, RunDir.for_cell(where.root, cell.id))
-        runner = make_executor(name, address=address or study.config.executor.address, gpus=gpus, stages=stages)
-        try:
-            driver = Driver(study_dir, store, where, runner, console, RunOptions(retry_failed=retry_failed), on_epoch)
-            driver.run(units)
-        finally:
-            runner.close()
+    with driver_session(study, study_dir, retry_failed=retry_failed, gpus=gpus, stages=stages, console=console,
+                        executor=executor, address=address, storage=storage, on_epoch=on_epoch) as session:
+        rows = session.record(units)
+        session.store.mark_current([cell.id for cell in study.cells])
+        session.driver.run(units)
         ids = [row["cell_id"] for row in rows]
-        return StudyOutcome(study_dir, driver.tally, store.status_counts(ids))
-
+        return StudyOutcome(study_dir, session.driver.tally, session.store.status_counts(ids))

@@ -1,4 +1,6 @@
-"""The search loop: the driver asks Optuna for trials, runs each as a cell through run_study, and tells.
+"""The search loop: the driver asks Optuna for trials, runs each as a cell through one driver session (one
+executor for the whole search), and tells. A trial is asked as soon as a slot frees: a queue kept full, not
+batches waiting for their slowest trial.
 
 Resuming: the journal file holds every trial. A trial a killed driver left RUNNING is told FAIL and asked
 again with the same parameters (enqueue_trial), so it maps to the same cell id: run_study then reuses its
@@ -130,13 +132,16 @@ def trial_cell(base: dict[str, Any], values: dict[str, Any], where: str) -> Cell
 # ---------------------------------------------------------------- reading trials back from results.db
 
 
-def cell_results(study_dir: Path, cid: str) -> dict[str, Any]:
-    """What results.db knows of one trial's cell: stage statuses, metrics, and the $ it cost."""
+def cell_results(study_dir: Path, cid: str, store: Any = None) -> dict[str, Any]:
+    """What results.db knows of one trial's cell: stage statuses, metrics, and the $ it cost. `store`: the
+    driver's open one (a search session), else results.db is opened read-only."""
+    from contextlib import nullcontext
+
     from tunebench.study.store import Store
 
-    if not (Path(study_dir) / "results.db").exists():
+    if store is None and not (Path(study_dir) / "results.db").exists():
         return {}
-    with Store.open_readonly(study_dir) as store:
+    with nullcontext(store) if store is not None else Store.open_readonly(study_dir) as store:
         stages = {r["stage"]: r for r in store.rows("SELECT stage, status, detail, error FROM stages WHERE cell_id = ?",
                                                     (cid,))}
         metrics = {(r["stage"], r["name"]): r["value"] for r in store.rows(
@@ -170,11 +175,11 @@ def was_pruned(got: dict[str, Any]) -> bool:
     return bool(train and train["status"] == "done" and "stopped early by the driver" in (train["detail"] or ""))
 
 
-def spent_usd(study_dir: Path, cell_ids: set[str]) -> float:
+def spent_usd(study_dir: Path, cell_ids: set[str], store: Any = None) -> float:
     """$ of every trial cell (training and evaluation), each cell counted once however often it was sampled."""
     total = 0.0
     for cid in cell_ids:
-        total += sum(cell_results(study_dir, cid).get("costs", {}).values())
+        total += sum(cell_results(study_dir, cid, store).get("costs", {}).values())
     return total
 
 
@@ -204,14 +209,29 @@ def requeue_running(osearch: Any, console: Console) -> int:
 # ---------------------------------------------------------------- the loop
 
 
+def budget_spent(search: SearchConfig, told: int, asked: int, usd: float, wall: float, repeats: int) -> str:
+    """Why no further trial may be asked ('' while one may): `told` trials counted, `asked` still running."""
+    b = search.budget
+    if b.trials is not None and told + asked >= b.trials:
+        return f"{b.trials} trials"
+    if b.usd is not None and usd >= b.usd:
+        return f"${usd:.4f} spent of ${b.usd:g}"
+    if b.wall_seconds is not None and wall >= b.wall_seconds:
+        return f"{wall:.0f} s of {b.wall_seconds:g} s"
+    if repeats >= EXHAUSTED_AFTER:
+        return f"the space is used up ({repeats} trials in a row sampled finished cells)"
+    return ""
+
+
 def run_search(study: Study, study_dir: Path, *, console: Console | None = None, executor: str | None = None,
                address: str | None = None, storage: str | None = None, gpus: list[str] | None = None,
                stages: Any = None, retry_failed: bool = False) -> SearchOutcome:
+    """One driver session for the whole search: a trial is asked and submitted whenever a slot is free (a trial
+    ended, was pruned, or was answered from results.db), up to `concurrency` at once, and the budget is checked
+    before each ask; trials running when it is spent are let finish. Ray, when used, is started once."""
     from optuna.trial import TrialState
 
-    from tunebench.study.lock import StudyLock
-    from tunebench.study.runner import prepare_study_dir, run_study
-    from tunebench.study.store import Store
+    from tunebench.study.runner import driver_session, prepare_study_dir
 
     console = console or Console()
     search = study.config.search
@@ -221,8 +241,6 @@ def run_search(study: Study, study_dir: Path, *, console: Console | None = None,
     requeue_running(osearch, console)
     base = study.cells[0].config.model_dump(mode="json")
     where = str(study.path or study.name)
-    name = executor or ("ray" if gpus else study.config.executor.name)
-    width = search.concurrency or (len(gpus) if gpus else 1 if name == "inline" else 2)
     prune = search.pruning()
     flip = len(search.directions()) == 1 and \
         QUALITY_METRICS.get(prune.prune_on, "minimize") != search.directions()[0]
@@ -230,75 +248,81 @@ def run_search(study: Study, study_dir: Path, *, console: Console | None = None,
     outcome = SearchOutcome(study_dir)
     repeats = 0
     stopping: set[int] = set()
+    inflight: dict[str, list[tuple[Any, Cell]]] = {}   # unit id -> its trials (several when they sampled one cell)
+    by_cell: dict[str, Any] = {}                       # cell id -> the trial its epochs are reported to
 
     def trial_cells() -> set[str]:
         return {t.user_attrs["cell_id"] for t in osearch.get_trials(deepcopy=False) if "cell_id" in t.user_attrs}
 
-    while True:
-        done = counted(osearch.get_trials(deepcopy=False))
-        outcome.usd = spent_usd(study_dir, trial_cells())
-        wall = earlier_s + time.monotonic() - started
-        b = search.budget
-        if b.trials is not None and len(done) >= b.trials:
-            outcome.stopped_by = f"{b.trials} trials"
-        elif b.usd is not None and outcome.usd >= b.usd:
-            outcome.stopped_by = f"${outcome.usd:.4f} spent of ${b.usd:g}"
-        elif b.wall_seconds is not None and wall >= b.wall_seconds:
-            outcome.stopped_by = f"{wall:.0f} s of {b.wall_seconds:g} s"
-        elif repeats >= EXHAUSTED_AFTER:
-            outcome.stopped_by = f"the space is used up ({repeats} trials in a row sampled finished cells)"
-        if outcome.stopped_by:
-            break
-        k = min(width, b.trials - len(done)) if b.trials is not None else width
-        batch = []
-        for _ in range(k):
-            trial = osearch.ask()
-            cell = trial_cell(base, suggest(trial, search), where)
-            trial.set_user_attr("cell_id", cell.id)
-            batch.append((trial, cell))
-        by_cell = {cell.id: trial for trial, cell in batch}
-        fresh = [c for c in {cell.id: cell for _, cell in batch}.values()
-                 if cell_results(study_dir, c.id).get("stages", {}).get("eval", {"status": ""})["status"] != "done"]
-        repeats = 0 if fresh else repeats + len(batch)
-
-        def on_epoch(running: Any, event: Any, by_cell: dict[str, Any] = by_cell) -> bool:
-            trial = by_cell.get(event.cell_id)
-            value = event.metrics.get(prune.prune_on)
-            # a stopped run evaluates once more where it stopped: that is no epoch's value
-            if trial is None or prune.name == "none" or value is None or trial.number in stopping:
-                return False
-            trial.report(-value if flip else value, event.epoch)
-            if trial.should_prune():
-                stopping.add(trial.number)
-                console.print(f"  [yellow]trial {trial.number} pruned[/yellow] at epoch {event.epoch} "
-                              f"({prune.prune_on} {value:.4g})", highlight=False)
-                return True
+    def on_epoch(running: Any, event: Any) -> bool:
+        trial = by_cell.get(event.cell_id)
+        value = event.metrics.get(prune.prune_on)
+        # a stopped run evaluates once more where it stopped: that is no epoch's value
+        if trial is None or prune.name == "none" or value is None or trial.number in stopping:
             return False
+        trial.report(-value if flip else value, event.epoch)
+        if trial.should_prune():
+            stopping.add(trial.number)
+            console.print(f"  [yellow]trial {trial.number} pruned[/yellow] at epoch {event.epoch} "
+                          f"({prune.prune_on} {value:.4g})", highlight=False)
+            return True
+        return False
 
-        params = ", ".join(f"trial {t.number}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                            for k, v in t.params.items()) for t, _ in batch)
-        console.print(f"[bold]search[/bold] {params}", highlight=False)
-        if fresh:
-            run_study(Study(study.config, fresh, study.path), study_dir, console=console, executor=executor,
-                      address=address, storage=storage, gpus=gpus, stages=stages, retry_failed=retry_failed,
-                      on_epoch=on_epoch, yes=True)
-        for trial, cell in batch:
-            got = cell_results(study_dir, cell.id)
-            trial.set_user_attr("usd", sum(got.get("costs", {}).values()))
-            values = objective_values(search, got)
-            if was_pruned(got):
-                trial.set_user_attr("quality", values[0] if values else None)
-                osearch.tell(trial, state=TrialState.PRUNED)
-            elif values is None:
-                failed = [f"{s}: {r['error']}" for s, r in got.get("stages", {}).items() if r["status"] == "failed"]
-                trial.set_user_attr("error", "; ".join(failed) or "no objective value recorded")
-                osearch.tell(trial, state=TrialState.FAIL)
-            else:
-                osearch.tell(trial, values if len(values) > 1 else values[0])
+    def tell(trial: Any, cell: Cell, store: Any) -> None:
+        got = cell_results(study_dir, cell.id, store)
+        trial.set_user_attr("usd", sum(got.get("costs", {}).values()))
+        values = objective_values(search, got)
+        if was_pruned(got):
+            trial.set_user_attr("quality", values[0] if values else None)
+            osearch.tell(trial, state=TrialState.PRUNED)
+        elif values is None:
+            failed = [f"{s}: {r['error']}" for s, r in got.get("stages", {}).items() if r["status"] == "failed"]
+            trial.set_user_attr("error", "; ".join(failed) or "no objective value recorded")
+            osearch.tell(trial, state=TrialState.FAIL)
+        else:
+            osearch.tell(trial, values if len(values) > 1 else values[0])
+
+    with driver_session(study, study_dir, console=console, executor=executor, address=address, storage=storage,
+                        gpus=gpus, stages=stages, retry_failed=retry_failed, on_epoch=on_epoch) as session:
+        driver = session.driver
+        width = search.concurrency or (len(gpus) if gpus else driver.gpus or
+                                       (1 if driver.executor.name == "inline" else 2))
+        while True:
+            while len(inflight) < width and not outcome.stopped_by:
+                asked = sum(len(v) for v in inflight.values())
+                outcome.usd = spent_usd(study_dir, trial_cells(), session.store)
+                outcome.stopped_by = budget_spent(search, len(counted(osearch.get_trials(deepcopy=False))), asked,
+                                                  outcome.usd, earlier_s + time.monotonic() - started, repeats)
+                if outcome.stopped_by:
+                    break
+                trial = osearch.ask()
+                cell = trial_cell(base, suggest(trial, search), where)
+                trial.set_user_attr("cell_id", cell.id)
+                console.print(f"[bold]search[/bold] trial {trial.number}: " + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()),
+                    highlight=False)
+                if cell.id in by_cell:   # sampled again while it runs: answered when it ends
+                    inflight[next(u for u, ts in inflight.items() if ts[0][1].id == cell.id)].append((trial, cell))
+                    continue
+                finished = cell_results(study_dir, cell.id, session.store).get("stages", {}).get("eval")
+                repeats = repeats + 1 if finished and finished["status"] == "done" else 0
+                units = session.add([cell], f"trial {trial.number}")
+                if units:
+                    inflight[units[0]] = [(trial, cell)]
+                    by_cell[cell.id] = trial
+                else:   # every stage reused (or kept failed): answered now, at no cost
+                    tell(trial, cell, session.store)
+            if not inflight:
+                break
+            for unit_id in driver.step():
+                for trial, cell in inflight.pop(unit_id, []):
+                    by_cell.pop(cell.id, None)
+                    tell(trial, cell, session.store)
+                osearch.set_user_attr("wall_seconds", earlier_s + time.monotonic() - started)
         osearch.set_user_attr("wall_seconds", earlier_s + time.monotonic() - started)
-    with StudyLock(study_dir), Store.open(study_dir) as store:
-        # run_study flags only the cells of its own call as current; every trial's cell belongs to the search
-        store.mark_current(sorted(trial_cells()))
+        outcome.usd = spent_usd(study_dir, trial_cells(), session.store)
+        # every trial's cell belongs to the search, those of earlier sessions too
+        session.store.mark_current(sorted(trial_cells()))
     for t in osearch.get_trials(deepcopy=False):
         outcome.trials[t.state.name.lower()] = outcome.trials.get(t.state.name.lower(), 0) + 1
     return outcome
