@@ -18,8 +18,9 @@ TEXTS = ["The engine makes a rattling noise", "Plant the tomato seedlings", "Ann
          "Solder the resistor to the board", "The rocket reached orbit", "Simmer the onions in butter"]
 
 
-def engine_tokens(model, tok, attention: str, monkeypatch, new_tokens: int = 40):
+def engine_tokens(model, tok, attention: str, monkeypatch, new_tokens: int = 40, min_rows: int = 0):
     monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", attention)
+    monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", str(min_rows))  # 0: FlexAttention at every step, 1 row too
     engine = offline_engine(model, tok, longest=64, slots=4)  # 6 prompts, 4 slots: rows join and leave
     assert engine.runner.flex == (attention == "flex")
     requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
@@ -49,11 +50,10 @@ def test_small_steps_under_the_row_threshold_decode_with_sdpa_and_change_no_toke
                                                                                   monkeypatch):
     model, tok = load_tiny(tiny_neox_dir)
     sdpa, _ = engine_tokens(model, tok, "sdpa", monkeypatch, new_tokens=12)
-    monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", "3")  # 4 slots, 6 prompts: steps of 4, 3, 2 and 1 rows
-    calls = []
+    calls = []  # below: 4 slots, 6 prompts, steps of 4, 3, 2 and 1 rows, fewer than 3 through SDPA
     original = DecodeAttention.mask
     monkeypatch.setattr(DecodeAttention, "mask", lambda self, rows: (calls.append(rows), original(self, rows))[1])
-    mixed, _ = engine_tokens(model, tok, "flex", monkeypatch, new_tokens=12)
+    mixed, _ = engine_tokens(model, tok, "flex", monkeypatch, new_tokens=12, min_rows=3)
     assert mixed == sdpa
     assert calls and min(calls) >= 3
 

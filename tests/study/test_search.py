@@ -127,6 +127,10 @@ def test_two_objectives_give_a_non_dominated_set(tmp_path, tiny_llama_dir):
     complete = [t for t in osearch.get_trials() if t.state.name == "COMPLETE"]
     front = osearch.best_trials
     assert len(complete) == 3 and front
+    from tunebench.study.predicted import read_predictions
+
+    # each trial was predicted before it ran
+    assert {t.user_attrs["cell_id"] for t in complete} <= set(read_predictions(out)["cells"])
 
     def dominates(a, b):
         return all(x <= y for x, y in zip(a.values, b.values, strict=True)) and a.values != b.values

@@ -306,6 +306,9 @@ def run_search(study: Study, study_dir: Path, *, console: Console | None = None,
                     continue
                 finished = cell_results(study_dir, cell.id, session.store).get("stages", {}).get("eval")
                 repeats = repeats + 1 if finished and finished["status"] == "done" else 0
+                if not finished:   # kept before it runs, for the report's predicted against actual
+                    from tunebench.study.predicted import predict_at_launch
+                    predict_at_launch([cell], study_dir, console)
                 units = session.add([cell], f"trial {trial.number}")
                 if units:
                     inflight[units[0]] = [(trial, cell)]
