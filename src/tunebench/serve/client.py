@@ -29,7 +29,7 @@ from typing import Any
 from tunebench.errors import UserError
 from tunebench.serve.channel import DONE, TOKEN, BlockingChannel, encode, read_message
 from tunebench.serve.core import apply_metric_updates
-from tunebench.serve.requests import EngineLimits, GenerationFailed, Overloaded, RequestHandle, Sequence
+from tunebench.serve.requests import EngineLimits, GenerationFailed, RequestHandle, Sequence, admit_one
 
 log = logging.getLogger("tunebench.serve")
 DEADLINE_MARGIN_S = 5.0  # past a request's deadline, the engine should have failed it already
@@ -83,10 +83,7 @@ class EngineClient:
         return self.gone is None and self.process.poll() is None
 
     def _admit_one(self) -> None:
-        if self._in_flight >= self.capacity:
-            raise Overloaded(f"{self._in_flight} requests in flight, the limit is {self.capacity} "
-                             f"({self.slots} running + {self.limits.max_queue} queued)")
-        self._in_flight += 1
+        self._in_flight = admit_one(self._in_flight, self.capacity, self.slots, self.limits.max_queue)
 
     def submit(self, request: Any) -> RemoteHandle:
         self._admit_one()

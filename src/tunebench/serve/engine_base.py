@@ -19,9 +19,9 @@ from tunebench.serve.requests import (
     EngineLimits,
     GenerationFailed,
     GenerationRequest,
-    Overloaded,
     RequestHandle,
     Sequence,
+    admit_one,
 )
 from tunebench.serve.sampling import RowState
 
@@ -90,11 +90,7 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def _admit_one(self) -> None:
-        """Count one more request in flight, or refuse it: the queue is bounded, memory with it."""
-        if self._in_flight >= self.capacity:
-            raise Overloaded(f"{self._in_flight} requests in flight, the limit is {self.capacity} "
-                             f"({self.slots} running + {self.limits.max_queue} queued)")
-        self._in_flight += 1
+        self._in_flight = admit_one(self._in_flight, self.capacity, self.slots, self.limits.max_queue)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         self._admit_one()

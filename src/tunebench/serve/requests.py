@@ -19,6 +19,15 @@ class Overloaded(Exception):
     """The queue is full: the client should retry later."""
 
 
+def admit_one(in_flight: int, capacity: int, slots: int, max_queue: int) -> int:
+    """One more request in flight, or Overloaded: the queue is bounded, and memory with it (the in-process
+    engine and the split front end count the same way)."""
+    if in_flight >= capacity:
+        raise Overloaded(f"{in_flight} requests in flight, the limit is {capacity} "
+                         f"({slots} running + {max_queue} queued)")
+    return in_flight + 1
+
+
 class GenerationFailed(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
