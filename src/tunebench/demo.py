@@ -204,8 +204,9 @@ def run_demo_study(study_file: Path, out: Path | None, console: Console, dtype: 
         study = load_study(study_file, sets=sets)
     from tunebench.study.predicted import predict_at_launch
 
-    predict_at_launch(study.cells, out or Path("runs") / study.name, console)   # kept for predicted vs actual
-    outcome = run_study(study, out or Path("runs") / study.name, console=console)
+    study_dir = out or Path("runs") / study.name
+    outcome = run_study(study, study_dir, console=console,   # the prediction is kept for predicted vs actual
+                        before_run=lambda cells: predict_at_launch(cells, study_dir, console))
     print_outcome(outcome, console)
     md = outcome.study_dir / "report.md"
     report = study_report(outcome.study_dir, outcome.study_dir / "report-plots")

@@ -164,11 +164,12 @@ def register(app: typer.Typer) -> None:
             if executor is not None and executor not in ("inline", "ray"):
                 raise UserError(f"--executor {executor!r} is not an executor",
                                 "use --executor inline or --executor ray")
+            study_dir = out or default_study_dir(study)
             # the prediction made before the run, so that the report compares against it (predictions.json)
-            predict_at_launch(selected, out or default_study_dir(study), console)
-            outcome = run_study(study, out or default_study_dir(study), only=only, retry_failed=retry_failed,
+            outcome = run_study(study, study_dir, only=only, retry_failed=retry_failed,
                                 gpus=parse_gpus(gpus), yes=yes, console=console, executor=executor,
-                                address=address, storage=storage)
+                                address=address, storage=storage,
+                                before_run=lambda cells: predict_at_launch(cells, study_dir, console))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: run the same command again to continue; finished stages "
                           "are kept")

@@ -562,7 +562,10 @@ def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_f
               gpus: list[str] | None = None, yes: bool = False, stages: st.StageFunctions | None = None,
               console: Console | None = None, executor: str | None = None, address: str | None = None,
               storage: str | None = None, on_epoch: Callable[[Running, EpochMetrics], bool | None] | None = None,
-              ) -> StudyOutcome:
+              before_run: Callable[[list[Cell]], None] | None = None) -> StudyOutcome:
+    """Run the selected cells; `before_run(cells)` is called once every check has passed (the directory is
+    writable and this study's, the lock held, the executor up) and before any unit starts: where the launch
+    prediction is kept, so that a refused run leaves nothing behind."""
     console = console or Console()
     selected = select_cells(study.cells, only)
     check_size(selected, yes, study)
@@ -571,6 +574,8 @@ def run_study(study: Study, study_dir: Path, *, only: str | None = None, retry_f
                         executor=executor, address=address, storage=storage, on_epoch=on_epoch) as session:
         rows = session.record(units)
         session.store.mark_current([cell.id for cell in study.cells])
+        if before_run is not None:
+            before_run(selected)
         session.driver.run(units)
         ids = [row["cell_id"] for row in rows]
         return StudyOutcome(study_dir, session.driver.tally, session.store.status_counts(ids))
