@@ -15,6 +15,10 @@ import pytest
 
 # Tests never reach a model hub: fail fast instead of retrying a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Without a GPU, Triton kernels (tunebench.serve.triton_decode) run in Triton's interpreter; it must be chosen
+# before triton is first imported.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 CORPUS = [
     "The engine makes a rattling noise when the car idles at a red light.",

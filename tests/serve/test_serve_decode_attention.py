@@ -22,7 +22,9 @@ def engine_tokens(model, tok, attention: str, monkeypatch, new_tokens: int = 40,
     monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", attention)
     monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", str(min_rows))  # 0: FlexAttention at every step, 1 row too
     engine = offline_engine(model, tok, longest=64, slots=4)  # 6 prompts, 4 slots: rows join and leave
-    assert engine.runner.flex == (attention == "flex")
+    assert engine.runner.flex == (attention != "sdpa")
+    if attention != "sdpa":
+        assert engine.runner.decode_attention.kernel == attention
     requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
                 for t in TEXTS]
     completions = run_offline(engine, requests)
@@ -44,6 +46,59 @@ def test_flex_decode_gives_the_greedy_tokens_of_sdpa_and_of_padded_generate(fixt
     through_eval = generate(model, tok, TEXTS, max_new_tokens=40, batch_size=3, engine="batched")
     assert through_eval == padded
     assert model.config._attn_implementation != NAME  # the scope put it back
+
+
+def test_triton_decode_kernel_gives_the_greedy_tokens_of_sdpa(tiny_neox_dir, load_tiny, monkeypatch):
+    """The hand-written kernel (`tunebench.serve.triton_decode`) in Triton's interpreter on the CPU, in the
+    engine on the 3B's architecture (GPT-NeoX, multi-head): the same tokens as SDPA over the width bucket and
+    log-probabilities within 1e-4, as rows join and leave, at every step size down to one row. (Grouped-query
+    heads and rows that cross tiles: the kernel test below; the interpreter is slow, so few tokens here.)"""
+    pytest.importorskip("triton")
+    model, tok = load_tiny(tiny_neox_dir)
+    triton, triton_logprobs = engine_tokens(model, tok, "triton", monkeypatch, new_tokens=10, min_rows=1)
+    sdpa, sdpa_logprobs = engine_tokens(model, tok, "sdpa", monkeypatch, new_tokens=10)
+    assert triton == sdpa
+    for a, b in zip(triton_logprobs, sdpa_logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["lanes:32:2", "tiles:64:4", "lanes:16:1"])
+def test_triton_kernel_matches_sdpa_on_ragged_rows_and_strided_queries(variant, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", variant)
+    from tunebench.serve.triton_decode import decode_attention
+
+    tile = 64  # the lengths below cross tiles of 16, 32 or 64 tokens
+    torch.manual_seed(0)
+    slots, heads, kv_heads, columns, dim = 5, 4, 2, 2 * tile + 9, 20  # dim not a power of two (3B: 80)
+    keys, values = torch.randn(2, slots, kv_heads, columns, dim).unbind(0)
+    query = torch.randn(4, 1, heads, dim).transpose(1, 2)  # (rows, heads, 1, dim), as transformers hands it
+    lengths = torch.tensor([1, tile, tile + 1, columns], dtype=torch.int32)
+    out = decode_attention(query, keys, values, lengths, dim ** -0.5)
+    assert out.shape == (4, 1, heads, dim)
+    for row, length in enumerate(lengths.tolist()):
+        k, v = (t[row, :, :length].repeat_interleave(heads // kv_heads, 0)[None] for t in (keys, values))
+        expected = torch.nn.functional.scaled_dot_product_attention(query[row:row + 1], k, v)
+        torch.testing.assert_close(out[row:row + 1], expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_a_malformed_triton_variant_is_refused_with_the_allowed_form(monkeypatch):
+    from tunebench.serve.triton_decode import variant
+
+    monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", "fast")
+    with pytest.raises(ValueError, match="KERNEL:TILE:WARPS"):
+        variant()
+
+
+def test_without_triton_the_engine_falls_back_to_flex(tiny_llama_dir, load_tiny, monkeypatch):
+    import tunebench.serve.triton_decode as td
+
+    monkeypatch.setattr(td, "available", lambda: "triton is not installed")
+    model, tok = load_tiny(tiny_llama_dir)
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "triton")
+    engine = offline_engine(model, tok, longest=16, slots=1)
+    assert engine.runner.decode_attention.kernel == "flex"
+    assert "triton is not installed" in engine.runner.flex_error
 
 
 def test_small_steps_under_the_row_threshold_decode_with_sdpa_and_change_no_token(tiny_neox_dir, load_tiny,
@@ -73,5 +128,5 @@ def test_block_mask_gives_each_running_row_its_own_blocks_and_idle_slots_none():
 def test_an_unknown_decode_attention_is_refused(tiny_llama_dir, load_tiny, monkeypatch):
     model, tok = load_tiny(tiny_llama_dir)
     monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "paged")
-    with pytest.raises(ValueError, match="allowed: flex, sdpa"):
+    with pytest.raises(ValueError, match="allowed: triton, flex, sdpa"):
         offline_engine(model, tok, longest=16, slots=1)

@@ -14,6 +14,9 @@ The model reaches this through transformers' attention registry: `DecodeAttentio
 model's attention implementation to NAME for one forward; the registered function runs FlexAttention when the
 mask is a BlockMask (4-D, so transformers passes it through untouched) and transformers' SDPA otherwise
 (prefills keep their explicit 4-D boolean mask).
+
+The same seam carries the hand-written kernel (`tunebench.serve.triton_decode`, kernel "triton"): its "mask" is
+the rows' lengths, and it reads exactly each row's tokens, without blocks, query padding or a block mask.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 log = logging.getLogger("tunebench.serve")
 NAME = "tunebench_slots"
 KV_BLOCK = 32  # columns per block: a row reads its length rounded up to this (the kernel's BLOCK_N follows it)
+KERNELS = ("triton", "flex")  # the decode kernels behind DecodeAttention (`tunebench.serve.triton_decode`; torch's)
 Q_BLOCK = 128  # one query block covers the single decode position (a multiple of the kernel's BLOCK_M)
 _compiled: dict[str, Any] = {}
 # Triton options for the compiled kernel on CUDA (num_warps, num_stages, BLOCK_N, SPLIT_KV ...), from
@@ -49,15 +53,19 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     """transformers' attention signature: query (rows, heads, 1, dim); with a BlockMask (from
     `DecodeAttention.mask`), key and value are the whole layer cache (slots, kv_heads, columns, dim). Returns
     (rows, 1, heads, dim)."""
+    import torch
     from torch.nn.attention.flex_attention import BlockMask
 
+    if torch.is_tensor(attention_mask) and attention_mask.dtype == torch.int32:  # row lengths: the Triton kernel
+        from tunebench.serve.triton_decode import decode_attention
+
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return decode_attention(query, key, value, attention_mask.view(-1), scale), None
     if not isinstance(attention_mask, BlockMask):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    import torch
-
     rows, slots = query.shape[0], key.shape[0]
     if rows < slots:  # one kernel shape for every step: idle rows have no blocks to read
         query = torch.cat([query, query.new_zeros((slots - rows, *query.shape[1:]))])
@@ -91,12 +99,21 @@ class DecodeAttention:
     """Builds a decode step's BlockMask from the runner's per-row positions (a device buffer a CUDA graph
     reads at replay), and scopes the model's attention implementation to NAME while a step runs."""
 
-    def __init__(self, model: Any, positions: Any, columns: int, block: int = KV_BLOCK) -> None:
+    def __init__(self, model: Any, positions: Any, columns: int, block: int = KV_BLOCK,
+                 kernel: str = "flex") -> None:
         import json
         import os
 
         import torch
 
+        if kernel not in KERNELS:
+            raise ValueError(f"decode attention kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
+        if kernel == "triton":
+            from tunebench.serve.triton_decode import available
+
+            if (why := available()) is not None:
+                raise RuntimeError(why)
+        self.kernel = kernel
         register()
         KERNEL_OPTIONS.clear()
         KERNEL_OPTIONS.update(json.loads(os.environ.get("TUNEBENCH_FLEX_OPTIONS", "{}")))
@@ -114,10 +131,14 @@ class DecodeAttention:
         self.mask_mod = mask_mod
 
     def mask(self, rows: int) -> Any:
-        """Rows 0..rows-1 see columns 0..position (their blocks); the other slots see nothing."""
+        """Rows 0..rows-1 see columns 0..position (their blocks); the other slots see nothing. For the Triton
+        kernel, the rows' lengths as an int32 (rows, 1, 1, 1) tensor: 4-D, so transformers passes it through as
+        a prepared mask, and int32, which no mask transformers builds is, so `attention` knows it."""
         import torch
         from torch.nn.attention.flex_attention import BlockMask
 
+        if self.kernel == "triton":
+            return (self.positions[:rows] + 1).to(torch.int32).view(rows, 1, 1, 1)
         slots = self.positions.shape[0]
         counts = torch.where(self.slot_index < rows, self.positions // self.block + 1, 0)
         counts = counts.to(torch.int32).view(slots, 1, 1)

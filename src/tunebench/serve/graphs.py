@@ -88,26 +88,35 @@ class DecodeRunner:
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
         self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
-        # Decode attention: FlexAttention with a per-row block mask on CUDA (graphs keyed by rows alone, no
-        # padded columns read), SDPA over the width bucket elsewhere or when TUNEBENCH_DECODE_ATTENTION=sdpa.
+        # Decode attention on CUDA reads only each row's own columns, with one graph per row count: the Triton
+        # kernel (`tunebench.serve.triton_decode`, the default where Triton imports) or FlexAttention with a
+        # per-row block mask; SDPA over the width bucket elsewhere or when TUNEBENCH_DECODE_ATTENTION=sdpa. If
+        # the Triton kernel cannot run, FlexAttention serves; if neither can, SDPA.
         self.decode_attention: Any = None
-        self.flex_error: str | None = None  # why FlexAttention was given up for SDPA, if it was
+        self.flex_error: str | None = None  # why the row-length kernel was given up for SDPA, if it was
         self._flex_checked = False
-        self.flex_first_s = 0.0  # the first FlexAttention step, eager: torch.compile builds the kernel there
-        # Steps of fewer rows decode with SDPA (TUNEBENCH_FLEX_MIN_ROWS; 0: FlexAttention at every size). The
-        # default 2 sends a lone sequence to SDPA: on the H200 SDPA's 1-row step was 3.85 vs 4.24 ms, and served
-        # single-stream inter-token latency was 3.8 ms with it against 4.2 ms without, at an unchanged sustained
-        # rate (195 vs 197 req/s). Between 2 and 32 rows the two were about even; above, FlexAttention wins.
-        self.flex_min_rows = int(os.environ.get("TUNEBENCH_FLEX_MIN_ROWS", "2"))
-        choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", "flex" if device.type == "cuda" else "sdpa")
-        if choice not in ("flex", "sdpa"):
-            raise ValueError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: flex, sdpa")
-        if choice == "flex":
+        self.flex_first_s = 0.0  # the first such step, eager: torch.compile or Triton builds the kernel there
+        default = "sdpa"
+        if device.type == "cuda":
+            from tunebench.serve.triton_decode import available
+
+            default = "triton" if available() is None else "flex"
+        choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", default)
+        if choice not in ("triton", "flex", "sdpa"):
+            raise ValueError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: triton, flex, sdpa")
+        # Steps of fewer rows decode with SDPA (TUNEBENCH_FLEX_MIN_ROWS; 0: the row-length kernel at every size).
+        # With FlexAttention the default 2 sends a lone sequence to SDPA: on the H200 SDPA's 1-row step was 3.85
+        # vs 4.24 ms, and served single-stream inter-token latency was 3.8 ms with it against 4.2 ms without, at
+        # an unchanged sustained rate (195 vs 197 req/s). The Triton kernel has no block mask or query padding
+        # to pay for at one row, so it serves every size (default 1).
+        self.flex_min_rows = int(os.environ.get("TUNEBENCH_FLEX_MIN_ROWS", "1" if choice == "triton" else "2"))
+        for kernel in {"triton": ("triton", "flex"), "flex": ("flex",), "sdpa": ()}[choice]:
             try:
                 from tunebench.serve.decode_attention import DecodeAttention
 
-                self.decode_attention = DecodeAttention(model, self.inputs[1], cache.max_len)
-            except Exception as err:  # an older torch or transformers: SDPA still serves
+                self.decode_attention = DecodeAttention(model, self.inputs[1], cache.max_len, kernel=kernel)
+                break
+            except Exception as err:  # no Triton, an older torch or transformers: the next kernel, or SDPA
                 self._give_up_flex(err)
         # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
         # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
@@ -251,7 +260,8 @@ class DecodeRunner:
         return self._replay("decode", self.forward, rows, width, adapter, extra)
 
     def _give_up_flex(self, err: BaseException) -> None:
-        log.warning("FlexAttention decode unavailable (%s: %s); decoding with SDPA", type(err).__name__, err)
+        kernel = getattr(self.decode_attention, "kernel", "row-length")
+        log.warning("%s decode attention unavailable (%s: %s); falling back", kernel, type(err).__name__, err)
         self.decode_attention = None
         self.flex_error = f"{type(err).__name__}: {err}"[:300]
 

@@ -20,7 +20,10 @@ from tunebench.serve.batched import BatchedEngine
 from tunebench.serve.requests import Completion, EngineLimits, GenerationFailed, GenerationRequest
 from tunebench.serve.requests import Sequence as EngineSequence
 
-OFFLINE_SLOTS = 256  # rows decoded together at most (fewer when the KV cache does not fit in free memory)
+# Rows decoded together at most (fewer when the KV cache does not fit in free memory). On the H200 a burst of
+# 512 prompts of 100 tokens, 64 new each, ran at 16.8k tok/s with 512 slots and 15.3k with 256
+# (benchmarks/decode_kernels.py, benchmarks/results/2026-12-03-h200-lead-2-*).
+OFFLINE_SLOTS = 512
 OFFLINE_PREFILL_BUDGET = 8192  # prompt tokens per prefill: offline, no running request waits on a stall
 
 

@@ -1,0 +1,165 @@
+"""Decode attention as one Triton kernel over the slot cache: each (row, head) program reads exactly its row's
+own tokens, no more.
+
+Why not FlexAttention (`tunebench.serve.decode_attention`'s other path)? On the H200 its decode kernel ran at
+~2.6 TB/s, 60% of copy bandwidth, and 56% of a 256-row step (benchmarks/results/2026-12-02-h200-engine-4-*):
+it reads whole 32-column blocks, pads the query to every slot and pays for a block mask per step, and its
+Triton knobs did not move it. A decode query is one token, so attention is a dot product and a weighted sum
+per (row, head) over that row's keys and values, which lie contiguous in the cache
+(`[slots, kv_heads, columns, head_dim]`): a program streams them once, in TILE-token tiles, with an online
+softmax (as flash-decoding does), and exits after the row's length. The lengths come from a device tensor, so
+one compiled kernel and one CUDA graph per row count serve every mix of lengths.
+
+Two versions ("tiles", "lanes"; TUNEBENCH_TRITON_DECODE picks one with its tile and warps). "tiles" keeps one
+running max and sum per program, so every tile ends in a reduction across the tile's rows (across warps);
+"lanes" keeps them per tile lane and merges the lanes once at the end, so the loop only streams and
+multiplies. On the H200, one layer of the 3B at ragged lengths 100..164 (benchmarks/decode_kernels.py,
+benchmarks/results/2026-12-03-h200-lead-2-*): "lanes" with 32-token tiles and 2 warps took 0.123 ms at 256
+rows and 0.236 ms at 512 (2.8-2.9 TB/s of the keys and values it must read), against 0.155 / 0.273 ms for
+FlexAttention and 0.199 / 0.384 ms for "tiles" at 64 tokens and 4 warps.
+
+No split over the keys: at the batch sizes this engine serves, rows x heads programs (8,192 at 256 rows of a
+32-head model) already fill the GPU; a lone long sequence would want the split (it is left out, not needed for
+the measured shapes). Off CUDA it runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the CPU
+tests check it against SDPA.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+VARIANT = "lanes:32:2"  # kernel:tile:warps (TUNEBENCH_TRITON_DECODE): the fastest at 256 and 512 rows on the H200
+
+
+def available() -> str | None:
+    """None when the kernel can run here, else why not (no Triton; no CUDA and no interpreter)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter)"
+    return None
+
+
+@functools.cache
+def _kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode_kernel(Q, K, V, Out, Lengths, scale_log2,
+                      stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                      stride_ob, stride_oh,
+                      GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr):
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        length = tl.load(Lengths + row)
+        dims = tl.arange(0, BLOCK_D)
+        in_dim = dims < D
+        # The softmax runs in base 2: scale * log2(e) folded into the query once.
+        q = tl.load(Q + row * stride_qb + head * stride_qh + dims, mask=in_dim, other=0.0).to(tl.float32)
+        q = q * scale_log2
+        keys = K + row * stride_kb + kv_head * stride_kh
+        values = V + row * stride_vb + kv_head * stride_vh
+        best = tl.full((), float("-inf"), tl.float32)
+        total = tl.zeros((), tl.float32)
+        acc = tl.zeros((BLOCK_D,), tl.float32)
+        for start in range(0, length, TILE):
+            cols = start + tl.arange(0, TILE)
+            in_row = cols < length
+            where = in_row[:, None] & in_dim[None, :]
+            k = tl.load(keys + cols[:, None] * stride_kn + dims[None, :], mask=where, other=0.0).to(tl.float32)
+            scores = tl.where(in_row, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=0))
+            weights = tl.exp2(scores - new_best)
+            shrink = tl.exp2(best - new_best)
+            v = tl.load(values + cols[:, None] * stride_vn + dims[None, :], mask=where, other=0.0).to(tl.float32)
+            total = total * shrink + tl.sum(weights, axis=0)
+            acc = acc * shrink + tl.sum(weights[:, None] * v, axis=0)
+            best = new_best
+        out = acc / total
+        tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)
+
+    @triton.jit
+    def lanes_kernel(Q, K, V, Out, Lengths, scale_log2,
+                     stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                     stride_ob, stride_oh,
+                     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr):
+        # The same attention with the online softmax kept per tile lane (column offset within a tile): the loop
+        # does no reduction across the tile, so no cross-warp exchange per tile; the lanes are merged once.
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        length = tl.load(Lengths + row)
+        dims = tl.arange(0, BLOCK_D)
+        in_dim = dims < D
+        q = tl.load(Q + row * stride_qb + head * stride_qh + dims, mask=in_dim, other=0.0).to(tl.float32)
+        q = q * scale_log2
+        keys = K + row * stride_kb + kv_head * stride_kh
+        values = V + row * stride_vb + kv_head * stride_vh
+        best = tl.full((TILE,), float("-inf"), tl.float32)
+        total = tl.zeros((TILE,), tl.float32)
+        acc = tl.zeros((TILE, BLOCK_D), tl.float32)
+        for start in range(0, length, TILE):
+            cols = start + tl.arange(0, TILE)
+            in_row = cols < length
+            where = in_row[:, None] & in_dim[None, :]
+            k = tl.load(keys + cols[:, None] * stride_kn + dims[None, :], mask=where, other=0.0).to(tl.float32)
+            v = tl.load(values + cols[:, None] * stride_vn + dims[None, :], mask=where, other=0.0).to(tl.float32)
+            scores = tl.sum(k * q[None, :], axis=1)
+            new_best = tl.where(in_row, tl.maximum(best, scores), best)
+            shrink = tl.where(in_row, tl.exp2(best - new_best), 1.0)
+            weights = tl.where(in_row, tl.exp2(scores - new_best), 0.0)
+            total = total * shrink + weights
+            acc = acc * shrink[:, None] + weights[:, None] * v
+            best = new_best
+        top = tl.max(best, axis=0)
+        merge = tl.exp2(best - top)  # lanes that never held a column: exp2(-inf) = 0
+        out = tl.sum(acc * merge[:, None], axis=0) / tl.sum(total * merge, axis=0)
+        tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)
+
+    return {"tiles": decode_kernel, "lanes": lanes_kernel}
+
+
+def variant() -> tuple[str, int, int]:
+    """(kernel, tokens per tile, warps) from TUNEBENCH_TRITON_DECODE ("lanes:32:4"; default VARIANT)."""
+    raw = os.environ.get("TUNEBENCH_TRITON_DECODE", VARIANT)
+    try:
+        name, tile, warps = raw.split(":")
+        if name not in ("tiles", "lanes"):
+            raise ValueError(name)
+        return name, int(tile), int(warps)
+    except ValueError:
+        raise ValueError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS, KERNEL one of tiles, "
+                         "lanes (e.g. lanes:32:4)") from None
+
+
+def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: float) -> Any:
+    """query (rows, heads, 1, dim); key, value (slots >= rows, kv_heads, columns, dim) with contiguous last
+    dims; lengths (rows,) int32: row i attends to columns 0..lengths[i]-1 of slot i. Returns (rows, 1, heads,
+    dim), the layout transformers' attention functions return."""
+    import math
+
+    import torch
+    import triton
+
+    rows, heads, _one, dim = query.shape
+    kv_heads = key.shape[1]
+    if heads % kv_heads or key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
+        raise ValueError(f"triton decode attention: unsupported layout q{tuple(query.shape)} k{tuple(key.shape)}")
+    out = torch.empty((rows, 1, heads, dim), dtype=query.dtype, device=query.device)
+    if rows == 0:
+        return out
+    name, tile, warps = variant()
+    _kernel()[name][(rows, heads)](
+        query, key, value, out, lengths, float(scale) * math.log2(math.e),
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(2),
+        GROUP=heads // kv_heads, D=dim, BLOCK_D=triton.next_power_of_2(dim), TILE=tile, num_warps=warps)
+    return out
