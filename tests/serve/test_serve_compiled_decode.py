@@ -73,3 +73,16 @@ def test_an_unknown_compile_mode_is_refused(monkeypatch):
         compile_mode("cuda")
     monkeypatch.delenv("TUNEBENCH_DECODE_COMPILE")
     assert compile_mode("cuda") == "layers" and compile_mode("cpu") == "off"
+
+
+def test_offline_runs_decode_eagerly_unless_asked(neox, monkeypatch):
+    """An offline run (evaluation) pays compiling once for a few hundred steps: eager unless the variable is set."""
+    monkeypatch.setenv("TUNEBENCH_DECODE_COMPILE", "layers")
+    monkeypatch.setenv("TUNEBENCH_DECODE_COMPILE_BACKEND", "aot_eager")
+    asked = engine_for(neox).runner
+    asked.offline = True
+    assert asked.compiler.mode == "layers"
+    default = engine_for(neox).runner  # a served engine whose mode came from the default (here: the variable)
+    monkeypatch.delenv("TUNEBENCH_DECODE_COMPILE")
+    default.offline = True
+    assert default.compiler.mode == "off"
