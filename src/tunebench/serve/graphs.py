@@ -110,6 +110,12 @@ class DecodeRunner:
                 self.decode_attention = DecodeAttention(model, self.inputs[1], cache.max_len)
             except Exception as err:  # an older torch or transformers: SDPA still serves
                 self._give_up_flex(err)
+        # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
+        # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
+        # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
+        self._offline = False
+        self.captures = 0
+        self.capture_s = 0.0  # host time spent warming up and capturing graphs
         # torch.compile of the decode step (TUNEBENCH_DECODE_COMPILE, `tunebench.serve.compiled`): fused
         # kernels, still captured in this runner's graphs; eager if it fails.
         from tunebench.serve.compiled import DecodeCompiler, compile_mode
@@ -121,12 +127,6 @@ class DecodeRunner:
             self.compiler = DecodeCompiler(model, cache, "off")
             self.compiler.give_up(err)
             self.compiler.mode = mode
-        # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
-        # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
-        # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
-        self._offline = False
-        self.captures = 0
-        self.capture_s = 0.0  # host time spent warming up and capturing graphs
 
     @property
     def offline(self) -> bool:
