@@ -11,8 +11,11 @@ which SDPA still pays the whole width for.
    FlexAttention (`tunebench.serve.decode_attention`, the engine's default on CUDA) and with SDPA over the
    width bucket for each --backends entry (default: torch's own choice; efficient, cudnn, math); beside
    each, the step's memory-bandwidth bound (weights + the keys and values it must read, at --bandwidth).
-2. torch.profiler over eager steps at --slots rows, FlexAttention and SDPA: the CUDA kernels that take the
-   most time, per step.
+2. torch.profiler over eager steps at --kernel-rows rows (default: --slots), FlexAttention and SDPA: the CUDA
+   kernels that take the most time, per step, and how many kernels a step launches.
+3. With --compile (e.g. off,layers,model: `tunebench.serve.compiled`, TUNEBENCH_DECODE_COMPILE), the SDPA
+   default and FlexAttention step times and kernel tables again for each compile mode, with its compile
+   seconds (the first call of each step kind); a mode that starts past --deadline-s is skipped.
 Prints one JSON line.
 """
 
@@ -68,6 +71,7 @@ def variant(runner: Any, name: str, rows_list: list[int], width: int) -> dict[st
 
 
 def kernel_table(runner: Any, rows: int, width: int, steps: int = 3, top: int = 12) -> list[dict[str, Any]]:
+    """The top kernels of eager steps (the kernels a graph replays), then "(all)": GPU ms and launches."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -84,7 +88,8 @@ def kernel_table(runner: Any, rows: int, width: int, steps: int = 3, top: int = 
     events.sort(key=lambda e: -e.device_time_total)
     return [{"kernel": e.key[:90], "ms_per_step": round(e.device_time_total / 1e3 / steps, 3),
              "share": round(e.device_time_total / total, 3), "calls_per_step": e.count // steps}
-            for e in events[:top]] + [{"kernel": "(all)", "ms_per_step": round(total / 1e3 / steps, 3)}]
+            for e in events[:top]] + [{"kernel": "(all)", "ms_per_step": round(total / 1e3 / steps, 3),
+                                       "calls_per_step": sum(e.count for e in events) // steps}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON line to this file")
     parser.add_argument("--flex-variants", default="", help="also time FlexAttention variants (ragged rows): "
                         "';'-separated BLOCK[:JSON kernel options], e.g. '64;32:{\"num_warps\": 2}'")
+    parser.add_argument("--rows", default="", help="row counts to time, comma-separated (default 1,32,128,slots)")
+    parser.add_argument("--kernel-rows", default="", help="row counts for kernel tables (default: --slots)")
+    parser.add_argument("--compile", default="", help="compile modes to time besides the env's, e.g. off,layers")
+    parser.add_argument("--deadline-s", type=float, default=1e9, help="skip compile modes starting past this")
     args = parser.parse_args(argv)
     import torch
 
@@ -129,7 +138,9 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
     engine = offline_engine(model, tok, longest=max(256, args.width), slots=args.slots)
     runner, cache = engine.runner, engine.cache
     flex = runner.decode_attention  # None if torch could not build it here (runner.flex_error says why)
-    rows_list = sorted(r for r in {1, 32, 128, engine.slots} if r <= engine.slots)
+    wanted = [int(r) for r in args.rows.split(",") if r] or [1, 32, 128, engine.slots]
+    rows_list = sorted(r for r in set(wanted) if r <= engine.slots)
+    kernel_rows = [int(r) for r in args.kernel_rows.split(",") if r] or [engine.slots]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     per_column = cache.all_keys[:, 0, :, 0].numel() * 2 * cache.all_keys.element_size()  # keys + values, all layers
     rng = random.Random(0)
@@ -148,12 +159,16 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
         log(f"sdpa {name}: {results[f'sdpa-{name}']}")
     runner.sdpa_backends = []
     kernels: dict[str, Any] = {}
-    kernels["sdpa"] = safe_table(runner, engine.slots, args.width)
+    for rows in kernel_rows:
+        kernels[f"sdpa@{rows}"] = safe_table(runner, rows, args.width)
     if flex is not None:
         runner.decode_attention, runner._flex_checked = flex, False
         results["flex"] = variant(runner, "flex", rows_list, args.width)
         log(f"flex: {results['flex']}")
-        kernels["flex"] = safe_table(runner, engine.slots, args.width)
+        for rows in kernel_rows:
+            kernels[f"flex@{rows}"] = safe_table(runner, rows, args.width)
+    compiled = compile_modes(args, runner, flex, rows_list, kernel_rows, results, kernels, started)
+    if flex is not None:
         set_lengths(runner, ragged)
         results["flex-ragged"] = variant(runner, "flex", rows_list, args.width)
         log(f"flex, ragged lengths: {results['flex-ragged']}")
@@ -166,10 +181,42 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
             "ragged_mean_length": round(sum(ragged) / len(ragged), 1),
             "bandwidth_bound_ms_by_rows": {"full-width": bound([args.width] * engine.slots),
                                            "ragged": bound(ragged)},
-            "weights_gb": round(weights / 1e9, 2), "kernels_eager_at_slots": kernels,
+            "weights_gb": round(weights / 1e9, 2), "kernels_eager": kernels, "compile": compiled,
             "wall_s": round(time.monotonic() - started, 1)}
     print(json.dumps(line), flush=True)
     return line
+
+
+def compile_modes(args: argparse.Namespace, runner: Any, flex: Any, rows_list: list[int], kernel_rows: list[int],
+                  results: dict[str, Any], kernels: dict[str, Any], started: float) -> dict[str, Any]:
+    """Step times and kernel tables per --compile mode (SDPA default, then FlexAttention, full-width rows);
+    the runner's own mode (from the environment) is put back after."""
+    from tunebench.serve.compiled import DecodeCompiler
+
+    own = runner.compiler
+    info: dict[str, Any] = {"env_mode": own.mode}
+    for mode in [m for m in args.compile.split(",") if m]:
+        if time.monotonic() - started > args.deadline_s:
+            info[mode] = "skipped: past --deadline-s"
+            continue
+        set_lengths(runner, [args.width] * runner.cache.slots)
+        runner.compiler = DecodeCompiler(runner.model, runner.cache, mode)
+        runner.decode_attention, runner.sdpa_backends = None, []
+        results[f"{mode}/sdpa-default"] = variant(runner, "default", rows_list, args.width)
+        for rows in kernel_rows:
+            kernels[f"{mode}/sdpa@{rows}"] = safe_table(runner, rows, args.width)
+        if flex is not None:
+            runner.decode_attention, runner._flex_checked = flex, False
+            results[f"{mode}/flex"] = variant(runner, "flex", rows_list, args.width)
+            for rows in kernel_rows:
+                kernels[f"{mode}/flex@{rows}"] = safe_table(runner, rows, args.width)
+        info[mode] = {"first_call_s": runner.compiler.first_s, "compile_s": round(runner.compiler.compile_s, 1),
+                      "graphs": runner.compiler.compiles, "error": runner.compiler.error,
+                      "capture_s": round(runner.capture_s, 1)}
+        log(f"compile {mode}: {info[mode]}; sdpa {results[f'{mode}/sdpa-default']}; flex {results.get(f'{mode}/flex')}")
+    runner.compiler = own
+    runner.decode_attention = flex
+    return info
 
 
 def flex_variant(runner: Any, spec: str, rows_list: list[int], width: int) -> Any:

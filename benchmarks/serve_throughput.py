@@ -96,6 +96,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", default=None, help="--offline: open-loop rates as fractions of each "
                         "profile's served burst, e.g. '100in-64out=1.2,1.5;classify-100in-16out=1.5,2'")
     parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
+    parser.add_argument("--single-stream-only", action="store_true", help="only the batched server's single "
+                        "stream (decode step speed, issue 20): server start-up, two warm-up requests, the stream")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -330,6 +332,23 @@ def run_batched(args, work, tokenizer, texts, counter, clock, results, summaries
                   **single_stream(url, texts, work / "batched-single", args, counter)}, results)
 
 
+def run_single_stream_only(args, work, tokenizer, texts, counter, results) -> None:
+    """The batched server's single stream alone, with its start-up time (compiling, if any, happens in the
+    warm-up requests: they run the buckets the stream runs, one row at 100 to 164 tokens)."""
+    import os
+
+    started = time.monotonic()
+    with Session(args, work, tokenizer, "batched", "batched") as url:
+        healthy_s = time.monotonic() - started
+        warm = time.monotonic()
+        for _ in range(2):
+            burst(url, texts, 1, 64)
+        emit({"benchmark": "serve_throughput", "engine": "batched", "profile": "single-stream-64",
+              "decode_compile": os.environ.get("TUNEBENCH_DECODE_COMPILE", "default"),
+              "healthy_s": round(healthy_s, 1), "warmup_s": round(time.monotonic() - warm, 1),
+              **single_stream(url, texts, work / "batched-single", args, counter)}, results)
+
+
 def chosen_profiles(args: argparse.Namespace) -> dict[str, int]:
     return {p: n for p, n in PROFILES.items() if p in args.profiles.split(",")}
 
@@ -515,7 +534,8 @@ def collect_profiles(work: Path, out: Path) -> None:
     lines = []
     for path in sorted(work.glob("server-*.log")):
         lines += [f"{path.stem}: {line.strip()}" for line in path.read_text(errors="replace").splitlines()
-                  if "profile:" in line or "batched engine:" in line or "captured" in line]
+                  if any(key in line for key in ("profile:", "batched engine:", "captured", "compiled decode",
+                                                       "decode unavailable"))]
     (out / "engine_profile.log").write_text("\n".join(lines) + "\n")
     for line in lines[-12:]:
         log(line)
@@ -541,6 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.quick:
             run_quick(args, work, tokenizer, texts, counter, clock, results)
+        elif args.single_stream_only:
+            run_single_stream_only(args, work, tokenizer, texts, counter, results)
         elif args.offline:
             run_offline_comparison(args, work, tokenizer, texts, counter, clock, results)
         else:

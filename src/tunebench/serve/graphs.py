@@ -24,6 +24,7 @@ whose rows use different adapters (peft's mixed-batch `adapter_names`) runs eage
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -121,9 +122,34 @@ class DecodeRunner:
         # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
         # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
         # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).
-        self.offline = False
+        self._offline = False
         self.captures = 0
         self.capture_s = 0.0  # host time spent warming up and capturing graphs
+        # torch.compile of the decode step (TUNEBENCH_DECODE_COMPILE, `tunebench.serve.compiled`): fused
+        # kernels, still captured in this runner's graphs; eager if it fails.
+        from tunebench.serve.compiled import DecodeCompiler, compile_mode
+
+        mode = compile_mode(device.type)
+        try:
+            self.compiler = DecodeCompiler(model, cache, mode)
+        except Exception as err:  # e.g. no decoder layer list to compile regionally
+            self.compiler = DecodeCompiler(model, cache, "off")
+            self.compiler.give_up(err)
+            self.compiler.mode = mode
+
+    @property
+    def offline(self) -> bool:
+        return self._offline
+
+    @offline.setter
+    def offline(self, value: bool) -> None:
+        # Offline runs (evaluation: a few hundred steps) decode eagerly unless TUNEBENCH_DECODE_COMPILE asks:
+        # compiling (~7 s per step kind the first time) would cost more than it saves (~1.1-1.5 ms a step).
+        from tunebench.serve.compiled import ENV, DecodeCompiler
+
+        self._offline = value
+        if value and ENV not in os.environ and self.compiler.mode != "off":
+            self.compiler = DecodeCompiler(self.model, self.cache, "off")
 
     def batch_bucket(self, rows: int) -> int:
         """Powers of two up to ROW_STEP rows, then multiples of ROW_STEP: idle rows still read `width` columns
@@ -207,10 +233,13 @@ class DecodeRunner:
         tokens, positions, cols = self.inputs[0, :rows, None], self.inputs[1, :rows, None], self.inputs[2, :rows, None]
         flex = self.decode_attention if rows >= self.flex_min_rows else None
         self.cache.bind(self.rows[:rows, None], cols, 0, rows, width, whole=flex is not None)
+        # Mixed-adapter steps (`extra`) stay eager: their per-row names would be compiled in.
+        run = functools.partial(self.compiler.run, self._run, "decode-flex" if flex else "decode") \
+            if not extra else self._run
         if flex is None:
-            return self._run(tokens, positions, width, extra)
+            return run(tokens, positions, width, extra)
         with flex.scope():
-            return self._run(tokens, positions, width, extra, mask=flex.mask(rows))
+            return run(tokens, positions, width, extra, mask=flex.mask(rows))
 
     def _run(self, tokens: Any, positions: Any, width: int, extra: dict[str, Any], mask: Any = None) -> StepOutput:
         import torch
@@ -279,8 +308,6 @@ class DecodeRunner:
         writes the scratch column); `slot_rows`: the slot of each row (idle rows: any slot, they write scratch).
         `offset`: columns 0..offset-1 of the rows' slots already hold a shared prefix's keys and values (the
         tokens continue it), so attention reads offset + width columns."""
-        import functools
-
         import torch
 
         _, rows, width = host.shape
@@ -316,6 +343,9 @@ class DecodeRunner:
                 self.graphs[key] = self.capture(forward, rows, width, adapter)
                 self.capture_s += time.perf_counter() - started
             except RuntimeError as err:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
+                if kind.startswith("decode") and self.compiler.active(kind):  # give up compiling, not graphs
+                    self.compiler.give_up(err, kind)
+                    return self._replay(kind, forward, rows, width, adapter, extra)
                 if kind == "decode-flex":  # give up FlexAttention, not graphs
                     raise FlexCaptureFailed("FlexAttention decode step could not be captured") from err
                 log.exception("CUDA graph capture failed; running eagerly from now on")

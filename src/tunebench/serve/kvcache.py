@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers.cache_utils import Cache
 
 
@@ -38,6 +39,9 @@ class SlotCache(Cache):
         self._gather: Any = None
         self._whole = False
         self._lo, self._hi, self._width = 0, 0, 0
+        # Under torch.compile's regional mode (`tunebench.serve.compiled`, "layers") the write runs outside
+        # the compiled graphs: traced, the layer index would specialize the code per layer.
+        self.opaque_update = False
 
     @property
     def scratch(self) -> int:
@@ -62,6 +66,11 @@ class SlotCache(Cache):
 
     def update(self, key_states: Any, value_states: Any, layer_idx: int, cache_kwargs: Any = None,
                **kwargs: Any) -> tuple[Any, Any]:
+        if self.opaque_update:
+            return _eager_update(self, key_states, value_states, layer_idx)
+        return self._update(key_states, value_states, layer_idx)
+
+    def _update(self, key_states: Any, value_states: Any, layer_idx: int) -> tuple[Any, Any]:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         # (n, heads, t, dim) -> (n, t, heads, dim): advanced indices around a slice put their dims first.
         keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
@@ -91,6 +100,12 @@ class SlotCache(Cache):
 
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return self.max_len
+
+
+@torch.compiler.disable
+def _eager_update(cache: SlotCache, key_states: Any, value_states: Any, layer_idx: int) -> tuple[Any, Any]:
+    """SlotCache._update, never traced by torch.compile (a graph break where a compiled layer calls it)."""
+    return cache._update(key_states, value_states, layer_idx)
 
 
 def visible_mask(positions: Any, width: int, additive_dtype: Any = None) -> Any:

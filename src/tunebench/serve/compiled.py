@@ -1,0 +1,167 @@
+"""torch.compile for the batched engine's decode step (issue 20): fewer, fused kernels per layer.
+
+A decode step of a 3B model at one row is mostly small kernels: per layer two layer norms, rotary's muls, adds
+and `cat`s (rotate_half), the residual adds, GELU, the KV write — ~15 launches beside four GEMMs and attention,
+each a few microseconds even inside a CUDA graph. Inductor fuses these. The compiled code is still captured
+in the runner's own CUDA graphs (inductor's default mode launches plain Triton kernels, so no cudagraph
+trees: `DecodeRunner.capture` stays the one capture), and prefills stay eager (their shapes hardly repeat).
+
+TUNEBENCH_DECODE_COMPILE picks how much is compiled:
+- `off`: eager (the default off CUDA; CPU tests compare against it).
+- `layers`: regional compilation: the decoder layer's forward is compiled once and serves every layer
+  (transformers' layers share one class, and torch treats a module's parameters as inputs), so compile time
+  is one layer's, a few seconds. The KV write (`SlotCache.update`) runs eagerly between the layer's two
+  compiled halves: traced, its `self.layer_idx` would specialize the code per layer (32 recompiles). The
+  registered attention function is traced inside the second half (or run between graphs if it cannot be).
+- `model`: the whole decode forward (model, logits, greedy choice) as one graph: the KV write, the residual
+  adds and the next layer norms fuse too; compile time is the whole model's.
+Shapes are dynamic after the first recompile, so a few compiles serve every row and width bucket. A failure to
+compile or to run the compiled code is logged and the runner decodes eagerly from then on (`error` says why).
+Inductor caches what it builds under TORCHINDUCTOR_CACHE_DIR (default /tmp/torchinductor_<user>), so a
+second start of the same model compiles faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger("tunebench.serve")
+MODES = ("off", "layers", "model")
+ENV = "TUNEBENCH_DECODE_COMPILE"
+RECOMPILE_LIMIT = 64  # row and width buckets, adapters, attention kinds: more than dynamo's default of 8
+
+
+def compile_mode(device_type: str) -> str:
+    """TUNEBENCH_DECODE_COMPILE, or the default: `layers` on CUDA (H200, RedPajama-3B, 2026-12-03: a 1-row
+    step 3.85 -> 2.74 ms, the served single stream's inter-token p50 3.8 -> 2.7 ms, 7 s of compiling at the
+    first requests), `off` elsewhere."""
+    mode = os.environ.get(ENV, "layers" if device_type == "cuda" else "off").strip() or "off"
+    if mode not in MODES:
+        raise ValueError(f"{ENV}={mode!r}; allowed: {', '.join(MODES)}")
+    return mode
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's decoder layers: the ModuleList of config.num_hidden_layers modules of one class."""
+    import torch
+
+    config = getattr(model, "config", None)
+    count = getattr(config, "num_hidden_layers", None)
+    for module in model.modules():
+        if (isinstance(module, torch.nn.ModuleList) and count and len(module) == count
+                and len({type(layer) for layer in module}) == 1):
+            return list(module)
+    raise ValueError(f"no ModuleList of {count} decoder layers in {type(model).__name__}")
+
+
+class DecodeCompiler:
+    """Wraps a runner's decode step body (`run`: tokens, positions, width, extra, mask -> StepOutput)."""
+
+    def __init__(self, model: Any, cache: Any, mode: str, backend: str | None = None) -> None:
+        import torch
+
+        # TUNEBENCH_DECODE_COMPILE_BACKEND: torch.compile's backend; tests use "eager" or "aot_eager" (dynamo's
+        # tracing and graph breaks without inductor's C++/Triton build, which takes a minute on a small CPU).
+        backend = backend or os.environ.get("TUNEBENCH_DECODE_COMPILE_BACKEND", "inductor")
+
+        if mode not in MODES:
+            raise ValueError(f"{ENV}={mode!r}; allowed: {', '.join(MODES)}")
+        self.model, self.cache, self.mode, self.backend = model, cache, mode, backend
+        self.errors: dict[str, str] = {}  # step kind ("*": all) -> why it decodes eagerly
+        self.first_s: dict[str, float] = {}  # per step kind: the first compiled call (tracing and compiling)
+        self.compile_s = 0.0  # host seconds of the calls in which torch (re)compiled something
+        self.compiles = 0  # graphs dynamo built (graph breaks make several per layer)
+        self._compiled_run: Any = None
+        self._layer_forward: Any = None
+        self._layers: list[Any] = []
+        self._opaque: dict[Any, Any] = {}  # attention function -> the same, never traced
+        if mode == "off":
+            return
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+        if mode == "layers":
+            self._layers = decoder_layers(model)
+            self._layer_forward = torch.compile(type(self._layers[0]).forward, backend=backend)
+
+    @property
+    def error(self) -> str | None:
+        """The first reason a step kind decodes eagerly, if any (for reports)."""
+        return next(iter(self.errors.values()), None)
+
+    def active(self, key: str = "*") -> bool:
+        return self.mode != "off" and "*" not in self.errors and key not in self.errors
+
+    def run(self, plain: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        """`plain(*args, **kwargs)` compiled as the mode says; eagerly once compiling `key` (the step kind:
+        "decode" over SDPA, "decode-flex" ...) has failed."""
+        if not self.active(key):
+            return plain(*args, **kwargs)
+        import torch
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
+        started = time.perf_counter()
+        try:
+            if self.mode == "model":
+                if self._compiled_run is None:
+                    self._compiled_run = torch.compile(plain, backend=self.backend)
+                out = self._compiled_run(*args, **kwargs)
+            else:
+                with self._layers_compiled():
+                    out = plain(*args, **kwargs)
+        except Exception as err:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise  # a failed capture: the runner's capture handler calls give_up, then captures again
+            self.give_up(err, key)
+            return plain(*args, **kwargs)
+        built = counters["stats"]["unique_graphs"] - graphs
+        if built:
+            seconds = time.perf_counter() - started
+            self.compile_s += seconds
+            self.compiles += built
+            self.first_s.setdefault(key, round(seconds, 2))
+            log.info("compiled decode (%s, %s): %d graphs in %.1f s (%.1f s so far)", self.mode, key, built,
+                     seconds, self.compile_s)
+        return out
+
+    def give_up(self, err: BaseException, key: str = "*") -> None:
+        """Steps of kind `key` ("*": every kind) decode eagerly from now on."""
+        log.warning("compiled decode unavailable for %s steps (%s: %s); decoding them eagerly", key,
+                    type(err).__name__, err)
+        self.errors[key] = f"{type(err).__name__}: {err}"[:300]
+
+    @contextlib.contextmanager
+    def _layers_compiled(self) -> Iterator[None]:
+        """Every decoder layer runs the one compiled forward, and the KV write stays outside the graphs. So
+        does attention other than SDPA (the engine's registered decode attention): inductor could not lower
+        FlexAttention's decode block mask under dynamic shapes on the H200 (2026-12-03), and a hand-written
+        kernel is one launch either way; it runs eagerly between the compiled halves, inside the same CUDA
+        graph."""
+        import torch
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        impl = getattr(self.model.config, "_attn_implementation", "sdpa")
+        shadowed = impl not in ("sdpa", "eager") and impl in ALL_ATTENTION_FUNCTIONS
+        if shadowed:
+            inner = ALL_ATTENTION_FUNCTIONS[impl]
+            if inner not in self._opaque:
+                self._opaque[inner] = torch.compiler.disable(inner)
+            ALL_ATTENTION_FUNCTIONS[impl] = self._opaque[inner]  # the local mapping: shadows the registered one
+        for layer in self._layers:
+            layer.forward = functools.partial(self._layer_forward, layer)
+        self.cache.opaque_update = True
+        try:
+            yield
+        finally:
+            self.cache.opaque_update = False
+            for layer in self._layers:
+                del layer.forward
+            if shadowed:
+                del ALL_ATTENTION_FUNCTIONS[impl]
