@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -202,7 +203,11 @@ def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, ou
                          api=api, bisect=bisect)
     job = LoadtestJob(url, cfg, PromptSet(texts, "serve_throughput"), out, counter=counter,
                       price=price_for("h200", None, local_server=True), title=title, model=model)
-    return run_loadtest(job, console=Console(stderr=True), progress=False)
+    started = time.monotonic()
+    summary = run_loadtest(job, console=Console(stderr=True), progress=False)
+    summary["cpu_cores_busy"] = CPU.between(started, time.monotonic())
+    log(f"{title}: CPU cores busy (per 1 s sample) {summary['cpu_cores_busy']}")
+    return summary
 
 
 async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
@@ -230,9 +235,10 @@ async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
 
 def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, float]:
     """Closed loop: `count` requests at once (twice the slots keeps every slot busy); saturation throughput."""
+    started = time.monotonic()
     wall, tokens, ok = asyncio.run(_burst(url, texts, count, new_tokens, adapter))
     return {"requests": count, "ok": ok, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 2),
-            "output_tokens_per_s": round(tokens / wall, 1)}
+            "output_tokens_per_s": round(tokens / wall, 1), "cpu_cores_busy": CPU.between(started, time.monotonic())}
 
 
 def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespace, counter: Any,
@@ -270,6 +276,7 @@ def result_line(engine: str, profile: str, summary: dict[str, Any], saturation: 
         # Every rate tried passed: the capacity is at least the top one, not that rate.
         "max_is_lower_bound": all(e["passed"] for e in summary["rates"]),
         "cost_per_1k_tokens": (summary.get("cost") or {}).get("cost_per_1k_tokens"),
+        "cpu_cores_busy": summary.get("cpu_cores_busy"),
     }
 
 
@@ -296,10 +303,79 @@ class Session:
         started = time.monotonic()
         self.server.__enter__()
         log(f"{self.name}: healthy after {time.monotonic() - started:.0f} s")
+        CPU.watch(self.name, self.server.process.pid)
         return self.server.url
 
     def __exit__(self, *exc: object) -> None:
+        CPU.unwatch()
         self.server.stop()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds of a live process (Linux /proc; None elsewhere or once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class CpuSampler:
+    """Cores busy per second of the server's processes (the front end, its engine process and any other
+    child) and of this process (the load tester), sampled every `every` s in a thread: a process pinned at
+    1.0 is what caps the served rate. Each loadtest is logged with the peak and mean of its samples."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        import threading
+
+        self.every, self.pids, self.samples = every, {}, []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def watch(self, name: str, pid: int) -> None:
+        with self.lock:
+            self.pids = {"frontend": pid, "loadtest": os.getpid()}
+            for i, child in enumerate(children(pid)):
+                self.pids["engine" if i == 0 else f"child{i}"] = child
+        log(f"{name}: sampling CPU of {self.pids}")
+
+    def unwatch(self) -> None:
+        with self.lock:
+            self.pids = {}
+
+    def _run(self) -> None:
+        last: dict[str, tuple[float, float]] = {}
+        while True:
+            time.sleep(self.every)
+            now = time.monotonic()
+            with self.lock:
+                pids = dict(self.pids)
+            sample: dict[str, float] = {}
+            for name, pid in pids.items():
+                cpu = cpu_seconds(pid)
+                if cpu is None:
+                    continue
+                if name in last and last[name][0] == pid:
+                    sample[name] = round((cpu - last[name][1]) / self.every, 2)
+                last[name] = (pid, cpu)
+            if sample:
+                self.samples.append((now, sample))
+
+    def between(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        window = [s for t, s in self.samples if start <= t <= end]
+        names = sorted({n for s in window for n in s})
+        return {n: {"peak": max(s.get(n, 0.0) for s in window),
+                    "mean": round(sum(s.get(n, 0.0) for s in window) / len(window), 2)} for n in names}
+
+
+CPU = CpuSampler()
 
 
 def capacity_rates(saturation_rps: float, fractions: tuple[float, ...]) -> list[float]:
