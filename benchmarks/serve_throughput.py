@@ -97,6 +97,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", default=None, help="--offline: open-loop rates as fractions of each "
                         "profile's served burst, e.g. '100in-64out=1.2,1.5;classify-100in-16out=1.5,2'")
     parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
+    parser.add_argument("--rates", default=None, help="--offline: open-loop rates in req/s per profile instead "
+                        "of fractions, e.g. '100in-64out=260,300;classify-100in-16out=450,560'")
+    parser.add_argument("--skip-single", action="store_true", help="--offline: no single-stream measurement")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -521,10 +524,11 @@ OFFLINE_FRACTIONS = {"100in-64out": (0.6, 0.8, 1.0, 1.2), "classify-100in-16out"
 PEER_PROMPTS = 256  # requests of the 100/64 burst also run through transformers' continuous batching
 
 
-def offline_fractions(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
-    """--fractions 'PROFILE=f1,f2;PROFILE=...' parsed; an unknown profile is refused before anything runs."""
+def offline_fractions(args: argparse.Namespace, text: str | None = None) -> dict[str, tuple[float, ...]]:
+    """--fractions 'PROFILE=f1,f2;PROFILE=...' parsed (or --rates, as `text`); an unknown profile is refused
+    before anything runs."""
     out: dict[str, tuple[float, ...]] = {}
-    for part in filter(None, (args.fractions or "").split(";")):
+    for part in filter(None, ((args.fractions if text is None else text) or "").split(";")):
         name, _, values = part.partition("=")
         if name.strip() not in PROFILES:
             raise SystemExit(f"--fractions: unknown profile {name.strip()!r}; choose from {', '.join(PROFILES)}")
@@ -544,14 +548,15 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
             log(f"served {profile} burst: {served[profile]}")
         for profile in served:
             fractions = offline_fractions(args).get(profile, OFFLINE_FRACTIONS[profile])
-            if not clock.allows(f"open-loop rates {profile}", len(fractions) * (args.warmup + seconds + 2)):
+            fixed = offline_fractions(args, args.rates or "").get(profile)
+            if not clock.allows(f"open-loop rates {profile}", len(fixed or fractions) * (args.warmup + seconds + 2)):
                 continue
-            rates = capacity_rates(served[profile]["requests_per_s"], fractions)
+            rates = list(fixed) if fixed else capacity_rates(served[profile]["requests_per_s"], fractions)
             summary = loadtest(url, texts, rates, PROFILES[profile], work / f"offline-served-{profile}", short,
                                counter, title=f"batched (served) {profile}")
             emit(result_line("batched", f"{profile} ({seconds:g} s per rate)", summary, served[profile]),
                  results)
-        if clock.allows("batched single stream", 15):
+        if not args.skip_single and clock.allows("batched single stream", 15):
             emit({"benchmark": "serve_throughput", "engine": "batched", "profile": "single-stream-64",
                   **single_stream(url, texts, work / "batched-single", args, counter)}, results)
     return served

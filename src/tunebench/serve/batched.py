@@ -22,7 +22,10 @@ log = logging.getLogger("tunebench.serve")
 
 # Device memory kept free beside the batched engine's KV cache: prefill activations, logits, CUDA graphs' pool.
 ACTIVATION_RESERVE_BYTES = 6 * 2**30
-PREFILL_GROUP = 16  # waiting requests that trigger a prefill at once, whatever their wait
+# Waiting requests that trigger a prefill at once, whatever their wait. A prefill graph costs ~5 ms of GPU per
+# launch plus ~1.3 ms per row (H200, 3B, 104 columns: 14.8 ms at 8 rows, 24.9 at 16, 43.4 at 32, 88.5 at 64),
+# so at 300 prompts/s groups of 8 spend ~190 ms of every second on launches where groups of 32 spend ~50.
+PREFILL_GROUP = 32
 # The waiting queue is checked for cancelled and expired requests this often (and each one again as it is
 # admitted): under overload it holds thousands, and walking it every step cost milliseconds of every step.
 WAITING_PRUNE_S = 0.05
@@ -166,19 +169,18 @@ class BatchedEngine(Engine):
 
     def _group_size(self) -> int:
         """How many waiting prompts the next prefill takes: as many as free slots and the padded token budget
-        allow (at least one). With shape buckets (`graphs.prefill_shape`: powers of two up to PREFILL_ROW_STEP
-        rows, then its multiples) a larger group is cut to a multiple of PREFILL_ROW_STEP, at most PREFILL_ROWS
-        (a graph's): 37 prompts run as 32 rows now and 5 next iteration, not as 40 rows of which 3 are padding.
-        (Powers of two, as before, padded 9 prompts to 16 rows: a prefill's GPU time is linear in its rows.)"""
+        allow (at least one), at most PREFILL_ROWS with shape buckets (a graph's). The group is not cut to its
+        row bucket (`graphs.prefill_shape`: powers of two up to PREFILL_ROW_STEP rows, then its multiples):
+        37 prompts run as 40 rows, 3 of them padding (~4 ms on the H200), where 32 now and 5 next iteration
+        would pay a second launch (~5 ms) and delay 5 prompts. (Row buckets in powers of two, as before,
+        padded 33 prompts to 64 rows; cutting to them ran many small prefills.)"""
         count, longest = 0, 0
         for seq in itertools.islice(self._waiting, self.slots - len(self.batch)):
             longest = max(longest, len(seq.request.prompt_ids))
             if count and longest * (count + 1) > self.limits.prefill_budget:
                 break  # this iteration's prefill is spent; the running batch decodes first
             count += 1
-        if self.runner.bucketed and count > graphs.PREFILL_ROW_STEP:
-            count = min(count - count % graphs.PREFILL_ROW_STEP, graphs.PREFILL_ROWS)
-        return count
+        return min(count, graphs.PREFILL_ROWS) if self.runner.bucketed else count
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         """Prefill `seqs` together (left-padded) into the slots after the running rows; they start decoding
