@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -98,6 +99,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
     parser.add_argument("--single-stream-only", action="store_true", help="only the batched server's single "
                         "stream (decode step speed, issue 20): server start-up, two warm-up requests, the stream")
+    parser.add_argument("--rates", default=None, help="--offline: open-loop rates in req/s per profile instead "
+                        "of fractions, e.g. '100in-64out=260,300;classify-100in-16out=450,560'")
+    parser.add_argument("--skip-single", action="store_true", help="--offline: no single-stream measurement")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -204,7 +208,11 @@ def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, ou
                          api=api, bisect=bisect)
     job = LoadtestJob(url, cfg, PromptSet(texts, "serve_throughput"), out, counter=counter,
                       price=price_for("h200", None, local_server=True), title=title, model=model)
-    return run_loadtest(job, console=Console(stderr=True), progress=False)
+    started = time.monotonic()
+    summary = run_loadtest(job, console=Console(stderr=True), progress=False)
+    summary["cpu_cores_busy"] = CPU.between(started, time.monotonic())
+    log(f"{title}: CPU cores busy (per 1 s sample) {summary['cpu_cores_busy']}")
+    return summary
 
 
 async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
@@ -232,9 +240,10 @@ async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
 
 def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, float]:
     """Closed loop: `count` requests at once (twice the slots keeps every slot busy); saturation throughput."""
+    started = time.monotonic()
     wall, tokens, ok = asyncio.run(_burst(url, texts, count, new_tokens, adapter))
     return {"requests": count, "ok": ok, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 2),
-            "output_tokens_per_s": round(tokens / wall, 1)}
+            "output_tokens_per_s": round(tokens / wall, 1), "cpu_cores_busy": CPU.between(started, time.monotonic())}
 
 
 def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespace, counter: Any,
@@ -272,6 +281,7 @@ def result_line(engine: str, profile: str, summary: dict[str, Any], saturation: 
         # Every rate tried passed: the capacity is at least the top one, not that rate.
         "max_is_lower_bound": all(e["passed"] for e in summary["rates"]),
         "cost_per_1k_tokens": (summary.get("cost") or {}).get("cost_per_1k_tokens"),
+        "cpu_cores_busy": summary.get("cpu_cores_busy"),
     }
 
 
@@ -298,10 +308,79 @@ class Session:
         started = time.monotonic()
         self.server.__enter__()
         log(f"{self.name}: healthy after {time.monotonic() - started:.0f} s")
+        CPU.watch(self.name, self.server.process.pid)
         return self.server.url
 
     def __exit__(self, *exc: object) -> None:
+        CPU.unwatch()
         self.server.stop()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds of a live process (Linux /proc; None elsewhere or once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class CpuSampler:
+    """Cores busy per second of the server's processes (the front end, its engine process and any other
+    child) and of this process (the load tester), sampled every `every` s in a thread: a process pinned at
+    1.0 is what caps the served rate. Each loadtest is logged with the peak and mean of its samples."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        import threading
+
+        self.every, self.pids, self.samples = every, {}, []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def watch(self, name: str, pid: int) -> None:
+        with self.lock:
+            self.pids = {"frontend": pid, "loadtest": os.getpid()}
+            for i, child in enumerate(children(pid)):
+                self.pids["engine" if i == 0 else f"child{i}"] = child
+        log(f"{name}: sampling CPU of {self.pids}")
+
+    def unwatch(self) -> None:
+        with self.lock:
+            self.pids = {}
+
+    def _run(self) -> None:
+        last: dict[str, tuple[float, float]] = {}
+        while True:
+            time.sleep(self.every)
+            now = time.monotonic()
+            with self.lock:
+                pids = dict(self.pids)
+            sample: dict[str, float] = {}
+            for name, pid in pids.items():
+                cpu = cpu_seconds(pid)
+                if cpu is None:
+                    continue
+                if name in last and last[name][0] == pid:
+                    sample[name] = round((cpu - last[name][1]) / self.every, 2)
+                last[name] = (pid, cpu)
+            if sample:
+                self.samples.append((now, sample))
+
+    def between(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        window = [s for t, s in self.samples if start <= t <= end]
+        names = sorted({n for s in window for n in s})
+        return {n: {"peak": max(s.get(n, 0.0) for s in window),
+                    "mean": round(sum(s.get(n, 0.0) for s in window) / len(window), 2)} for n in names}
+
+
+CPU = CpuSampler()
 
 
 def capacity_rates(saturation_rps: float, fractions: tuple[float, ...]) -> list[float]:
@@ -464,10 +543,11 @@ OFFLINE_FRACTIONS = {"100in-64out": (0.6, 0.8, 1.0, 1.2), "classify-100in-16out"
 PEER_PROMPTS = 256  # requests of the 100/64 burst also run through transformers' continuous batching
 
 
-def offline_fractions(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
-    """--fractions 'PROFILE=f1,f2;PROFILE=...' parsed; an unknown profile is refused before anything runs."""
+def offline_fractions(args: argparse.Namespace, text: str | None = None) -> dict[str, tuple[float, ...]]:
+    """--fractions 'PROFILE=f1,f2;PROFILE=...' parsed (or --rates, as `text`); an unknown profile is refused
+    before anything runs."""
     out: dict[str, tuple[float, ...]] = {}
-    for part in filter(None, (args.fractions or "").split(";")):
+    for part in filter(None, ((args.fractions if text is None else text) or "").split(";")):
         name, _, values = part.partition("=")
         if name.strip() not in PROFILES:
             raise SystemExit(f"--fractions: unknown profile {name.strip()!r}; choose from {', '.join(PROFILES)}")
@@ -487,14 +567,15 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
             log(f"served {profile} burst: {served[profile]}")
         for profile in served:
             fractions = offline_fractions(args).get(profile, OFFLINE_FRACTIONS[profile])
-            if not clock.allows(f"open-loop rates {profile}", len(fractions) * (args.warmup + seconds + 2)):
+            fixed = offline_fractions(args, args.rates or "").get(profile)
+            if not clock.allows(f"open-loop rates {profile}", len(fixed or fractions) * (args.warmup + seconds + 2)):
                 continue
-            rates = capacity_rates(served[profile]["requests_per_s"], fractions)
+            rates = list(fixed) if fixed else capacity_rates(served[profile]["requests_per_s"], fractions)
             summary = loadtest(url, texts, rates, PROFILES[profile], work / f"offline-served-{profile}", short,
                                counter, title=f"batched (served) {profile}")
             emit(result_line("batched", f"{profile} ({seconds:g} s per rate)", summary, served[profile]),
                  results)
-        if clock.allows("batched single stream", 15):
+        if not args.skip_single and clock.allows("batched single stream", 15):
             emit({"benchmark": "serve_throughput", "engine": "batched", "profile": "single-stream-64",
                   **single_stream(url, texts, work / "batched-single", args, counter)}, results)
     return served

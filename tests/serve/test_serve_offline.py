@@ -24,12 +24,15 @@ def run(model, tok, bucketed: bool, budget: int) -> tuple[list[list[int]], list[
     return [[t.id for t in c.tokens] for c in run_offline(engine, requests)], groups
 
 
-def test_bucketed_prefill_groups_are_powers_of_two_and_change_no_token(tiny_llama_dir, load_tiny, monkeypatch):
-    monkeypatch.setattr("tunebench.serve.batched.PREFILL_GROUP", 2)  # groups above 2 prompts are cut
+def test_bucketed_prefill_pads_groups_to_row_buckets_and_changes_no_token(tiny_llama_dir, load_tiny, monkeypatch):
+    monkeypatch.setattr("tunebench.serve.graphs.PREFILL_ROW_STEP", 4)  # rows: 1, 2, 4, then multiples of 4
     model, tok = load_tiny(tiny_llama_dir)
     longest = max(len(tok(t)["input_ids"]) for t in TEXTS)
     exact, exact_groups = run(model, tok, bucketed=False, budget=6 * longest)
     bucketed, groups = run(model, tok, bucketed=True, budget=6 * longest)
     assert bucketed == exact
     assert exact_groups[0] == 6  # what the budget allows
-    assert groups[0] == 4 and all(g & (g - 1) == 0 for g in groups) and sum(groups) == len(TEXTS)
+    assert groups == exact_groups  # not cut to the buckets: padding rows instead (6 prompts run as 8 rows)
+    runner = offline_engine(model, tok, longest=64, slots=8).runner
+    runner.bucketed = True
+    assert [runner.prefill_shape(n, 10)[0] for n in (1, 3, 4, 5, 6, 9)] == [1, 4, 4, 8, 8, 12]

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
+from tunebench.serve import graphs
 from tunebench.serve.batch_state import CachedPrefix, Pending, SlotBatch, StepProfile
 from tunebench.serve.engine_base import BASE, Engine
 from tunebench.serve.requests import EngineLimits, GenerationFailed, Sequence
@@ -21,7 +22,13 @@ log = logging.getLogger("tunebench.serve")
 
 # Device memory kept free beside the batched engine's KV cache: prefill activations, logits, CUDA graphs' pool.
 ACTIVATION_RESERVE_BYTES = 6 * 2**30
-PREFILL_GROUP = 16  # waiting requests that trigger a prefill at once, whatever their wait
+# Waiting requests that trigger a prefill at once, whatever their wait. A prefill graph costs ~5 ms of GPU per
+# launch plus ~1.3 ms per row (H200, 3B, 104 columns: 14.8 ms at 8 rows, 24.9 at 16, 43.4 at 32, 88.5 at 64),
+# so at 300 prompts/s groups of 8 spend ~190 ms of every second on launches where groups of 32 spend ~50.
+PREFILL_GROUP = 32
+# The waiting queue is checked for cancelled and expired requests this often (and each one again as it is
+# admitted): under overload it holds thousands, and walking it every step cost milliseconds of every step.
+WAITING_PRUNE_S = 0.05
 GIL_SWITCH_S = 0.001
 
 
@@ -64,6 +71,7 @@ class BatchedEngine(Engine):
         self._pending: deque[Pending] = deque()
         self.profile = StepProfile()
         self.prefix: CachedPrefix | None = None  # set by offline runs whose prompts share a beginning
+        self._waiting_pruned = 0.0
         log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache), CUDA graphs %s", self.slots, longest,
                  self.slots * per_slot / 2**30, "on" if use_graphs else "off")
 
@@ -97,7 +105,9 @@ class BatchedEngine(Engine):
 
     def _iteration(self) -> None:
         started = time.perf_counter()
-        self._prune_waiting()
+        if started - self._waiting_pruned >= WAITING_PRUNE_S:
+            self._prune_waiting()
+            self._waiting_pruned = started
         self._prune_running()
         self._admit()
         if self._pending and any(self._chosen_on_host(s) for s in self.batch.seqs):
@@ -135,8 +145,13 @@ class BatchedEngine(Engine):
             return
         chosen: list[Sequence] = []
         cap = self._group_size()
+        now = time.monotonic()
         while self._waiting and len(chosen) < cap:
             seq = self._waiting.popleft()
+            failure = self._drop_reason(seq, now)  # cancelled or expired since the queue was last pruned
+            if failure:
+                self._fail(seq, failure)
+                continue
             if len(seq.request.prompt_ids) + seq.params.max_new_tokens > self.cache.usable + 1:
                 self._fail(seq, GenerationFailed("internal", f"the request needs more than the {self.cache.usable} "
                                                  "tokens a KV-cache slot holds"))
@@ -154,19 +169,18 @@ class BatchedEngine(Engine):
 
     def _group_size(self) -> int:
         """How many waiting prompts the next prefill takes: as many as free slots and the padded token budget
-        allow (at least one). With shape buckets a group larger than PREFILL_GROUP is cut to a power of two:
-        a prefill of n prompts runs as the next power of two of rows, so 40 prompts would compute 64 rows (the
-        H200 profile of a 512-request burst: ~37 prompts per prefill), where 32 now and the rest next
-        iteration compute 32 + 8. Small groups keep their padding rows: cheap next to another launch."""
+        allow (at least one), at most PREFILL_ROWS with shape buckets (a graph's). The group is not cut to its
+        row bucket (`graphs.prefill_shape`: powers of two up to PREFILL_ROW_STEP rows, then its multiples):
+        37 prompts run as 40 rows, 3 of them padding (~4 ms on the H200), where 32 now and 5 next iteration
+        would pay a second launch (~5 ms) and delay 5 prompts. (Row buckets in powers of two, as before,
+        padded 33 prompts to 64 rows; cutting to them ran many small prefills.)"""
         count, longest = 0, 0
         for seq in itertools.islice(self._waiting, self.slots - len(self.batch)):
             longest = max(longest, len(seq.request.prompt_ids))
             if count and longest * (count + 1) > self.limits.prefill_budget:
                 break  # this iteration's prefill is spent; the running batch decodes first
             count += 1
-        if self.runner.bucketed and count > PREFILL_GROUP:
-            count = 1 << (count.bit_length() - 1)
-        return count
+        return min(count, graphs.PREFILL_ROWS) if self.runner.bucketed else count
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         """Prefill `seqs` together (left-padded) into the slots after the running rows; they start decoding

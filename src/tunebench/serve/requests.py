@@ -75,7 +75,7 @@ class EngineLimits:
     max_sequence_tokens: int = 0  # prompt + generated tokens one KV-cache slot holds; 0: the model's context
     # While sequences decode, a waiting request is held back up to this long (or until PREFILL_GROUP wait) so
     # prompts are prefilled in groups: each eager prefill pass stalls every running sequence for its duration.
-    prefill_delay: float = 0.03
+    prefill_delay: float = 0.05  # (0.03 before issue 20: larger groups, ~20 ms more TTFT under load)
 
 
 class RequestHandle:
@@ -97,6 +97,23 @@ class RequestHandle:
             yield item
             if isinstance(item, Completion):
                 return
+
+    async def batches(self) -> AsyncIterator[list[TokenEvent | Completion]]:
+        """Like iterating, but everything already queued comes at once (at least one item): a stream then
+        writes the tokens that piled up while the front end was busy as one HTTP chunk, not one each."""
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            for i, item in enumerate(items):
+                if isinstance(item, GenerationFailed):
+                    if i:
+                        yield items[:i]
+                    raise item
+                if isinstance(item, Completion):
+                    yield items[:i + 1]
+                    return
+            yield items
 
     async def result(self) -> Completion:
         async for item in self:

@@ -59,21 +59,27 @@ async def stream_response(state: ServerState, body: TgiRequest) -> Any:
 
 
 async def stream_events(body: TgiRequest, handle: RequestHandle, input_length: int) -> AsyncIterator[str]:
-    """One event per token, sent one token late so that the last event can carry the final text."""
+    """One event per token, sent one token late so that the last event can carry the final text. Tokens that
+    arrived together (the front end fell behind the engine) go out as one write."""
     pending: dict[str, Any] | None = None
     try:
-        async for item in handle:
-            if isinstance(item, TokenEvent):
-                if pending is not None:
-                    yield sse(pending)
-                index = pending["index"] + 1 if pending else 1
-                pending = {"index": index, "token": token_json(item), "top_tokens": None, "generated_text": None,
-                           "details": None}
-            elif pending is not None:
-                pending["generated_text"] = output_text(body.inputs, body.parameters, item)
-                pending["details"] = {"finish_reason": item.finish_reason, "generated_tokens": item.generated_tokens,
-                                      "seed": item.seed, "input_length": input_length}
-                yield sse(pending)
+        async for items in handle.batches():
+            out = []
+            for item in items:
+                if isinstance(item, TokenEvent):
+                    if pending is not None:
+                        out.append(sse(pending))
+                    index = pending["index"] + 1 if pending else 1
+                    pending = {"index": index, "token": token_json(item), "top_tokens": None,
+                               "generated_text": None, "details": None}
+                elif pending is not None:
+                    pending["generated_text"] = output_text(body.inputs, body.parameters, item)
+                    pending["details"] = {"finish_reason": item.finish_reason,
+                                          "generated_tokens": item.generated_tokens, "seed": item.seed,
+                                          "input_length": input_length}
+                    out.append(sse(pending))
+            if out:
+                yield "".join(out)
     except GenerationFailed as err:
         yield sse({"error": err.message, "error_type": err.kind})
     finally:

@@ -1,0 +1,9 @@
+# The two device calls of the frontend helper (issue 20), from the repository root of the device's checkout,
+# the tree under .dev/frontend (carry: .dev/frontend, .whl; .dev/frontend/whl holds httptools and uvloop).
+# Call 1 (main 05fda3a + admission_profile.py + the CPU sampler + prefill widths in multiples of 16; rows still powers of two):
+#   -> 2026-12-03-h200-frontend-1-admission-profile.jsonl, -1-served-width16.jsonl, -1-served-width16-engine-profile.log
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/.dev/frontend/src PYTHONUNBUFFERED=1 || exit; python3 -c "import tunebench.cli" || exit; cd .dev/frontend; nproc; python3 benchmarks/admission_profile.py --loadgen 300x64,650x16 --prefill --rows 8,16,32,64 --widths 128,112,104 --out $OUT/admission.jsonl 2>&1 | grep -v Warning | tail -20; python3 benchmarks/serve_throughput.py --offline --served-only --warmup 2 --fractions '100in-64out=1.5,1.9;classify-100in-16out=1.4,2.2' --budget-s 110 --out $OUT/served 2>&1 | grep -v "^INFO\|captured\|Warning" | tail -40
+# Call 2 (the branch's final serving code: prefill widths and rows in multiples of 8, groups padded not cut,
+# PREFILL_GROUP 32, prefill_delay 0.05 s, httptools + uvloop, coalesced stream writes):
+#   -> 2026-12-03-h200-frontend-2-served-final.jsonl, -2-served-final-engine-profile.log
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .dev/frontend/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/.dev/frontend/src PYTHONUNBUFFERED=1 || exit; python3 -c "import tunebench.cli, httptools, uvloop" || exit; cd .dev/frontend; timeout -s INT 106 python3 benchmarks/serve_throughput.py --offline --served-only --skip-single --warmup 2 --rates '100in-64out=250,290;classify-100in-16out=450,540' --budget-s 200 --out $OUT/served
