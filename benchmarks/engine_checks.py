@@ -114,9 +114,9 @@ def step_breakdown(engine: Any) -> dict[str, Any]:
 def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, int],
                    adapter: tuple[str, Path, bool] | None = None,
                    peer_prompts: int = 0) -> dict[str, dict[str, Any]]:
-    """The served bursts (2 x slots requests, texts in the same order) through the engine in this process:
-    same model, slots and limits as the server, no HTTP. `adapter`: (name, dir, merge). With `peer_prompts`,
-    also the first that many requests of the 100/64 burst through transformers' continuous batching
+    """The served bursts (--burst requests, default 2 x slots, texts in the same order) through the engine in
+    this process: same model, slots and limits as the server, no HTTP. `adapter`: (name, dir, merge). With
+    `peer_prompts`, also the first that many requests of the 100/64 burst through transformers' continuous batching
     (`generate_batch`, its default configuration) and through the engine, as out["continuous_peer"]."""
     import gc
 
@@ -136,7 +136,7 @@ def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, 
                                                            max_sequence_tokens=128 + 128), ServeMetrics("batched"))
     name = adapter[0] if adapter and not adapter[2] else None
     prompts = [served.tokenizer(t)["input_ids"][:128] for t in texts]
-    count = 2 * args.slots
+    count = getattr(args, "burst", None) or 2 * args.slots
 
     def requests(new_tokens: int) -> list[Any]:
         return [GenerationRequest(prompts[i % len(prompts)], SamplingParams(max_new_tokens=new_tokens,

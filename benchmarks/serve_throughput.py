@@ -102,8 +102,14 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", default=None, help="--offline: open-loop rates in req/s per profile instead "
                         "of fractions, e.g. '100in-64out=260,300;classify-100in-16out=450,560'")
     parser.add_argument("--skip-single", action="store_true", help="--offline: no single-stream measurement")
+    parser.add_argument("--burst", type=int, default=None, help="requests per closed-loop burst (default: twice "
+                        "--slots, which keeps every slot busy; the issue's burst is 512)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
+
+
+def burst_size(args: argparse.Namespace) -> int:
+    return args.burst or 2 * args.slots
 
 
 # ---------------------------------------------------------------- inputs
@@ -394,12 +400,12 @@ def run_batched(args, work, tokenizer, texts, counter, clock, results, summaries
     with Session(args, work, tokenizer, "batched", "batched") as url:
         # Warm-up that fills every slot: graphs for all batch buckets are captured here, not during the
         # saturation burst (whose rate would then depend on which profile ran first).
-        burst(url, texts, 2 * args.slots, 8)
+        burst(url, texts, burst_size(args), 8)
         for profile, new_tokens in chosen_profiles(args).items():
             fractions = BATCHED_FRACTIONS[profile]
             if not clock.allows(f"batched {profile}", 6 + len(fractions) * (args.warmup + args.duration + 2)):
                 continue
-            saturation = burst(url, texts, 2 * args.slots, new_tokens)
+            saturation = burst(url, texts, burst_size(args), new_tokens)
             log(f"batched {profile} saturation: {saturation}")
             rates = capacity_rates(saturation["requests_per_s"], fractions)
             summary = loadtest(url, texts, rates, new_tokens, work / f"batched-{profile}", args, counter,
@@ -464,8 +470,8 @@ def run_adapters(args, work, tokenizer, texts, counter, clock, results) -> None:
         if not clock.allows(f"LoRA {mode}", adapter_seconds(args)):
             continue
         with Session(args, work, tokenizer, "batched", f"batched-lora-{mode}", extra) as url:
-            burst(url, texts, 2 * args.slots, 4, adapter=model)  # warm-up: every batch bucket's graph
-            saturation = burst(url, texts, 2 * args.slots, new_tokens, adapter=model)
+            burst(url, texts, burst_size(args), 4, adapter=model)  # warm-up: every batch bucket's graph
+            saturation = burst(url, texts, burst_size(args), new_tokens, adapter=model)
             log(f"LoRA {mode} saturation: {saturation}")
             rates = capacity_rates(saturation["requests_per_s"], ADAPTER_FRACTIONS)
             summary = loadtest(url, texts, rates, new_tokens, work / f"lora-{mode}", args, counter,
@@ -521,7 +527,7 @@ def run_quick(args, work, tokenizer, texts, counter, clock, results) -> None:
     short = argparse.Namespace(**{**vars(args), "duration": 10.0})
     with Session(args, work, tokenizer, "batched", "batched") as url:
         burst(url, texts, 32, 8)
-        saturation = burst(url, texts, 2 * args.slots, 64)
+        saturation = burst(url, texts, burst_size(args), 64)
         log(f"batched saturation: {saturation}")
         rates = capacity_rates(saturation["requests_per_s"], (0.5, 0.9))
         summary = loadtest(url, texts, rates, 64, work / "quick-batched", short, counter, title="quick batched")
@@ -561,9 +567,9 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
     seconds = min(OFFLINE_RATE_S, args.duration)
     short = argparse.Namespace(**{**vars(args), "duration": seconds})
     with Session(args, work, tokenizer, "batched", "batched") as url:
-        burst(url, texts, 2 * args.slots, 8)  # every batch bucket's graph, before anything is measured
+        burst(url, texts, burst_size(args), 8)  # every batch bucket's graph, before anything is measured
         for profile, new_tokens in chosen_profiles(args).items():
-            served[profile] = burst(url, texts, 2 * args.slots, new_tokens)
+            served[profile] = burst(url, texts, burst_size(args), new_tokens)
             log(f"served {profile} burst: {served[profile]}")
         for profile in served:
             fractions = offline_fractions(args).get(profile, OFFLINE_FRACTIONS[profile])
@@ -595,7 +601,7 @@ def run_offline_comparison(args, work, tokenizer, texts, counter, clock, results
         a, b = offline.get(profile), served.get(profile)
         ratio = round(a["output_tokens_per_s"] / b["output_tokens_per_s"], 3) if a and b else None
         emit({"benchmark": "serve_throughput", "comparison": "offline_vs_served", "profile": profile,
-              "requests": 2 * args.slots, "slots": args.slots, "served": b, "offline": a,
+              "requests": burst_size(args), "slots": args.slots, "served": b, "offline": a,
               "offline_over_served": ratio}, results)
     if clock.allows("offline LoRA", 60):
         adapter = make_adapter(args.model, work / "lora-adapter")

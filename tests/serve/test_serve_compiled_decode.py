@@ -44,6 +44,16 @@ def test_compiled_decode_gives_the_eager_tokens(neox, monkeypatch, mode, attenti
         assert_same_tokens(got, expected)
 
 
+def test_compiled_prefill_gives_the_eager_tokens(neox, monkeypatch):
+    """TUNEBENCH_PREFILL_COMPILE=1: prefills (a joining prompt too) run the compiled layers, same tokens."""
+    eager, _ = schedule_tokens(neox, monkeypatch, "off")
+    monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
+    compiled, compiler = schedule_tokens(neox, monkeypatch, "layers")
+    assert compiler.errors == {} and "prefill" in compiler.first_s
+    for got, expected in zip(compiled, eager, strict=True):
+        assert_same_tokens(got, expected)
+
+
 def test_a_failed_compile_decodes_eagerly_with_the_same_tokens(neox):
     """A backend that raises: the step kind falls back to eager, logs why, and other kinds stay compiled."""
     import torch

@@ -135,6 +135,9 @@ class DecodeRunner:
         from tunebench.serve.compiled import DecodeCompiler, compile_mode
 
         mode = compile_mode(device.type)
+        # TUNEBENCH_PREFILL_COMPILE=1: prefill graphs run the compiled layers as well (off by default: measured
+        # by benchmarks/admission_profile.py --prefill before it is made the default).
+        self.compile_prefill = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "0") == "1"
         try:
             self.compiler = DecodeCompiler(model, cache, mode)
         except Exception as err:  # e.g. no decoder layer list to compile regionally
@@ -338,6 +341,8 @@ class DecodeRunner:
         tokens, positions, cols = (self.prefill_inputs[i, :rows, :width] for i in range(3))
         slots = self.prefill_rows[:rows]
         self.cache.bind(slots[:, None], cols, 0, rows, offset + width, gather=slots)
+        if self.compile_prefill and not extra:  # the decode step's compiled layers, for prefill graphs too
+            return self.compiler.run(self._run, "prefill", tokens, positions, offset + width, extra)
         return self._run(tokens, positions, offset + width, extra)
 
     # ------------------------------------------------------------ graphs
@@ -353,8 +358,9 @@ class DecodeRunner:
                 self.graphs[key] = self.capture(forward, rows, width, adapter)
                 self.capture_s += time.perf_counter() - started
             except RuntimeError as err:  # e.g. a host sync inside the forward: serve eagerly rather than not at all
-                if kind.startswith("decode") and self.compiler.active(kind):  # give up compiling, not graphs
-                    self.compiler.give_up(err, kind)
+                step = "prefill" if kind.startswith("prefill") else kind
+                if (kind.startswith("decode") or self.compile_prefill) and self.compiler.active(step):
+                    self.compiler.give_up(err, step)  # give up compiling (this kind), not graphs
                     return self._replay(kind, forward, rows, width, adapter, extra)
                 if kind == "decode-flex":  # give up FlexAttention, not graphs
                     raise FlexCaptureFailed("FlexAttention decode step could not be captured") from err
