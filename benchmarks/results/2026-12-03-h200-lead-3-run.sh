@@ -23,8 +23,8 @@ ms = [sum(v['ms'] for v in json.loads(open('$OUT/prefill-compile-%d.jsonl' % c).
 print(1 if ms[1] < 0.97 * ms[0] else 0)" 2>/dev/null)
 export TUNEBENCH_PREFILL_COMPILE=${faster:-0}
 echo "[$(date +%T)] TUNEBENCH_PREFILL_COMPILE=$TUNEBENCH_PREFILL_COMPILE"
-timeout -s INT 330 python3 benchmarks/serve_throughput.py --offline --slots 512 --burst 512 --warmup 2 \
-  --rates '100in-64out=250,300;classify-100in-16out=450,600' --budget-s 300 --out $OUT/serve 2>&1 | quiet | tail -25
+timeout -s INT 300 python3 benchmarks/serve_throughput.py --offline --slots 512 --burst 512 --warmup 2 \
+  --rates '100in-64out=250,300;classify-100in-16out=450,600' --budget-s 280 --out $OUT/serve 2>&1 | quiet | tail -25
 echo "[$(date +%T)] evaluation through the engine"
-timeout 80 python3 benchmarks/generation_engines.py --prompts 818 --new-tokens 64 --engines batched 2>&1 | quiet | tail -4
+timeout 70 python3 benchmarks/generation_engines.py --prompts 818 --new-tokens 64 --engines batched 2>&1 | quiet | tail -4
 echo "[$(date +%T)] done"
