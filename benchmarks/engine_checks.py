@@ -108,7 +108,8 @@ def step_breakdown(engine: Any) -> dict[str, Any]:
             "prefill_ms_each": round(1e3 * p.prefill_s / max(p.prefills, 1), 2), "prefills": p.prefills,
             "graphs_captured": engine.runner.captures, "graphs_on_at_end": engine.runner.use_graphs,
             "capture_s": round(engine.runner.capture_s, 2),
-            "decode_attention": "flex" if engine.runner.flex else "sdpa", "flex_error": engine.runner.flex_error}
+            "decode_attention": engine.runner.decode_attention.kernel if engine.runner.flex else "sdpa",
+            "flex_error": engine.runner.flex_error}
 
 
 def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, int],

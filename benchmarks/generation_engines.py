@@ -94,7 +94,8 @@ class EngineSpy:
                 "tokens_ms_per_step": round(1e3 * p.host_s / steps, 3),
                 "scheduling_ms_per_step": round(1e3 * p.scheduling_s / steps, 3),
                 "graphs_captured": runner.captures, "capture_s": round(runner.capture_s, 2),
-                "decode_attention": "flex" if runner.flex else "sdpa", "flex_error": runner.flex_error,
+                "decode_attention": runner.decode_attention.kernel if runner.flex else "sdpa",
+                "flex_error": runner.flex_error,
                 "flex_first_step_s": round(runner.flex_first_s, 2)}
 
 

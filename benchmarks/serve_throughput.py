@@ -622,7 +622,7 @@ def collect_profiles(work: Path, out: Path) -> None:
     for path in sorted(work.glob("server-*.log")):
         lines += [f"{path.stem}: {line.strip()}" for line in path.read_text(errors="replace").splitlines()
                   if any(key in line for key in ("profile:", "batched engine:", "captured", "compiled decode",
-                                                       "decode unavailable"))]
+                                                       "warm-up", "decode unavailable"))]
     (out / "engine_profile.log").write_text("\n".join(lines) + "\n")
     for line in lines[-12:]:
         log(line)

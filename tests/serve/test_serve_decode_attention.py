@@ -130,3 +130,37 @@ def test_an_unknown_decode_attention_is_refused(tiny_llama_dir, load_tiny, monke
     monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "paged")
     with pytest.raises(ValueError, match="allowed: triton, flex, sdpa"):
         offline_engine(model, tok, longest=16, slots=1)
+
+
+def test_warm_up_runs_every_decode_bucket_and_leaves_generation_unchanged(tiny_neox_dir, load_tiny, monkeypatch):
+    """`BatchedEngine.warm_up` (served engines on CUDA) runs a decode step per batch bucket and two prefills
+    before the first request. Graphs cannot be captured on the CPU, so each "replay" here runs the step
+    eagerly and records its shape: every bucket is covered, and tokens generated afterwards are the ones of
+    an engine that was never warmed (the warm-up's writes stay in scratch columns and idle rows)."""
+    model, tok = load_tiny(tiny_neox_dir)
+    requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=12, ignore_eos=True))
+                for t in TEXTS]
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "flex")
+    monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", "0")
+    cold = [[t.id for t in c.tokens] for c in run_offline(offline_engine(model, tok, longest=64, slots=4), requests)]
+
+    engine = offline_engine(model, tok, longest=64, slots=4)
+    runner, ran = engine.runner, []
+    runner._offline = False  # served bucketing (the setter would also swap the compiler: not wanted here)
+    runner.use_graphs = True
+
+    def replay(kind, forward, rows, width, adapter, extra):
+        ran.append((kind, rows))
+        return forward(rows, width, extra)
+
+    monkeypatch.setattr(runner, "_replay", replay)
+    monkeypatch.setattr(runner, "prefill_forward", lambda rows, width, extra, offset=0: ran.append(
+        ("prefill", rows)) or type(runner).prefill_forward(runner, rows, width, extra, offset))
+    engine.warm_up()
+    decoded = {rows for kind, rows in ran if kind == "decode-flex"}
+    assert decoded == {runner.batch_bucket(n) for n in range(1, engine.slots + 1)} == {1, 2, 4}
+    assert any(kind == "prefill" for kind, _ in ran)
+    runner.use_graphs, runner._offline = False, True
+    monkeypatch.undo()
+    warm = [[t.id for t in c.tokens] for c in run_offline(engine, requests)]
+    assert warm == cold

@@ -56,5 +56,7 @@ def create_engine(kind: str, served: Any, limits: EngineLimits, metrics: Any) ->
     if kind == "naive":
         return NaiveEngine(served, limits, metrics)
     if kind == "batched":
-        return BatchedEngine(served, limits, metrics)
+        engine = BatchedEngine(served, limits, metrics)
+        engine.warm_up()  # served engines only: offline runs (evaluation) build BatchedEngine themselves
+        return engine
     raise ValueError(f"unknown engine {kind!r}; allowed: {', '.join(ENGINES)}")

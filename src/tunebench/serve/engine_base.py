@@ -62,6 +62,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def warm_up(self) -> None:
+        """Run before the server reports ready (`create_engine`); engines that capture or compile do it here."""
+
     # ---------------------------------------------------------------- event-loop side
 
     @property

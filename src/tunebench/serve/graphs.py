@@ -135,9 +135,11 @@ class DecodeRunner:
         from tunebench.serve.compiled import DecodeCompiler, compile_mode
 
         mode = compile_mode(device.type)
-        # TUNEBENCH_PREFILL_COMPILE=1: prefill graphs run the compiled layers as well (off by default: measured
-        # by benchmarks/admission_profile.py --prefill before it is made the default).
-        self.compile_prefill = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "0") == "1"
+        # Prefill graphs run the compiled layers too wherever decode does (TUNEBENCH_PREFILL_COMPILE=0: eager
+        # prefills). H200, 3B, 104 columns (benchmarks/admission_profile.py --prefill, 2026-12-03): 32 rows
+        # 43.3 -> 34.1 ms, 64 rows 87.5 -> 66.8 ms, 1.35 -> 1.05 ms a prompt; admission is most of the GPU's
+        # time at the served rates (issue 20), so this is ~20% more prompts per second of it.
+        self.compile_prefill = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "1") == "1"
         try:
             self.compiler = DecodeCompiler(model, cache, mode)
         except Exception as err:  # e.g. no decoder layer list to compile regionally
