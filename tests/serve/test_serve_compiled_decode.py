@@ -49,7 +49,7 @@ def test_compiled_decode_gives_the_eager_tokens(neox, monkeypatch, mode, attenti
 
 
 def test_compiled_prefill_gives_the_eager_tokens(neox, monkeypatch):
-    """Prefills (a joining prompt too) run the compiled layers by default (TUNEBENCH_PREFILL_COMPILE), same tokens."""
+    """TUNEBENCH_PREFILL_COMPILE=1: prefills (a joining prompt too) run the compiled layers, same tokens."""
     eager, _ = schedule_tokens(neox, monkeypatch, "off")
     monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
     compiled, compiler = schedule_tokens(neox, monkeypatch, "layers")

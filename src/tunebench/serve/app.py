@@ -73,11 +73,12 @@ class MetricsMiddleware:
         start = time.monotonic()
         status = 500
 
-        async def send_and_watch(message: dict[str, Any]) -> None:
+        def send_and_watch(message: dict[str, Any]) -> Any:
+            # A plain function handing back send's awaitable: no coroutine of its own for every chunk of a stream.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_and_watch)

@@ -81,8 +81,10 @@ class BatchedEngine(Engine):
         burst pays for them: on the H200 (3B, 512 slots) the first 512-request burst ran at 5.0k tok/s served
         against 14.6k offline, its steps waiting on captures (2026-12-03). Decode graphs with a row-length
         kernel (Triton or FlexAttention) do not depend on the width, so one per bucket covers every length;
-        prefill graphs do (a graph per rows x width), so only two shapes run here, which is what compiling
-        the layers for dynamic shapes needs; later shapes are captures (~0.1-0.3 s each).
+        prefill graphs do (a graph per rows x width), so only three shapes run here, which is what compiling
+        the layers for dynamic shapes needs; later shapes are captures (~0.1-0.3 s each). On the H200 (3B, 512
+        slots, 2026-12-03) it took 16.1 s, 15.0 of them compiling the decode step (which the first requests
+        paid before); 45.7 s with TUNEBENCH_PREFILL_COMPILE=1.
         TUNEBENCH_WARMUP=0 skips it (start-up in seconds, the first requests slower)."""
         import os
 
@@ -95,7 +97,10 @@ class BatchedEngine(Engine):
         adapter = (self.served.default_adapter or BASE) if self.mixed_adapters else None
         buckets = sorted({runner.batch_bucket(n) for n in range(1, self.slots + 1)})
         with torch.inference_mode():
-            for count, longest in ((graphs.PREFILL_ROW_STEP, 64), (2 * graphs.PREFILL_ROW_STEP, 96)):
+            # With TUNEBENCH_PREFILL_COMPILE=1: 1 row apart, as torch.compile specializes a dimension of size 1
+            # (a lone prompt compiled 2.1 s inside the first request without it, H200 2026-12-03), and two
+            # larger shapes make the rest dynamic. Eager prefills: these are three graph captures.
+            for count, longest in ((1, 64), (graphs.PREFILL_ROW_STEP, 64), (2 * graphs.PREFILL_ROW_STEP, 96)):
                 rows, width = runner.prefill_shape(min(count, self.slots), min(longest, self.cache.usable))
                 if rows > self.slots:
                     continue

@@ -4,8 +4,8 @@ A decode step of a 3B model at one row is mostly small kernels: per layer two la
 and `cat`s (rotate_half), the residual adds, GELU, the KV write — ~15 launches beside four GEMMs and attention,
 each a few microseconds even inside a CUDA graph. Inductor fuses these. The compiled code is still captured
 in the runner's own CUDA graphs (inductor's default mode launches plain Triton kernels, so no cudagraph
-trees: `DecodeRunner.capture` stays the one capture). Prefill graphs run the same compiled layers
-(TUNEBENCH_PREFILL_COMPILE, `tunebench.serve.graphs`); eager prefills (offline, oversized) stay eager.
+trees: `DecodeRunner.capture` stays the one capture). Prefills stay eager unless TUNEBENCH_PREFILL_COMPILE=1
+(`tunebench.serve.graphs` says why).
 
 TUNEBENCH_DECODE_COMPILE picks how much is compiled:
 - `off`: eager (the default off CUDA; CPU tests compare against it).

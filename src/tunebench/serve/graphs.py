@@ -135,11 +135,12 @@ class DecodeRunner:
         from tunebench.serve.compiled import DecodeCompiler, compile_mode
 
         mode = compile_mode(device.type)
-        # Prefill graphs run the compiled layers too wherever decode does (TUNEBENCH_PREFILL_COMPILE=0: eager
-        # prefills). H200, 3B, 104 columns (benchmarks/admission_profile.py --prefill, 2026-12-03): 32 rows
-        # 43.3 -> 34.1 ms, 64 rows 87.5 -> 66.8 ms, 1.35 -> 1.05 ms a prompt; admission is most of the GPU's
-        # time at the served rates (issue 20), so this is ~20% more prompts per second of it.
-        self.compile_prefill = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "1") == "1"
+        # TUNEBENCH_PREFILL_COMPILE=1: prefill graphs run the compiled layers too. Off by default: on the H200
+        # (3B, 2026-12-03) it made a prefill of 100-token prompts 21% faster (1.35 -> 1.05 ms a prompt at 32-64
+        # rows, benchmarks/admission_profile.py --prefill) but the served single stream 3.5 ms per token instead
+        # of 2.8 (the layers' compiled code is shared with decode, whose 1-row step then runs slower code), and
+        # the served rates did not rise measurably with it (100/64 at 250 req/s: p90 2.23 s).
+        self.compile_prefill = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "0") == "1"
         try:
             self.compiler = DecodeCompiler(model, cache, mode)
         except Exception as err:  # e.g. no decoder layer list to compile regionally

@@ -19,10 +19,13 @@ from tunebench.serve.schemas import TgiCompatRequest, TgiParameters, TgiRequest
 from tunebench.serve.state import ServerState
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# json.dumps(..., ensure_ascii=False) builds a new JSONEncoder on every call (only the all-defaults call reuses
+# one): one per token event adds up. The same settings, built once, give the same text.
+JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def sse(data: dict[str, Any]) -> str:
-    return f"data:{json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"data:{JSON(data)}\n\n"
 
 
 def token_json(token: TokenEvent) -> dict[str, Any]:
