@@ -30,34 +30,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from loadtest_overhead import Responder
 
 # ---------------------------------------------------------------- a null streaming server
 
 STREAMS: list[list[Any]] = []  # [transport, tokens left] of every open stream
 
 
-class StreamResponder(asyncio.Protocol):
+class StreamResponder(Responder):
     """Answers each request with `tokens` SSE token events (chunked), one per tick, then the final event."""
 
     def __init__(self, tokens: int) -> None:
         self.tokens = tokens
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            head = self.buffer[:end].lower()
-            at = head.find(b"content-length:")
-            length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
-            if len(self.buffer) < end + 4 + length:
-                return
-            self.buffer = self.buffer[end + 4 + length:]
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"  # type: ignore[attr-defined]
-                                 b"Transfer-Encoding: chunked\r\n\r\n")
-            STREAMS.append([self.transport, self.tokens])
+    def respond(self) -> None:
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"  # type: ignore[attr-defined]
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+        STREAMS.append([self.transport, self.tokens])
 
 
 def _chunk(payload: bytes) -> bytes:

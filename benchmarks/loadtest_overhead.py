@@ -27,7 +27,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 
 
 class Responder(asyncio.Protocol):
-    """Answers every request on a connection with the same reply; reads Content-Length bodies."""
+    """Answers every request on a connection with the same reply (`respond`); reads Content-Length bodies."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -42,7 +42,10 @@ class Responder(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             self.buffer = self.buffer[end + 4 + length:]
-            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+            self.respond()
+
+    def respond(self) -> None:
+        self.transport.write(RESPONSE)  # type: ignore[attr-defined]
 
 
 async def serve() -> None:
