@@ -43,7 +43,7 @@ def test_compiled_decode_gives_the_eager_tokens(neox, monkeypatch, mode, attenti
     # It compiled, and nothing fell back.
     assert compiler.compiles > 0
     if attention == "flex":
-        assert "decode-flex" in compiler.first_s
+        assert compiler.calls.get("decode-flex", 0) > 0  # flex steps ran the compiled layers
     for got, expected in zip(compiled, eager, strict=True):
         assert_same_tokens(got, expected)
 
@@ -53,7 +53,7 @@ def test_compiled_prefill_gives_the_eager_tokens(neox, monkeypatch):
     eager, _ = schedule_tokens(neox, monkeypatch, "off")
     monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
     compiled, compiler = schedule_tokens(neox, monkeypatch, "layers")
-    assert compiler.errors == {} and "prefill" in compiler.first_s
+    assert compiler.errors == {} and compiler.calls.get("prefill", 0) > 0
     for got, expected in zip(compiled, eager, strict=True):
         assert_same_tokens(got, expected)
 

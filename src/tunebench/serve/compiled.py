@@ -76,6 +76,7 @@ class DecodeCompiler:
         self.model, self.cache, self.mode, self.backend = model, cache, mode, backend
         self.errors: dict[str, str] = {}  # step kind ("*": all) -> why it decodes eagerly
         self.first_s: dict[str, float] = {}  # per step kind: the first compiled call (tracing and compiling)
+        self.calls: dict[str, int] = {}  # per step kind: calls that ran the compiled code (not fallen back)
         self.compile_s = 0.0  # host seconds of the calls in which torch (re)compiled something
         self.compiles = 0  # graphs dynamo built (graph breaks make several per layer)
         self._compiled_run: Any = None
@@ -122,6 +123,7 @@ class DecodeCompiler:
                 raise  # a failed capture: the runner's capture handler calls give_up, then captures again
             self.give_up(err, key)
             return plain(*args, **kwargs)
+        self.calls[key] = self.calls.get(key, 0) + 1
         built = counters["stats"]["unique_graphs"] - graphs
         if built:
             seconds = time.perf_counter() - started
