@@ -76,15 +76,15 @@ class BatchedEngine(Engine):
                  self.slots * per_slot / 2**30, "on" if use_graphs else "off")
 
     def warm_up(self) -> None:
-        """Before the server reports ready (served engines on CUDA): capture the decode graph of every batch
-        bucket and compile the prefill path, as vLLM captures its graph sizes at start-up. Otherwise the first
-        burst pays for them: on the H200 (3B, 512 slots) the first 512-request burst ran at 5.0k tok/s served
-        against 14.6k offline, its steps waiting on captures (2026-12-03). Decode graphs with a row-length
-        kernel (Triton or FlexAttention) do not depend on the width, so one per bucket covers every length;
-        prefill graphs do (a graph per rows x width), so only three shapes run here, which is what compiling
-        the layers for dynamic shapes needs; later shapes are captures (~0.1-0.3 s each). On the H200 (3B, 512
-        slots, 2026-12-03) it took 16.1 s, 15.0 of them compiling the decode step (which the first requests
-        paid before); 45.7 s with TUNEBENCH_PREFILL_COMPILE=1.
+        """Before the server reports ready (served engines on CUDA): compile the decode step and capture the
+        graph of every batch bucket, and run three prefill shapes, as vLLM captures its graph sizes at start-up.
+        Otherwise the first burst pays for them: on the H200 (3B, 512 slots) the first 512-request burst ran at
+        5.0k tok/s served against 14.6k offline, its steps waiting on captures (2026-12-03). Decode graphs with
+        a row-length kernel (Triton or FlexAttention) do not depend on the width, so one per bucket covers every
+        length; prefill graphs do (a graph per rows x width), so only three shapes run here, which is what
+        compiling the layers for dynamic shapes needs when prefills are compiled; later shapes are captures
+        (~0.1-0.3 s each). On the H200 (3B, 512 slots, 2026-12-03) it took 16.1 s, 15.0 of them compiling the
+        decode step (which the first requests paid before); 45.7 s with TUNEBENCH_PREFILL_COMPILE=1.
         TUNEBENCH_WARMUP=0 skips it (start-up in seconds, the first requests slower)."""
         import os
 
@@ -112,7 +112,7 @@ class BatchedEngine(Engine):
             runner.release(0, self.slots)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-        log.info("warm-up: %d decode graphs (1 to %d rows) and the prefill path in %.1f s", len(buckets),
+        log.info("warm-up: %d decode graphs (1 to %d rows) and 3 prefill shapes in %.1f s", len(buckets),
                  buckets[-1], time.perf_counter() - started)
 
     def _has_work(self) -> bool:

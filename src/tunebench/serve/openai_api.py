@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,16 +20,15 @@ from fastapi.responses import StreamingResponse
 from tunebench.serve.engine import Completion, GenerationFailed, GenerationRequest, RequestHandle, TokenEvent
 from tunebench.serve.schemas import ChatRequest, CompletionRequest
 from tunebench.serve.state import ServerState
-from tunebench.serve.text import StopTrimmer
+from tunebench.serve.text import StopTrimmer, event_json
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 DONE = "data: [DONE]\n\n"
-JSON = json.JSONEncoder(ensure_ascii=False).encode  # built once: json.dumps(ensure_ascii=False) builds one a call
 
 
 def sse(data: dict[str, Any]) -> str:
-    return f"data: {JSON(data)}\n\n"
+    return f"data: {event_json(data)}\n\n"
 
 
 def usage(completions: list[Completion]) -> dict[str, int]:

@@ -8,8 +8,14 @@ characters wait for the next token. This is how TGI and vLLM stream text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
+
+# A stream event's JSON, for the TGI and OpenAI routes: json.dumps(..., ensure_ascii=False) builds a new
+# JSONEncoder on every call (only the all-defaults call reuses one), once per token event; built once, the same
+# settings give the same text.
+event_json = json.JSONEncoder(ensure_ascii=False).encode
 
 # Prompt tokens decoded with the first generated ones, so the first word gets its leading space right.
 PROMPT_CONTEXT = 5

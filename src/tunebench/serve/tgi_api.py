@@ -7,7 +7,6 @@ carrying `generated_text` and `details`. Errors inside a stream are an event `{"
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,15 +16,13 @@ from fastapi.responses import StreamingResponse
 from tunebench.serve.engine import Completion, GenerationFailed, RequestHandle, TokenEvent
 from tunebench.serve.schemas import TgiCompatRequest, TgiParameters, TgiRequest
 from tunebench.serve.state import ServerState
+from tunebench.serve.text import event_json
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# json.dumps(..., ensure_ascii=False) builds a new JSONEncoder on every call (only the all-defaults call reuses
-# one): one per token event adds up. The same settings, built once, give the same text.
-JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def sse(data: dict[str, Any]) -> str:
-    return f"data:{JSON(data)}\n\n"
+    return f"data:{event_json(data)}\n\n"
 
 
 def token_json(token: TokenEvent) -> dict[str, Any]:
