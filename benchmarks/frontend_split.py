@@ -1,11 +1,12 @@
 """The split front end against the in-process one (issue 20): the same 512-request bursts through `tunebench serve
---frontend split` (the engine in a process of its own), `--frontend inline` (HTTP and engine in one process),
-and the engine offline (no HTTP, `tunebench.serve.offline`), in one call. Servers and bursts are
+--frontend split` (the engine in a process of its own), `split:N` (N front-end processes sharing it,
+`--frontends N`), `--frontend inline` (HTTP and engine in one process), and the engine offline (no HTTP, `tunebench.serve.offline`), in one call. Servers and bursts are
 `serve_throughput.py`'s (redpajama-3b random weights, 100-token prompts, 64 and 16 new tokens, 256 slots,
 `ignore_eos`); each burst is measured `--repeat` times, alternating profiles, after warm-up bursts of 8 and 64
 tokens (which capture every CUDA graph the measured bursts use). One JSON line per profile:
 
     python3 benchmarks/frontend_split.py --out $OUT [--repeat 2]
+    python3 benchmarks/frontend_split.py --slots 512 --burst 512 --frontends split,split:2,split:4 --out $OUT
     python benchmarks/frontend_split.py --model DIR --tokenizer DIR --device cpu --slots 8   # a laptop's tiny model
 """
 
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2, help="measured bursts per profile and front end")
-    parser.add_argument("--frontends", default="split,inline")
+    parser.add_argument("--frontends", default="split,inline", help="comma-separated: split, split:N (N "
+                        "front-end processes), inline")
+    parser.add_argument("--burst", type=int, default=None, help="requests per burst (default: twice --slots)")
+    parser.add_argument("--skip-offline", action="store_true", help="served bursts only")
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -44,12 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="frontend-split-work-"))
     tokenizer = Path(args.tokenizer) if args.tokenizer else build_tokenizer(work / "tokenizer")
     texts = prompt_texts(tokenizer)
-    count = 2 * args.slots
+    count = args.burst or 2 * args.slots
+    modes = args.frontends.split(",")
     served: dict[str, dict[str, list[dict]]] = {}
     started = time.monotonic()
     try:
-        for frontend in args.frontends.split(","):
-            args.frontend = frontend  # serve_throughput's serve_args passes it on
+        for frontend in modes:
+            # serve_throughput's serve_args passes these on
+            args.frontend, _, processes = frontend.partition(":")
+            args.frontends = int(processes or 1)
             with Session(args, work, tokenizer, "batched", f"batched-{frontend}") as url:
                 for new_tokens in (8, max(PROFILES.values())):  # every bucket's graph (batch and width) first
                     burst(url, texts, count, new_tokens)
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                         result = burst(url, texts, count, new_tokens)
                         served.setdefault(profile, {}).setdefault(frontend, []).append(result)
                         log(f"{frontend} {profile}: {result}")
-        offline = offline_bursts(args, tokenizer, texts, PROFILES)
+        offline = {} if args.skip_offline else offline_bursts(args, tokenizer, texts, PROFILES)
     finally:
         collect_profiles(work, out)
         shutil.rmtree(work, ignore_errors=True)
@@ -77,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
                 "offline_profile": off.get("profile")}
         if "split" in best and "inline" in best:
             line["split_over_inline"] = round(best["split"] / best["inline"], 3)
+        for mode in best:
+            if mode.startswith("split:") and "split" in best:
+                line[f"{mode}_over_split"] = round(best[mode] / best["split"], 3)
         if off and best:
             line["offline_over_best_served"] = round(off["output_tokens_per_s"] / max(best.values()), 3)
         lines.append(line)

@@ -172,6 +172,8 @@ class ServeConfig(Section):
     frontend: Literal["auto", "split", "inline"] = Field(
         "auto", description="split: HTTP, tokenization and streaming in one process, the engine in another; inline: "
                             "both in one process (debugging); auto: split on CUDA, inline on the CPU (as measured)")
+    frontends: int = Field(1, ge=1, le=64, description="front-end processes sharing the engine process (split "
+                           "only): each parses, tokenizes and streams its share of the requests")
     # vllm / sglang only (tunebench's own engines ignore these)
     gpu_memory_fraction: float = Field(0.9, gt=0, le=1, description="vllm --gpu-memory-utilization, sglang "
                                        "--mem-fraction-static")

@@ -122,7 +122,7 @@ def info(state: ServerState) -> dict[str, Any]:
         "model_id": served.merged or served.model_id, "base_model_id": served.model_id, "model_sha": None,
         "model_dtype": served.dtype, "model_device_type": served.device.split(":")[0],
         "model_pipeline_tag": "text-generation", "engine": engine.kind,
-        "max_concurrent_requests": engine.capacity, "max_batch_size": engine.slots,
+        "max_concurrent_requests": getattr(engine, "total_capacity", engine.capacity), "max_batch_size": engine.slots,
         "max_queue": engine.limits.max_queue,
         "max_best_of": 1, "max_stop_sequences": limits.max_stop_sequences,
         "max_input_tokens": limits.max_input_tokens, "max_input_length": limits.max_input_tokens,
@@ -132,7 +132,8 @@ def info(state: ServerState) -> dict[str, Any]:
         "adapters": list(served.adapters), "default_adapter": served.default_adapter,
         "merged_adapter": served.merged, "chat_template": served.has_chat_template,
         "task": {"task": task.task, "labels": task.labels} if task else None,
-        "frontend": state.options.frontend,
+        "frontend": state.options.frontend, "frontends": state.options.frontends,
+        "frontend_index": state.frontend_index,
         "router": "tunebench", "version": version(), "sha": None, "docker_label": None,
     }
 

@@ -9,7 +9,9 @@ rules hold across the boundary: a client that disconnects cancels its request in
 (running + queued) is counted here, before anything is sent; the engine enforces each request's deadline and a
 watchdog here fails requests that outlive it by DEADLINE_MARGIN_S (an engine stuck in a step); an engine
 process that exits fails every open request at once (500, or an error event ending the stream) and /health
-answers 503 from then on.
+answers 503 from then on. With several front-end processes (`tunebench.serve.frontends`) each has one of these
+on a channel of its own, admits its share of the server's capacity, and does not own the engine process: its
+stop waits for its own requests, not for the engine to exit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -53,9 +56,10 @@ class RemoteHandle(RequestHandle):
 class EngineClient:
     """The engine process, as the routes see an engine."""
 
-    def __init__(self, process: subprocess.Popen, sock: socket.socket, info: dict[str, Any], limits: EngineLimits,
-                 metrics: Any, tokenizer: Any) -> None:
+    def __init__(self, process: Any, sock: socket.socket, info: dict[str, Any], limits: EngineLimits,
+                 metrics: Any, tokenizer: Any, frontends: int = 1) -> None:
         self.process, self.sock, self.limits, self.metrics, self.tokenizer = process, sock, limits, metrics, tokenizer
+        self.frontends = frontends  # > 1: the engine process is shared (and owned by the supervisor)
         self.kind = info["kind"]
         self.slots = info["slots"]
         self.eos_ids = frozenset(info["eos_ids"])
@@ -72,6 +76,11 @@ class EngineClient:
 
     @property
     def capacity(self) -> int:
+        """Requests this front end admits: its share of the server's running + queued bound."""
+        return math.ceil(self.total_capacity / self.frontends)
+
+    @property
+    def total_capacity(self) -> int:
         return self.slots + self.limits.max_queue
 
     @property
@@ -124,14 +133,20 @@ class EngineClient:
         self._tasks = [loop.create_task(self._read(reader)), loop.create_task(self._watch())]
 
     async def stop_async(self, timeout: float = STOP_GRACE_S) -> None:
-        """The engine finishes what it holds (uvicorn has drained HTTP by now) and exits."""
+        """The engine finishes what it holds (uvicorn has drained HTTP by now) and exits; a shared engine finishes
+        this front end's requests and goes on serving the others."""
         self._send(("stop",))
-        try:
-            await asyncio.to_thread(self.process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("the engine process did not stop in %.0f s: killing it", timeout)
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+        if self.frontends > 1:
+            deadline = time.monotonic() + timeout
+            while (self.open or self.jobs) and self.gone is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        else:
+            try:
+                await asyncio.to_thread(self.process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("the engine process did not stop in %.0f s: killing it", timeout)
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait)
         self.gone = self.gone or "the server is shutting down"
         for task in self._tasks:
             task.cancel()
@@ -230,7 +245,8 @@ class EngineClient:
         except subprocess.TimeoutExpired:
             code = None
         how = f"exited with code {code}" if code is not None and code >= 0 else \
-            f"was killed by signal {-code}" if code is not None else "closed its channel"
+            f"was killed by signal {-code}" if code is not None else \
+            "exited" if self.process.poll() is not None else "closed its channel"
         self.gone = f"the engine process {how}; the server cannot generate until it is restarted"
         log.error(self.gone)
         failure = GenerationFailed("internal", self.gone)
@@ -253,19 +269,43 @@ def engine_limits(options: Any) -> EngineLimits:
                         max_sequence_tokens=options.max_input_tokens + options.max_new_tokens)
 
 
-def spawn_engine(model_options: Any, kind: str, limits: EngineLimits) -> tuple[subprocess.Popen, BlockingChannel]:
+def spawn_engine(model_options: Any, kind: str, limits: EngineLimits,
+                 frontends: int = 1) -> tuple[subprocess.Popen, list[BlockingChannel]]:
+    """The engine process, one channel per front end; the first channel has asked it to load the model."""
     import tunebench
 
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(frontends)]
+    fds = [theirs.fileno() for _, theirs in pairs]
     env = dict(os.environ)
     src = str(Path(tunebench.__file__).resolve().parents[1])  # the same tunebench, whatever the caller's sys.path
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    process = subprocess.Popen([sys.executable, "-m", "tunebench.serve.core", str(theirs.fileno())],
-                               pass_fds=(theirs.fileno(),), env=env)
-    theirs.close()
-    channel = BlockingChannel(ours)
-    channel.send(("init", model_options, kind, limits))
-    return process, channel
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the engine relays its observations; it writes no metric files
+    process = subprocess.Popen([sys.executable, "-m", "tunebench.serve.core", *map(str, fds)], pass_fds=fds, env=env)
+    channels = []
+    for ours, theirs in pairs:
+        theirs.close()
+        channels.append(BlockingChannel(ours))
+    channels[0].send(("init", model_options, kind, limits))
+    return process, channels
+
+
+def await_ready(process: subprocess.Popen, channel: BlockingChannel) -> dict[str, Any]:
+    """The engine's "ready" on this channel, or a UserError with its problem (the process is then stopped)."""
+    try:
+        answer = channel.receive_one(None)
+        if answer is None:
+            process.wait()
+            raise UserError(f"the engine process exited with code {process.returncode} while loading the model",
+                            "see its log above; run with --frontend inline to load it in this process")
+        if answer[0] == "error":
+            raise UserError(answer[1], answer[2])
+        return answer[1]
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        channel.sock.close()
+        raise
 
 
 def front_model(model_options: Any) -> tuple[Any, Any, Any]:
@@ -280,29 +320,27 @@ def front_model(model_options: Any) -> tuple[Any, Any, Any]:
 
 def build_split_state(model_options: Any, options: Any) -> Any:
     """The engine process (started, its model loaded) and the front end's state around it."""
+    limits = engine_limits(options)
+    process, (channel,) = spawn_engine(model_options, options.engine, limits)
+    try:
+        front = front_model(model_options)  # while the engine process loads the model
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    info = await_ready(process, channel)
+    return front_state(front, options, info, process, channel.sock)
+
+
+def front_state(front: tuple[Any, Any, Any], options: Any, info: dict[str, Any], process: Any,
+                sock: socket.socket, frontends: int = 1) -> Any:
+    """A front end's ServerState around the engine process that reported `info` on `sock`."""
     from tunebench.serve.loading import ServedModel, run_task
     from tunebench.serve.metrics import ServeMetrics
     from tunebench.serve.state import ServerState
     from tunebench.serve.validate import Limits, RequestBuilder
 
-    limits = engine_limits(options)
-    process, channel = spawn_engine(model_options, options.engine, limits)
-    try:
-        tokenizer, run, source = front_model(model_options)  # while the engine process loads the model
-        answer = channel.receive_one(None)
-        if answer is None:
-            process.wait()
-            raise UserError(f"the engine process exited with code {process.returncode} while loading the model",
-                            "see its log above; run with --frontend inline to load it in this process")
-        if answer[0] == "error":
-            raise UserError(answer[1], answer[2])
-    except BaseException:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        channel.sock.close()
-        raise
-    info = answer[1]
+    tokenizer, run, source = front
     served = ServedModel(None, tokenizer, model_id=info["model_id"], context_length=info["context_length"],
                          dtype=info["dtype"], device=info["device"],
                          adapters={name: Path(path) for name, path in info["adapters"].items()},
@@ -310,5 +348,5 @@ def build_split_state(model_options: Any, options: Any) -> Any:
     if run is not None:
         served.task = run_task(run, tokenizer, source, served.default_adapter)
     metrics = ServeMetrics(options.engine)
-    client = EngineClient(process, channel.sock, info, limits, metrics, tokenizer)
+    client = EngineClient(process, sock, info, engine_limits(options), metrics, tokenizer, frontends)
     return ServerState(served, client, metrics, options, RequestBuilder(served, Limits.of(served, options)))

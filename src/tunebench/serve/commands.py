@@ -65,6 +65,8 @@ def register(app: typer.Typer) -> None:
                                            help="serve on a non-loopback --host without an API key"),
         frontend: str | None = typer.Option(None, "--frontend", help="split (the engine in its own process), inline "
                                             "(one process: debugging), auto (split on CUDA; the default)"),
+        frontends: int | None = typer.Option(None, "--frontends", help="front-end processes sharing the engine "
+                                             "(split only; default 1)"),
         max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="sequences decoded together"),
         max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503"),
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
@@ -88,8 +90,9 @@ def register(app: typer.Typer) -> None:
             api_key=key, max_concurrency=max_concurrency or cfg.max_concurrency,
             max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
             max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout,
-            frontend=frontend or cfg.frontend)
-        check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout))
+            frontend=frontend or cfg.frontend, frontends=cfg.frontends if frontends is None else frontends)
+        check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout,
+                                       frontends))
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         console = terminal.console(stderr=True)
@@ -159,10 +162,13 @@ def check_server_options(options: Any, given: tuple) -> None:
     if options.engine not in (*ENGINES, *EXTERNAL_ENGINES):
         raise UserError(f"--engine '{options.engine}' is not an engine",
                         f"allowed: {', '.join((*ENGINES, *EXTERNAL_ENGINES))}")
-    names = ("--max-concurrency", "--max-queue", "--max-input-tokens", "--max-new-tokens", "--timeout")
+    names = ("--max-concurrency", "--max-queue", "--max-input-tokens", "--max-new-tokens", "--timeout", "--frontends")
     for name, value in zip(names, given, strict=True):
         if value is not None and value <= 0:
             raise UserError(f"{name} must be > 0, got {value}", f"give a positive {name}")
+    if options.frontends > 64:
+        raise UserError(f"--frontends {options.frontends} is more front-end processes than this server supports",
+                        "give 1..64 (about one per two CPU cores the engine does not need)")
     if not 0 <= options.port <= 65535:
         raise UserError(f"--port {options.port} is not a port", "give 0..65535 (0 picks a free port)")
 
@@ -180,6 +186,23 @@ def run_server(opts: Any, options: Any, console: Any) -> None:
     from tunebench.serve.options import resolved_frontend
 
     options = dataclasses.replace(options, frontend=resolved_frontend(options.frontend, opts.device))
+    if options.frontends > 1:
+        if options.frontend != "split":
+            raise UserError(f"--frontends {options.frontends} needs the engine in a process of its own, but the front "
+                            f"end is {options.frontend}", "add --frontend split (or leave --frontends at 1)")
+        from tunebench.serve.frontends import serve_many
+
+        console.print(f"loading {name} in the engine process, {options.frontends} front ends ...")
+
+        def announce_many(url: str, info: dict) -> None:
+            adapters = f", adapters: {', '.join(info['adapters'])}" if info["adapters"] else ""
+            merged = f", merged adapter: {info['merged']}" if info["merged"] else ""
+            console.print(f"serving {info['model_id']} ({options.engine} engine, {options.frontends} front ends, "
+                          f"{info['device']}{adapters}{merged}) on {url}\n  TGI: {url}/generate  OpenAI: {url}/v1  "
+                          f"metrics: {url}/metrics  docs: {url}/docs", highlight=False, soft_wrap=True)
+
+        serve_many(opts, options, announce_many)
+        return
     if options.frontend == "split":  # the engine process loads the model; this one keeps HTTP
         from tunebench.serve.client import build_split_state
 

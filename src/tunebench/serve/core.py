@@ -1,5 +1,5 @@
-"""The engine process of the split front end: `python -m tunebench.serve.core FD` (started by
-`tunebench.serve.client`, never by hand).
+"""The engine process of the split front end: `python -m tunebench.serve.core FD [FD ...]` (started by
+`tunebench.serve.client`, never by hand), one channel per front-end process (`serve.frontends`).
 
 It loads the model, builds the engine, and runs the engine's iterations in its main thread, the way the offline
 runner does: no HTTP, no event loop, no second thread competing for the interpreter. Between iterations it
@@ -8,14 +8,19 @@ one message: token ids and logprobs only. Text is the front end's business (deto
 streaming); EOS and the token limit are decided here, a stop string there (the front end then sends "finish").
 The engine's Prometheus observations travel with the tokens and are applied to the front end's metrics.
 
-When the front end goes away (its end of the socket closes) the running requests are cancelled and the process
-exits; when the engine crashes, the process exits and the front end fails every open request.
+Several front ends (`tunebench.serve.frontends`) share the engine: each has a channel of its own, request ids are
+per channel, a step's events go back on their request's channel, and the metric observations ride on one live
+channel only (the front ends' Prometheus files are summed). When a front end goes away (its end of the socket
+closes) its running requests are cancelled; the process exits once every front end has asked it to stop or
+gone, and has nothing left to run. When the engine crashes, the process exits and every front end fails every
+open request.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -50,12 +55,13 @@ class CoreSequence(Sequence):
 
 
 class CoreHandle:
-    """What the engine needs of a request's handle here: its id and whether the client went away."""
+    """What the engine needs of a request's handle here: its front end, its id there, whether the client went
+    away."""
 
-    __slots__ = ("cancelled", "rid")
+    __slots__ = ("cancelled", "channel", "rid")
 
-    def __init__(self, rid: int) -> None:
-        self.rid = rid
+    def __init__(self, channel: int, rid: int) -> None:
+        self.channel, self.rid = channel, rid
         self.cancelled = False
 
 
@@ -127,71 +133,118 @@ class _Sender:
 
 
 class EngineCore:
-    def __init__(self, channel: BlockingChannel, served: Any, engine: Any, relay: MetricsRelay) -> None:
-        self.channel, self.served, self.engine, self.relay = channel, served, engine, relay
-        self.seqs: dict[int, CoreSequence] = {}
-        self.backlog: list[Any] = []  # submissions and jobs read while the engine was mid-iteration
-        self.stopping = False
+    def __init__(self, channels: list[BlockingChannel], served: Any, engine: Any, relay: MetricsRelay) -> None:
+        self.channels, self.served, self.engine, self.relay = channels, served, engine, relay
+        self.seqs: dict[tuple[int, int], CoreSequence] = {}  # (channel, request id there)
+        self.backlog: list[tuple[int, Any]] = []  # submissions and jobs read while the engine was mid-iteration
+        self.stopped: set[int] = set()  # channels whose front end asked to stop
+        self.gone: set[int] = set()  # channels whose front end went away (handled once)
+        self.stopping = False  # SIGTERM, or every front end stopped or gone
         engine._loop = _Sender(self)
 
     # ------------------------------------------------------------ messages in
 
+    def receive(self, timeout: float) -> list[tuple[int, Any]]:
+        """(channel, message) for everything that arrived, waiting up to `timeout` for the first."""
+        live = [(i, c) for i, c in enumerate(self.channels) if not c.closed]
+        if len(live) == 1:
+            i, channel = live[0]
+            return [(i, m) for m in channel.receive(timeout)]
+        out = [(i, m) for i, c in live for m in c.receive(0)]
+        if out or not live or timeout == 0:
+            return out
+        ready, _, _ = select.select([c.sock for _, c in live], [], [], timeout)
+        return [(i, m) for i, c in live if c.sock in ready for m in c.receive(0)]
+
     def poll_controls(self) -> None:
         """Read what arrived; apply cancels and finishes now, keep the rest for the main loop."""
-        for message in self.channel.receive(0):
-            if not self.control(message):
-                self.backlog.append(message)
+        for item in self.receive(0):
+            if not self.control(*item):
+                self.backlog.append(item)
 
-    def control(self, message: Any) -> bool:
+    def control(self, channel: int, message: Any) -> bool:
         kind = message[0]
         if kind in ("cancel", "finish"):
-            seq = self.seqs.get(message[1])
+            key = (channel, message[1])
+            seq = self.seqs.get(key)
             if seq is not None:
                 if kind == "cancel":
                     seq.handle.cancelled = True  # the engine fails it at its next step (counted as cancelled)
                 else:  # a stop string: the front end finished it; leave quietly
                     seq.finish_reason, seq.ended = "stop_sequence", True
-                    del self.seqs[message[1]]
+                    del self.seqs[key]
             return True
         return False
 
-    def handle(self, messages: list[Any]) -> None:
-        dropped_jobs = {m[1] for m in messages if m[0] == "cancel_job"}
-        for message in messages:
+    def handle(self, messages: list[tuple[int, Any]]) -> None:
+        dropped_jobs = {(i, m[1]) for i, m in messages if m[0] == "cancel_job"}
+        for channel, message in messages:
             kind = message[0]
-            if self.control(message) or kind == "cancel_job":
+            if self.control(channel, message) or kind == "cancel_job":
                 continue
             if kind == "submit":
                 _, rid, request = message
-                seq = CoreSequence(request, CoreHandle(rid), self.engine)  # type: ignore[arg-type]
-                self.seqs[rid] = seq
+                seq = CoreSequence(request, CoreHandle(channel, rid), self.engine)  # type: ignore[arg-type]
+                self.seqs[(channel, rid)] = seq
                 self.engine._accept_item(seq)
-            elif kind == "job" and message[1] not in dropped_jobs:
-                self.run_job(message[1], message[2])
+            elif kind == "job" and (channel, message[1]) not in dropped_jobs:
+                self.run_job(channel, message[1], message[2])
             elif kind == "stop":
-                self.stopping = True
+                self.stopped.add(channel)
 
-    def run_job(self, rid: int, job: Any) -> None:
+    def run_job(self, channel: int, rid: int, job: Any) -> None:
         try:
-            self.channel.send(("job", rid, True, job.run(self.served)))
+            self.channels[channel].send(("job", rid, True, job.run(self.served)))
         except Exception as err:  # handed to the waiting route, which answers 500
             log.exception("engine job failed")
-            self.channel.send(("job", rid, False, ("internal", f"{type(err).__name__}: {err}")))
+            self.channels[channel].send(("job", rid, False, ("internal", f"{type(err).__name__}: {err}")))
+
+    def check_channels(self) -> None:
+        """Front ends that went away: cancel their requests (nobody can read the answers). Stop once every front
+        end has stopped or gone."""
+        for i, channel in enumerate(self.channels):
+            if channel.closed and i not in self.gone:
+                self.gone.add(i)
+                if i not in self.stopped:
+                    log.warning("front end %d went away: cancelling its requests", i)
+                for (c, _), seq in self.seqs.items():
+                    if c == i:
+                        seq.handle.cancelled = True
+        if len(self.stopped | self.gone) == len(self.channels):
+            self.stopping = True
 
     # ------------------------------------------------------------ messages out
 
+    def metrics_channel(self) -> int | None:
+        """The channel the metric observations go to: the first live one."""
+        return next((i for i, c in enumerate(self.channels) if not c.closed), None)
+
     def send_items(self, items: list[tuple[CoreHandle, Any]]) -> None:
-        events = []
+        events: dict[int, list[tuple]] = defaultdict(list)
         for handle, item in items:
+            out = events[handle.channel]
             if isinstance(item, tuple):
-                events.append((handle.rid, *item))
+                out.append((handle.rid, *item))
             elif isinstance(item, Completion):
-                events.append((handle.rid, DONE, item.finish_reason, item.generated_tokens))
-                self.seqs.pop(handle.rid, None)
+                out.append((handle.rid, DONE, item.finish_reason, item.generated_tokens))
+                self.seqs.pop((handle.channel, handle.rid), None)
             elif isinstance(item, GenerationFailed):
-                events.append((handle.rid, FAILED, item.kind, item.message))
-                self.seqs.pop(handle.rid, None)
-        self.channel.send(("out", events, self.relay.take()))
+                out.append((handle.rid, FAILED, item.kind, item.message))
+                self.seqs.pop((handle.channel, handle.rid), None)
+        updates_to = self.metrics_channel()
+        if updates_to is not None and updates_to not in events:
+            events[updates_to] = []
+        for i, batch in events.items():
+            self.channels[i].send(("out", batch, self.relay.take() if i == updates_to else None))
+
+    def send_updates(self) -> None:
+        updates_to = self.metrics_channel()
+        if updates_to is None:
+            self.relay.take()
+            return
+        updates = self.relay.take()
+        if updates is not None:
+            self.channels[updates_to].send(("out", [], updates))
 
     # ------------------------------------------------------------ the loop
 
@@ -205,31 +258,27 @@ class EngineCore:
                 if self.stopping and idle:
                     break
                 messages, self.backlog = self.backlog, []
-                messages += self.channel.receive(IDLE_WAIT_S if idle else 0)
+                messages += self.receive(IDLE_WAIT_S if idle else 0)
                 self.handle(messages)
-                if self.channel.closed and not self.stopping:  # the front end is gone: nobody to answer
-                    self.stopping = True
-                    for seq in self.seqs.values():
-                        seq.handle.cancelled = True
+                self.check_channels()
                 try:
                     engine._iteration()
                 except Exception as err:  # a bug or an out-of-memory must not hang every client
                     log.exception("engine iteration failed")
                     engine._fail_all(GenerationFailed("internal", f"generation failed: {type(err).__name__}: {err}"))
-                if self.channel.closed:
+                if self.metrics_channel() is None:  # every front end is gone: nobody to answer
                     engine._outbox.clear()
                     continue
                 engine._flush()
-                updates = self.relay.take()
-                if updates is not None:
-                    self.channel.send(("out", [], updates))
-        if not self.channel.closed:
+                self.send_updates()
+        if self.metrics_channel() is not None:
             engine._fail_all(GenerationFailed("shutdown", "the server is shutting down"))
             engine._flush()
 
 
-def start_engine(channel: BlockingChannel, init: Any) -> EngineCore | None:
-    """Load the model and build the engine the "init" message asks for; report "ready" or the error."""
+def start_engine(channels: list[BlockingChannel], init: Any) -> EngineCore | None:
+    """Load the model and build the engine the "init" message asks for; report "ready" or the error to every
+    front end."""
     from tunebench.errors import UserError
     from tunebench.serve.engine import create_engine
     from tunebench.serve.loading import load_served
@@ -240,34 +289,39 @@ def start_engine(channel: BlockingChannel, init: Any) -> EngineCore | None:
         served = load_served(model_options)
         engine = create_engine(kind, served, limits, relay)
     except UserError as err:
-        channel.send(("error", err.problem, err.fix))
-        return None
+        problem = ("error", err.problem, err.fix)
     except Exception as err:
         log.exception("the engine process could not start")
-        channel.send(("error", f"the engine process could not start: {type(err).__name__}: {err}",
-                      "see the server log above for the traceback"))
+        problem = ("error", f"the engine process could not start: {type(err).__name__}: {err}",
+                   "see the server log above for the traceback")
+    else:
+        problem = None
+    if problem is not None:
+        for channel in channels:
+            channel.send(problem)
         return None
-    channel.send(("ready", {
+    ready = ("ready", {
         "kind": engine.kind, "slots": engine.slots, "eos_ids": sorted(engine.eos_ids), "pid": os.getpid(),
         "model_id": served.model_id, "context_length": served.context_length, "dtype": served.dtype,
         "device": served.device, "adapters": {name: str(path) for name, path in served.adapters.items()},
-        "default_adapter": served.default_adapter, "merged": served.merged}))
-    return EngineCore(channel, served, engine, relay)
+        "default_adapter": served.default_adapter, "merged": served.merged})
+    for channel in channels:
+        channel.send(ready)
+    return EngineCore(channels, served, engine, relay)
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s (engine process): %(message)s")
-    sock = socket.socket(fileno=int(argv[0]))
-    channel = BlockingChannel(sock)
-    init = channel.receive_one(None)
+    channels = [BlockingChannel(socket.socket(fileno=int(fd))) for fd in argv]
+    init = channels[0].receive_one(None)  # the first front end (or the supervisor) says what to load
     if init is None or init[0] != "init":
         return 1
     started = time.monotonic()
-    core = start_engine(channel, init)
+    core = start_engine(channels, init)
     if core is None:
         return 2
     log.info("engine process %d ready in %.1f s", os.getpid(), time.monotonic() - started)
-    # Ctrl-C reaches the whole process group: the front end drains HTTP and then sends "stop"; were this process
+    # Ctrl-C reaches the whole process group: the front ends drain HTTP and then send "stop"; were this process
     # to die at once, the requests being drained would fail. SIGTERM (a service manager stopping the group):
     # finish what is admitted, then exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

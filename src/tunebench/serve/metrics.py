@@ -2,9 +2,17 @@
 
 Latencies are histograms in seconds. `tunebench_batch_size` is observed once per decode step with the
 number of sequences in that step: its buckets above 1 are the proof that requests really share steps.
+
+With several front-end processes (`tunebench.serve.frontends`) every one of them runs in prometheus-client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before they start): each writes its samples
+to files there, and /metrics, whichever process answers it, sums the counters and histograms of all of them.
+The engine's gauges reach one front end only (the engine relays them on one channel), so they are the largest
+value over the live processes.
 """
 
 from __future__ import annotations
+
+import os
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2)
@@ -38,10 +46,16 @@ class ServeMetrics:
         self.prompt_tokens = Histogram("tunebench_prompt_tokens", "prompt tokens per admitted request",
                                        buckets=TOKEN_COUNT_BUCKETS, registry=r)
         self.errors = Counter("tunebench_errors", "failed requests by kind", ["kind"], registry=r)
-        self.running = Gauge("tunebench_running_sequences", "sequences in the running batch", registry=r)
-        self.waiting = Gauge("tunebench_waiting_requests", "requests queued for a batch slot", registry=r)
-        self.max_batch = Gauge("tunebench_max_batch_size", "largest decode batch since start", registry=r)
-        info = Gauge("tunebench_engine_info", "the engine serving requests", ["engine"], registry=r)
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        mode = "livemax"  # the one front end the engine relays them to; the others hold 0
+        self.running = Gauge("tunebench_running_sequences", "sequences in the running batch", registry=r,
+                             multiprocess_mode=mode)
+        self.waiting = Gauge("tunebench_waiting_requests", "requests queued for a batch slot", registry=r,
+                             multiprocess_mode=mode)
+        self.max_batch = Gauge("tunebench_max_batch_size", "largest decode batch since start", registry=r,
+                               multiprocess_mode=mode)
+        info = Gauge("tunebench_engine_info", "the engine serving requests", ["engine"], registry=r,
+                     multiprocess_mode=mode)
         info.labels(engine=engine).set(1)
         for kind in ERROR_KINDS:  # every kind is exported from the start, at 0
             self.errors.labels(kind=kind)
@@ -57,9 +71,15 @@ class ServeMetrics:
         self.errors.labels(kind=kind).inc()
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # every front end's files, summed
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -46,6 +46,7 @@ class ServerOptions:
     request_timeout: float = 300.0
     max_stop_sequences: int = 4
     frontend: str = "auto"  # split: the engine in a process of its own (tunebench.serve.client); inline: here
+    frontends: int = 1  # front-end processes sharing the engine (split only; tunebench.serve.frontends)
 
 
 FRONTENDS = ("auto", "split", "inline")

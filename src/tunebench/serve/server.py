@@ -8,6 +8,7 @@ request timeout), then the app's lifespan stops the engine: a graceful drain.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -30,6 +31,30 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def bind_each(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on one address, one per front-end process. On Linux each is its own socket in
+    a SO_REUSEPORT group, so the kernel spreads connections evenly over them: one socket shared by every
+    process (uvicorn's and gunicorn's default) gave most of a 512-connection burst to one of 8 front ends on
+    the H200, since the first process to wake accepts everything queued. The address is first bound plainly,
+    so a port something else listens on is refused as with one front end. Elsewhere: one socket, shared."""
+    first = bind(host, port)
+    if count == 1 or not (sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")):
+        return [first] * count
+    port = first.getsockname()[1]
+    first.close()  # the port is known and free; the group takes it over at once
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    group = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        group.append(sock)
+    return group
 
 
 def url_of(sock: socket.socket) -> str:

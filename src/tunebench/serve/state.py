@@ -25,6 +25,7 @@ class ServerState:
     options: Any  # tunebench.serve.options.ServerOptions
     builder: RequestBuilder
     started: float = field(default_factory=time.time)
+    frontend_index: int = 0  # which of several front-end processes this is (tunebench.serve.frontends)
     # Tokenization runs here, off the event loop (a long prompt must not stall every route); one thread, so
     # the tokenizer is never called concurrently.
     tokenizing: ThreadPoolExecutor = field(
