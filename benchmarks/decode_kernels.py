@@ -1,16 +1,21 @@
 """Decode attention kernels side by side on the GPU, alone and inside the engine's offline burst.
 
     python benchmarks/decode_kernels.py [--model redpajama-3b] [--rows 1,32,128,256,512] [--slots 256,512]
+        [--kv-dtype auto,fp8]
 
 1. One layer's decode attention over a slot cache of the model's shape (bf16, rows of ragged lengths drawn
    from 100..164 tokens, a 100-in/64-out burst's mix): the Triton kernel (`tunebench.serve.triton_decode`),
    compiled FlexAttention with the engine's block mask, and SDPA over the width bucket. Per rows count: ms
    per call (CUDA events, 50 calls), the bytes each must read at least (every row's own keys and values) over
-   that time, and the largest difference from an fp32 reference.
+   that time, and the largest difference from an fp32 reference. With fp8 in --kv-dtype, the Triton kernel
+   also over the same cache quantized to float8_e4m3fn ("triton fp8": TUNEBENCH_KV_CACHE_DTYPE=fp8's cache,
+   half the bytes to read), its difference from an fp32 reference over the dequantized FP8 cache (the
+   kernel's own error) and from the bf16 cache's reference (the kernel's plus FP8's).
 2. The engine offline (`tunebench.serve.offline`, no HTTP) on a burst of --burst requests of 100 random
-   tokens, 64 new tokens each (greedy, no stop), per decode kernel and per --slots: output tokens per second
-   over the run (graph captures done in a warm-up burst first), the engine's step profile, and how many
-   completions are identical to the first kernel's.
+   tokens, 64 new tokens each (greedy, no stop), per decode kernel, per --slots and per --kv-dtype (the
+   engine's TUNEBENCH_KV_CACHE_DTYPE): output tokens per second over the run (graph captures done in a
+   warm-up burst first), the engine's step profile, and how many completions are identical to the first
+   burst's (with --kernels triton --slots 512 --kv-dtype auto,fp8: FP8's greedy completions against bf16's).
 Prints one JSON line.
 """
 
@@ -48,13 +53,14 @@ def timed(fn: Any, repeats: int = 50) -> float:
 
 
 def kernels_alone(model: Any, rows_list: list[int], columns: int, device: str = "cuda",
-                  variants: tuple[str, ...] = ()) -> dict[str, Any]:
+                  variants: tuple[str, ...] = (), kv_dtypes: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
     import os
     import random
 
     import torch
 
     from tunebench.serve import decode_attention as da
+    from tunebench.serve.kvcache import quantize
     from tunebench.serve.triton_decode import decode_attention as triton_attention
 
     config = model.config
@@ -65,6 +71,7 @@ def kernels_alone(model: Any, rows_list: list[int], columns: int, device: str = 
     rng = random.Random(0)
     lengths = [rng.randrange(100, 165) for _ in range(slots)]
     keys, values = torch.randn(2, slots, kv_heads, columns, dim, device=device, dtype=torch.bfloat16).unbind(0)
+    keys8, values8 = (quantize(t) if "fp8" in kv_dtypes else None for t in (keys, values))
     positions = torch.tensor([n - 1 for n in lengths], device=device)
     group = heads // kv_heads
     flex = da.DecodeAttention(torch.nn.Module(), positions, columns, kernel="flex")
@@ -96,6 +103,8 @@ def kernels_alone(model: Any, rows_list: list[int], columns: int, device: str = 
                 finally:
                     os.environ.pop("TUNEBENCH_TRITON_DECODE")
             runs[f"triton {spec}"] = run
+        if "auto" not in kv_dtypes:
+            runs = {}
         needed = sum(lengths[:rows]) * kv_heads * dim * 2 * keys.element_size()  # keys + values
         ref = reference(query, keys, values, lengths[:rows], scale)
         entry: dict[str, Any] = {}
@@ -106,6 +115,21 @@ def kernels_alone(model: Any, rows_list: list[int], columns: int, device: str = 
                 entry[name] = {"ms": round(ms, 4), "tb_per_s": round(needed / ms / 1e9, 2), "max_abs_diff": diff}
             except Exception as err:
                 entry[name] = {"error": f"{type(err).__name__}: {err}"[:200]}
+        if keys8 is not None:  # the FP8 cache: half the bytes; errors against both references
+            try:
+                def fp8(q: Any = query, r: Any = row_lengths, c: float = scale) -> Any:
+                    return triton_attention(q, keys8, values8, r, c)
+
+                ms = timed(fp8)
+                got = fp8().float()
+                own = reference(query, keys8, values8, lengths[:rows], scale)  # fp32 over the dequantized cache
+                entry["triton fp8"] = {"ms": round(ms, 4), "tb_per_s": round(needed / 2 / ms / 1e9, 2),
+                                       "max_abs_diff": (got - own).abs().max().item(),
+                                       "max_abs_diff_vs_bf16_cache": (got - ref).abs().max().item()}
+                if "triton" in entry and "ms" in entry["triton"]:
+                    entry["triton fp8"]["speedup_vs_bf16"] = round(entry["triton"]["ms"] / ms, 3)
+            except Exception as err:
+                entry["triton fp8"] = {"error": f"{type(err).__name__}: {err}"[:200]}
         out[str(rows)] = entry
         print(f"[{time.strftime('%H:%M:%S')}] attention alone, {rows} rows: {entry}", file=sys.stderr, flush=True)
     return out
@@ -124,7 +148,8 @@ def reference(query: Any, keys: Any, values: Any, lengths: list[int], scale: flo
     return torch.stack(outs)[:, None]  # (rows, 1, heads, dim)
 
 
-def burst(model: Any, tok: Any, kernel: str, slots: int, count: int, prompt_len: int, new: int) -> dict[str, Any]:
+def burst(model: Any, tok: Any, kernel: str, slots: int, count: int, prompt_len: int, new: int,
+          kv_dtype: str = "auto") -> dict[str, Any]:
     import os
     import random
 
@@ -135,6 +160,7 @@ def burst(model: Any, tok: Any, kernel: str, slots: int, count: int, prompt_len:
     from tunebench.serve.sampling import SamplingParams
 
     os.environ["TUNEBENCH_DECODE_ATTENTION"] = kernel
+    os.environ["TUNEBENCH_KV_CACHE_DTYPE"] = kv_dtype
     engine = offline_engine(model, tok, longest=prompt_len + new + 1, slots=slots)
     rng = random.Random(1)
     vocab = model.config.vocab_size
@@ -151,12 +177,15 @@ def burst(model: Any, tok: Any, kernel: str, slots: int, count: int, prompt_len:
     tokens = sum(c.generated_tokens for c in completions)
     runner = engine.runner
     line = {"kernel": getattr(runner.decode_attention, "kernel", "sdpa"), "slots": engine.slots,
+            "kv_dtype": str(engine.cache.all_keys.dtype).removeprefix("torch."),
+            "kv_cache_gib": round(2 * engine.cache.all_keys.nbytes / 2**30, 2),
+            "decode_compile": runner.compiler.mode, "compile_error": runner.compiler.error,
             "wall_s": round(wall, 3), "output_tokens_per_s": round(tokens / wall, 1), "profile": profile,
             "fallback": runner.flex_error, "ids": [[t.id for t in c.tokens] for c in completions]}
     del engine
     torch.cuda.empty_cache()
-    print(f"[{time.strftime('%H:%M:%S')}] burst {kernel} x {slots} slots: {line['output_tokens_per_s']} tok/s; "
-          f"{profile}", file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] burst {kernel} x {slots} slots, {kv_dtype} cache: "
+          f"{line['output_tokens_per_s']} tok/s; {profile}", file=sys.stderr, flush=True)
     return line
 
 
@@ -176,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", default="256,512")
     parser.add_argument("--burst", type=int, default=512)
     parser.add_argument("--skip-alone", action="store_true")
+    parser.add_argument("--kv-dtype", default="auto", help="KV cache dtypes, comma-separated: auto (bf16), fp8 "
+                        "(TUNEBENCH_KV_CACHE_DTYPE); the first is the bursts' reference")
     parser.add_argument("--variants", default="tiles:64:4,tiles:32:2,tiles:128:8,lanes:16:2,lanes:32:4,lanes:32:2,"
                         "lanes:64:4,lanes:64:8", help="Triton kernel variants timed alone (KERNEL:TILE:WARPS); the "
                         "fastest over the largest two row counts runs the bursts")
@@ -187,20 +218,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     model, tok = build(args.model)
     rows_list = [int(r) for r in args.rows.split(",")]
+    kv_dtypes = tuple(d.strip() for d in args.kv_dtype.split(",") if d.strip())
     with torch.inference_mode():
         variants = tuple(v for v in args.variants.split(",") if v)
-        alone = {} if args.skip_alone else kernels_alone(model, rows_list, args.columns, variants=variants)
+        alone = {} if args.skip_alone else kernels_alone(model, rows_list, args.columns, variants=variants,
+                                                         kv_dtypes=kv_dtypes)
         best = fastest(alone, variants, rows_list[-2:])
         if best:
             os.environ["TUNEBENCH_TRITON_DECODE"] = best
-        bursts = [burst(model, tok, k, int(s), args.burst, 100, 64)
-                  for s in args.slots.split(",") for k in args.kernels.split(",")]
+        bursts = [burst(model, tok, k, int(s), args.burst, 100, 64, kv_dtype=d)
+                  for s in args.slots.split(",") for k in args.kernels.split(",") for d in kv_dtypes]
     first = bursts[0]["ids"]
     for b in bursts:
-        b["identical_to_first"] = sum(a == c for a, c in zip(b.pop("ids"), first, strict=True))
+        same = sum(a == c for a, c in zip(b.pop("ids"), first, strict=True))
+        b["identical_to_first"], b["identical_fraction"] = same, round(same / len(first), 4)
     print(json.dumps({"benchmark": "decode_kernels", "model": args.model, "device": torch.cuda.get_device_name(0),
                       "attention_alone": alone, "triton_variant": best, "bursts_100in_64out": bursts,
-                      "burst_requests": args.burst,
+                      "burst_requests": args.burst, "kv_dtypes": list(kv_dtypes),
+                      "decode_compile": os.environ.get("TUNEBENCH_DECODE_COMPILE", "off (offline default)"),
                       "wall_s": round(time.monotonic() - started, 1)}), flush=True)
     return 0
 

@@ -16,7 +16,9 @@ which SDPA still pays the whole width for.
 3. With --compile (e.g. off,layers,model: `tunebench.serve.compiled`, TUNEBENCH_DECODE_COMPILE), the SDPA
    default and FlexAttention step times and kernel tables again for each compile mode, with its compile
    seconds (the first call of each step kind); a mode that starts past --deadline-s is skipped.
-Prints one JSON line.
+4. With --kv-dtype (e.g. auto,fp8: TUNEBENCH_KV_CACHE_DTYPE, `tunebench.serve.kvcache`), all of the above once
+   per KV cache dtype, each over an engine of its own; the bandwidth bound counts the cache's own bytes.
+Prints one JSON line (per --kv-dtype entry).
 """
 
 from __future__ import annotations
@@ -106,16 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-rows", default="", help="row counts for kernel tables (default: --slots)")
     parser.add_argument("--compile", default="", help="compile modes to time besides the env's, e.g. off,layers")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip compile modes starting past this")
+    parser.add_argument("--kv-dtype", default="", help="KV cache dtypes to measure in turn, e.g. auto,fp8 "
+                        "(TUNEBENCH_KV_CACHE_DTYPE; default: the environment's)")
     args = parser.parse_args(argv)
+    import gc
+    import os
+
     import torch
 
     started = time.monotonic()
     model, tok = build(args.model)
-    with torch.inference_mode():  # as the engine's thread runs
-        line = measure(args, model, tok, started)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+    for kv_dtype in [d.strip() for d in args.kv_dtype.split(",") if d.strip()] or [None]:
+        if kv_dtype is not None:
+            os.environ["TUNEBENCH_KV_CACHE_DTYPE"] = kv_dtype
+        with torch.inference_mode():  # as the engine's thread runs
+            line = measure(args, model, tok, started)
+        if args.out:
+            with args.out.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        gc.collect()  # the engine and its graphs are gone (cycles included): the next dtype's cache gets the memory
+        torch.cuda.empty_cache()
     return 0
 
 
@@ -176,7 +188,8 @@ def measure(args: argparse.Namespace, model: Any, tok: Any, started: float) -> d
             results[f"flex-ragged {spec}"] = flex_variant(runner, spec, rows_list, args.width)
             log(f"flex variant {spec}: {results[f'flex-ragged {spec}']}")
     line = {"benchmark": "decode_profile", "model": args.model, "device": torch.cuda.get_device_name(0),
-            "slots": engine.slots, "width": args.width, "step_ms_by_rows": results,
+            "slots": engine.slots, "width": args.width, "kv_dtype": str(cache.all_keys.dtype).removeprefix("torch."),
+            "decode_kernel": getattr(flex, "kernel", None), "step_ms_by_rows": results,
             "flex_error": runner.flex_error, "kv_block": 32,
             "ragged_mean_length": round(sum(ragged) / len(ragged), 1),
             "bandwidth_bound_ms_by_rows": {"full-width": bound([args.width] * engine.slots),

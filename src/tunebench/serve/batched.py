@@ -52,19 +52,20 @@ class BatchedEngine(Engine):
 
         from tunebench.evaluate.generation import cache_argument
         from tunebench.serve.graphs import DecodeRunner
-        from tunebench.serve.kvcache import SlotCache, bytes_per_slot, kv_geometry, slots_that_fit
+        from tunebench.serve.kvcache import SlotCache, bytes_per_slot, kv_cache_dtype, kv_geometry, slots_that_fit
 
         super().__init__(served, limits, metrics)
         self.cache_arg = cache_argument(served.model)
         layers, heads, head_dim, dtype = kv_geometry(self.check_cache())
+        storage = kv_cache_dtype(dtype)  # TUNEBENCH_KV_CACHE_DTYPE: the model's dtype, or FP8 (half the bytes)
         longest = min(served.context_length, limits.max_sequence_tokens or served.context_length)
         max_len = longest + 1  # + the scratch column
-        per_slot = bytes_per_slot(layers, heads, head_dim, max_len, dtype)
+        per_slot = bytes_per_slot(layers, heads, head_dim, max_len, storage)
         self.slots = slots_that_fit(limits.max_batch, per_slot, self.device, ACTIVATION_RESERVE_BYTES)
         if self.slots < limits.max_batch:
             log.warning("KV cache: %d slots of %d tokens fit in free device memory (asked for %d)", self.slots,
                         longest, limits.max_batch)
-        self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device)
+        self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device, storage)
         use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
         self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
         self.batch = SlotBatch(self.runner)
@@ -72,8 +73,9 @@ class BatchedEngine(Engine):
         self.profile = StepProfile()
         self.prefix: CachedPrefix | None = None  # set by offline runs whose prompts share a beginning
         self._waiting_pruned = 0.0
-        log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache), CUDA graphs %s", self.slots, longest,
-                 self.slots * per_slot / 2**30, "on" if use_graphs else "off")
+        log.info("batched engine: %d slots x %d tokens (%.1f GiB KV cache in %s), CUDA graphs %s", self.slots,
+                 longest, self.slots * per_slot / 2**30, str(storage).removeprefix("torch."),
+                 "on" if use_graphs else "off")
 
     def warm_up(self) -> None:
         """Before the server reports ready (served engines on CUDA): compile the decode step and capture the

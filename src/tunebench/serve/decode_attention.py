@@ -17,6 +17,10 @@ mask is a BlockMask (4-D, so transformers passes it through untouched) and trans
 
 The same seam carries the hand-written kernel (`tunebench.serve.triton_decode`, kernel "triton"): its "mask" is
 the rows' lengths, and it reads exactly each row's tokens, without blocks, query padding or a block mask.
+
+Over an FP8 slot cache (TUNEBENCH_KV_CACHE_DTYPE=fp8) the Triton kernel reads the FP8 keys and values as they
+are; FlexAttention and SDPA get them dequantized to the query's dtype first, which for FlexAttention is a copy
+of the whole layer cache per step (correct, and slow: the Triton kernel is the FP8 cache's fast path).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
 
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return decode_attention(query, key, value, attention_mask.view(-1), scale), None
+    if key.dtype == torch.float8_e4m3fn:  # an FP8 slot cache (`tunebench.serve.kvcache`): dequantized for torch
+        key, value = key.to(query.dtype), value.to(query.dtype)
     if not isinstance(attention_mask, BlockMask):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

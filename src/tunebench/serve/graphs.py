@@ -92,7 +92,7 @@ class DecodeRunner:
         self.graphs: dict[tuple[str, str | None, int, int], tuple[Any, StepOutput]] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         attn = getattr(model.config, "_attn_implementation", "sdpa")
-        self.additive_dtype = None if attn == "sdpa" else cache.keys[0].dtype
+        self.additive_dtype = None if attn == "sdpa" else cache.compute_dtype  # the model's, even over FP8
         self.sdpa_backends = sdpa_backends(os.environ.get("TUNEBENCH_SDPA_BACKEND", ""))
         # Decode attention on CUDA reads only each row's own columns, with one graph per row count: the Triton
         # kernel (`tunebench.serve.triton_decode`, the default where Triton imports) or FlexAttention with a
@@ -124,6 +124,9 @@ class DecodeRunner:
                 break
             except Exception as err:  # no Triton, an older torch or transformers: the next kernel, or SDPA
                 self._give_up_flex(err)
+        if cache.quantized and getattr(self.decode_attention, "kernel", None) == "flex":
+            log.warning("FP8 KV cache with FlexAttention decode: each step dequantizes every slot of every layer "
+                        "(correct, not fast); the Triton kernel reads FP8 itself")
         # Offline runs (every request queued at once): coarser buckets, so fewer graphs to capture (see
         # batch_bucket), and prefills run eagerly: an offline run's prefill shapes hardly repeat, so a graph per
         # shape costs a capture (~0.3 s for a 3B model) to save one eager pass's launches (~40 ms).

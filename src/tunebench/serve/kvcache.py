@@ -11,6 +11,16 @@ columns 0..p of its own row).
 
 The last column of every row is scratch: tokens that only fill a shape (left padding in a prefill batch,
 idle rows of a decode bucket) write there, and no mask ever exposes it, since `width` stays below it.
+
+The cache may be stored in FP8 (TUNEBENCH_KV_CACHE_DTYPE=fp8, `kv_cache_dtype`; off by default): float8_e4m3fn
+with a scale of 1.0, as vLLM's uncalibrated `kv_cache_dtype="fp8"`, so a slot takes half the bytes of bf16 and
+decode attention streams half as many. Writes are clamped to +-448, the format's largest finite value, before
+the cast (torch 2.13's cast saturates by itself; older versions cast values from 480 up, and infinities, to
+NaN). Readers get the model's dtype back: `update()` dequantizes the rows and columns it hands SDPA (prefills,
+shared-prefix prefills, SDPA decode steps); with `whole` it hands over the FP8 tensors themselves, which the
+Triton decode kernel reads directly (converting in registers) and FlexAttention dequantizes
+(`tunebench.serve.decode_attention`). Row moves and prefix copies move the stored bytes (through uint8 views:
+indexing kernels cover every byte type on every device).
 """
 
 from __future__ import annotations
@@ -20,18 +30,46 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+KV_DTYPE_ENV = "TUNEBENCH_KV_CACHE_DTYPE"
+KV_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: torch.float8_e4m3fn, scale 1.0
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value; writes are clamped to +-FP8_MAX
+
+
+def kv_cache_dtype(model_dtype: Any) -> Any:
+    """The dtype the slot cache stores keys and values in, from TUNEBENCH_KV_CACHE_DTYPE (default auto)."""
+    import os
+
+    raw = os.environ.get(KV_DTYPE_ENV, "auto")
+    choice = raw.strip().lower() or "auto"
+    if choice not in KV_DTYPES:
+        raise ValueError(f"{KV_DTYPE_ENV}={raw!r}; allowed: {', '.join(KV_DTYPES)}")
+    return FP8 if choice == "fp8" else model_dtype
+
+
+def quantize(states: Any) -> Any:
+    """Keys or values in the model's dtype -> float8_e4m3fn at scale 1.0, saturating at +-FP8_MAX."""
+    return states.clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
 
 class SlotCache(Cache):
-    """Per-layer `[slots, kv_heads, max_len, head_dim]` keys and values; see the module docstring."""
+    """Per-layer `[slots, kv_heads, max_len, head_dim]` keys and values; see the module docstring. `dtype` is
+    the model's (what attention computes in), `storage_dtype` what the cache holds (default: the same; FP8
+    for a quantized cache)."""
 
     def __init__(self, num_layers: int, slots: int, max_len: int, kv_heads: int, head_dim: int, dtype: Any,
-                 device: Any) -> None:
+                 device: Any, storage_dtype: Any = None) -> None:
         import torch
 
         super().__init__(layers=[])
         shape = (num_layers, slots, kv_heads, max_len, head_dim)
-        self.all_keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.all_values = torch.zeros(shape, dtype=dtype, device=device)
+        storage = dtype if storage_dtype is None else storage_dtype
+        if storage not in (dtype, FP8):
+            raise ValueError(f"KV cache storage {storage} for a {dtype} model; allowed: the model's dtype, {FP8}")
+        self.compute_dtype = dtype
+        self.quantized = storage != dtype  # FP8 storage: writes quantize, SDPA readers dequantize
+        self.all_keys = torch.zeros(shape, dtype=storage, device=device)
+        self.all_values = torch.zeros(shape, dtype=storage, device=device)
         self.keys, self.values = list(self.all_keys.unbind(0)), list(self.all_values.unbind(0))
         self.slots, self.max_len = slots, max_len
         self._rows: Any = None
@@ -71,6 +109,8 @@ class SlotCache(Cache):
         return self._update(key_states, value_states, layer_idx)
 
     def _update(self, key_states: Any, value_states: Any, layer_idx: int) -> tuple[Any, Any]:
+        if self.quantized:
+            return self._update_fp8(key_states, value_states, layer_idx)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         # (n, heads, t, dim) -> (n, t, heads, dim): advanced indices around a slice put their dims first.
         keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
@@ -82,16 +122,44 @@ class SlotCache(Cache):
                     values.index_select(0, self._gather)[:, :, :self._width])
         return keys[self._lo:self._hi, :, :self._width], values[self._lo:self._hi, :, :self._width]
 
+    def _update_fp8(self, key_states: Any, value_states: Any, layer_idx: int) -> tuple[Any, Any]:
+        """`_update` for an FP8 cache: the new keys and values are quantized on the way in; attention gets the
+        FP8 tensors themselves with `whole` (the row-length decode kernels: Triton reads FP8, FlexAttention
+        dequantizes), else the rows and columns it reads dequantized to the model's dtype (SDPA, eager)."""
+        import torch
+
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        for cache, states in ((keys, key_states), (values, value_states)):
+            cache.view(torch.uint8)[self._rows, :, self._cols] = quantize(states.transpose(1, 2)).view(torch.uint8)
+        if self._whole:
+            return keys, values
+        dtype = key_states.dtype
+        if self._gather is not None:
+            return tuple(_rows_of(cache[:, :, :self._width], self._gather).to(dtype) for cache in (keys, values))
+        return (keys[self._lo:self._hi, :, :self._width].to(dtype),
+                values[self._lo:self._hi, :, :self._width].to(dtype))
+
     def move(self, src: Any, dst: Any, length: int) -> None:
         """Copy the first `length` columns of slots `src` to slots `dst` (index tensors; compaction after
         sequences leave), in every layer. Columns past a sequence's own length are never read."""
+        import torch
+
         for both in (self.all_keys, self.all_values):
+            if self.quantized:  # the bytes as they are
+                both = both.view(torch.uint8)
             both[:, dst, :, :length] = both[:, src, :, :length]
 
     def write_prefix(self, slots: Any, keys: Any, values: Any) -> None:
         """Columns 0..P-1 of `slots` (an index tensor) get a shared prefix's keys and values
-        ([layers, kv_heads, P, head_dim] each), in one copy per kind for every layer and slot."""
+        ([layers, kv_heads, P, head_dim] each, the model's dtype), in one copy per kind for every layer and
+        slot (quantized first for an FP8 cache)."""
+        import torch
+
         length = keys.shape[2]
+        if self.quantized:
+            for both, prefix in ((self.all_keys, keys), (self.all_values, values)):
+                both.view(torch.uint8)[:, slots, :, :length] = quantize(prefix[:, None]).view(torch.uint8)
+            return
         self.all_keys[:, slots, :, :length] = keys[:, None].to(self.all_keys.dtype)
         self.all_values[:, slots, :, :length] = values[:, None].to(self.all_values.dtype)
 
@@ -100,6 +168,13 @@ class SlotCache(Cache):
 
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return self.max_len
+
+
+def _rows_of(cache: Any, rows: Any) -> Any:
+    """cache[rows] for an FP8 tensor, selected as bytes (index kernels cover uint8 on every device)."""
+    import torch
+
+    return cache.view(torch.uint8).index_select(0, rows).view(cache.dtype)
 
 
 @torch.compiler.disable

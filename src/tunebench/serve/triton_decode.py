@@ -22,6 +22,12 @@ No split over the keys: at the batch sizes this engine serves, rows x heads prog
 32-head model) already fill the GPU; a lone long sequence would want the split (it is left out, not needed for
 the measured shapes). Off CUDA it runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the CPU
 tests check it against SDPA.
+
+Over an FP8 slot cache (TUNEBENCH_KV_CACHE_DTYPE=fp8, `tunebench.serve.kvcache`) the same kernels take
+float8_e4m3fn keys and values (Triton's float8e4nv: the loads move half the bytes and `.to(tl.float32)`
+converts them in registers; scale 1.0, so no multiply). Triton compiles one kernel per pointer dtype. On the
+GPU this needs FP8 conversions (compute capability 8.9 and up: Ada, Hopper); Triton's interpreter emulates
+them, so the CPU tests run the FP8 kernel too.
 """
 
 from __future__ import annotations
@@ -142,8 +148,9 @@ def variant() -> tuple[str, int, int]:
 
 def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: float) -> Any:
     """query (rows, heads, 1, dim); key, value (slots >= rows, kv_heads, columns, dim) with contiguous last
-    dims; lengths (rows,) int32: row i attends to columns 0..lengths[i]-1 of slot i. Returns (rows, 1, heads,
-    dim), the layout transformers' attention functions return."""
+    dims, in the query's dtype or float8_e4m3fn (an FP8 cache at scale 1: loaded as FP8, converted to fp32 in
+    registers); lengths (rows,) int32: row i attends to columns 0..lengths[i]-1 of slot i. Returns (rows, 1,
+    heads, dim) in the query's dtype, the layout transformers' attention functions return."""
     import math
 
     import torch
