@@ -1,6 +1,7 @@
 """The split front end against the in-process one (issue 20): the same 512-request bursts through `tunebench serve
 --frontend split` (the engine in a process of its own), `split:N` (N front-end processes sharing it,
-`--frontends N`), `--frontend inline` (HTTP and engine in one process), and the engine offline (no HTTP, `tunebench.serve.offline`), in one call. Servers and bursts are
+`--frontends N`), `--frontend inline` (HTTP and engine in one process), and the engine offline (no HTTP,
+`tunebench.serve.offline`), in one call. Servers and bursts are
 `serve_throughput.py`'s (redpajama-3b random weights, 100-token prompts, 64 and 16 new tokens, 256 slots,
 `ignore_eos`); each burst is measured `--repeat` times, alternating profiles, after warm-up bursts of 8 and 64
 tokens (which capture every CUDA graph the measured bursts use). One JSON line per profile:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         for frontend in modes:
             # serve_throughput's serve_args passes these on
             args.frontend, _, processes = frontend.partition(":")
-            args.frontends = int(processes or 1)
+            args.frontends = processes or "1"
             with Session(args, work, tokenizer, "batched", f"batched-{frontend}") as url:
                 for new_tokens in (8, max(PROFILES.values())):  # every bucket's graph (batch and width) first
                     burst(url, texts, count, new_tokens)

@@ -94,8 +94,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train a BPE here)")
     parser.add_argument("--frontend", default="auto", choices=("auto", "split", "inline"),
                         help="tunebench serve --frontend (auto: split on CUDA)")
-    parser.add_argument("--frontends", type=int, default=1, help="tunebench serve --frontends: front-end "
-                        "processes sharing the engine (split only)")
+    parser.add_argument("--frontends", default="auto", help="tunebench serve --frontends: front-end "
+                        "processes sharing the engine (split only): N or auto (the server's default)")
     parser.add_argument("--fractions", default=None, help="--offline: open-loop rates as fractions of each "
                         "profile's served burst, e.g. '100in-64out=1.2,1.5;classify-100in-16out=1.5,2'")
     parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
@@ -198,7 +198,7 @@ def serve_args(args: argparse.Namespace, tokenizer: Path, engine: str, extra: li
     return [args.model, "--random-weights", "--tokenizer", str(tokenizer), "--device", args.device, "--engine",
             engine, "--max-concurrency", str(args.slots if engine == "batched" else 1), "--max-queue", "2048",
             "--max-input-tokens", "128", "--max-new-tokens", "128", "--timeout", "60",
-            "--frontend", getattr(args, "frontend", "auto"), "--frontends", str(getattr(args, "frontends", 1)),
+            "--frontend", getattr(args, "frontend", "auto"), "--frontends", str(getattr(args, "frontends", "auto")),
             *(extra or [])]
 
 

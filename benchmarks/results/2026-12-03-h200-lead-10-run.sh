@@ -1,6 +1,6 @@
 # The lead's third call of 2026-12-03 (session 3), on main with the FP8 KV cache merged and one SO_REUSEPORT
 # socket per front end: (1) the Triton decode kernel and the offline 512-request burst over a bf16 vs an FP8
-# cache (PENDING-fp8-run.sh's first step); (2) the serving benchmark's bursts and rates with 8 front ends,
+# cache (the FP8 branch's device script's first step); (2) the serving benchmark's bursts and rates with 8 front ends,
 # bf16 cache; (3) the same with TUNEBENCH_KV_CACHE_DTYPE=fp8. Run from the repository root with .whl carried.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit

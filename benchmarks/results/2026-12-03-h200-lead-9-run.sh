@@ -2,6 +2,7 @@
 # (TUNEBENCH_PREFILL_COMPILE=1): the serving benchmark's rates and single stream with 4 front ends; then the
 # same 512-request bursts through 1, 4 and 8 front ends (default prefills). Run from the repository root with
 # .whl carried. Outputs -> $OUT.
+# (The separate-backend change for compiled prefills that this call measured was not kept: README, "Compiled prefills".)
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1

@@ -4,6 +4,7 @@ request in every front end, a dead front end leaves the others serving, SIGTERM 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -58,10 +59,8 @@ def two(tiny_llama_dir, tmp_path):
         process.kill()
         process.wait(30)
     for pid in [*front_end_pids(log.read_text()).values(), engine_pid(log.read_text())]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def generate(url: str, prompt: str, new_tokens: int = 8) -> httpx.Response:
@@ -162,6 +161,7 @@ def test_a_dead_front_end_leaves_the_others_serving(two):
     (["--frontends", "2", "--frontend", "inline"], "--frontends 2 needs the engine in a process of its own"),
     (["--frontends", "0"], "--frontends must be > 0"),
     (["--frontends", "65"], "--frontends 65 is more front-end processes"),
+    (["--frontends", "many"], "--frontends 'many' is not a number of processes"),
 ])
 def test_bad_front_end_counts_are_refused(cli, tiny_llama_dir, extra, message):
     result = cli("serve", str(tiny_llama_dir), *extra)

@@ -8,7 +8,7 @@ train → evaluate → serve → load test). Every section rejects unknown keys,
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -172,8 +172,9 @@ class ServeConfig(Section):
     frontend: Literal["auto", "split", "inline"] = Field(
         "auto", description="split: HTTP, tokenization and streaming in one process, the engine in another; inline: "
                             "both in one process (debugging); auto: split on CUDA, inline on the CPU (as measured)")
-    frontends: int = Field(1, ge=1, le=64, description="front-end processes sharing the engine process (split "
-                           "only): each parses, tokenizes and streams its share of the requests")
+    frontends: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="front-end processes sharing the engine process (split only): each parses, tokenizes "
+                            "and streams its share of the requests; auto: 4 on a machine of >= 16 cores, else 1")
     # vllm / sglang only (tunebench's own engines ignore these)
     gpu_memory_fraction: float = Field(0.9, gt=0, le=1, description="vllm --gpu-memory-utilization, sglang "
                                        "--mem-fraction-static")

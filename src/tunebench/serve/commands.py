@@ -65,8 +65,8 @@ def register(app: typer.Typer) -> None:
                                            help="serve on a non-loopback --host without an API key"),
         frontend: str | None = typer.Option(None, "--frontend", help="split (the engine in its own process), inline "
                                             "(one process: debugging), auto (split on CUDA; the default)"),
-        frontends: int | None = typer.Option(None, "--frontends", help="front-end processes sharing the engine "
-                                             "(split only; default 1)"),
+        frontends: str | None = typer.Option(None, "--frontends", help="front-end processes sharing the engine "
+                                             "(split only): N or auto (4 with >= 16 cores, else 1; the default)"),
         max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="sequences decoded together"),
         max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503"),
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         import logging
 
         from tunebench import terminal
-        from tunebench.serve.options import ServerOptions
+        from tunebench.serve.options import ServerOptions, parse_frontends
 
         cfg = serve_defaults(run)
         key = read_api_key(api_key, api_key_file)
@@ -90,9 +90,10 @@ def register(app: typer.Typer) -> None:
             api_key=key, max_concurrency=max_concurrency or cfg.max_concurrency,
             max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
             max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout,
-            frontend=frontend or cfg.frontend, frontends=cfg.frontends if frontends is None else frontends)
+            frontend=frontend or cfg.frontend,
+            frontends=parse_frontends(str(cfg.frontends) if frontends is None else frontends))
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout,
-                                       frontends))
+                                       None if frontends is None or options.frontends == 0 else options.frontends))
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         console = terminal.console(stderr=True)
@@ -183,13 +184,15 @@ def run_server(opts: Any, options: Any, console: Any) -> None:
     for spec in opts.adapters:
         read_adapter_config(spec)   # a mistyped adapter fails before "loading ...", not after the model
     name = opts.model or str(opts.run)
-    from tunebench.serve.options import resolved_frontend
+    from tunebench.serve.options import resolved_frontend, resolved_frontends
 
-    options = dataclasses.replace(options, frontend=resolved_frontend(options.frontend, opts.device))
+    frontend = resolved_frontend(options.frontend, opts.device)
+    if options.frontends > 1 and frontend != "split":
+        raise UserError(f"--frontends {options.frontends} needs the engine in a process of its own, but the front "
+                        f"end is {frontend}", "add --frontend split (or leave --frontends at 1)")
+    options = dataclasses.replace(options, frontend=frontend,
+                                  frontends=resolved_frontends(options.frontends, frontend))
     if options.frontends > 1:
-        if options.frontend != "split":
-            raise UserError(f"--frontends {options.frontends} needs the engine in a process of its own, but the front "
-                            f"end is {options.frontend}", "add --frontend split (or leave --frontends at 1)")
         from tunebench.serve.frontends import serve_many
 
         console.print(f"loading {name} in the engine process, {options.frontends} front ends ...")
