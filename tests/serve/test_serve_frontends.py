@@ -144,10 +144,31 @@ def test_a_dead_engine_fails_every_front_ends_requests_and_health_says_so(two):
 
 
 def test_a_dead_front_end_leaves_the_others_serving(two):
+    """Killed mid-stream (its channel closes with the engine's messages unread): the engine and the other front
+    end go on; the streams it held end, the others finish."""
     process, url, log = two
     assert answering(url, 2) == {0, 1}
+    outcomes: list = []
+
+    def long_stream():
+        body = {"inputs": "The engine", "parameters": {"max_new_tokens": 200, "ignore_eos": True}}
+        try:
+            with httpx.Client(headers=KEY, timeout=60) as client:
+                outcomes.append(client.post(f"{url}/generate_stream", json=body).text.count("data:"))
+        except httpx.HTTPError as err:
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=long_stream) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while parse_metrics(get(url, "/metrics").text)["tunebench_running_sequences"] < 4:
+        assert time.monotonic() < deadline
     pid = front_end_pids(log.read_text())[1]
     os.kill(pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(90)
+    assert len(outcomes) == 8 and any(o == 200 for o in outcomes), outcomes  # front end 0's streams finished
     deadline = time.monotonic() + 30
     while f"front end 1 (pid {pid}) exited with code -9; 1 of 2 still serve" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()

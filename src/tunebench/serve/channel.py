@@ -65,7 +65,10 @@ class BlockingChannel:
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return False
-        chunk = self.sock.recv(1 << 20)
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except OSError:  # reset: the other end closed with data unread (a front end killed mid-stream)
+            chunk = b""
         if not chunk:
             self.closed = True
             return False

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 from tunebench.errors import UserError
 from tunebench.serve.channel import DONE, TOKEN, BlockingChannel, encode, read_message
 from tunebench.serve.core import apply_metric_updates
-from tunebench.serve.requests import EngineLimits, GenerationFailed, RequestHandle, Sequence, admit_one
+from tunebench.serve.requests import EngineLimits, GenerationFailed, Overloaded, RequestHandle, Sequence, admit_one
 
 log = logging.getLogger("tunebench.serve")
 DEADLINE_MARGIN_S = 5.0  # past a request's deadline, the engine should have failed it already
@@ -76,8 +75,8 @@ class EngineClient:
 
     @property
     def capacity(self) -> int:
-        """Requests this front end admits: its share of the server's running + queued bound."""
-        return math.ceil(self.total_capacity / self.frontends)
+        """Requests this front end admits: its share of the server's running + queued bound (never above it)."""
+        return max(1, self.total_capacity // self.frontends)
 
     @property
     def total_capacity(self) -> int:
@@ -92,7 +91,12 @@ class EngineClient:
         return self.gone is None and self.process.poll() is None
 
     def _admit_one(self) -> None:
-        self._in_flight = admit_one(self._in_flight, self.capacity, self.slots, self.limits.max_queue)
+        try:
+            self._in_flight = admit_one(self._in_flight, self.capacity, self.slots, self.limits.max_queue)
+        except Overloaded as err:
+            if self.frontends == 1:
+                raise
+            raise Overloaded(f"{err}: this front end's share, 1/{self.frontends}") from None
 
     def submit(self, request: Any) -> RemoteHandle:
         self._admit_one()
@@ -327,6 +331,7 @@ def build_split_state(model_options: Any, options: Any) -> Any:
     except BaseException:
         process.kill()
         process.wait()
+        channel.sock.close()
         raise
     info = await_ready(process, channel)
     return front_state(front, options, info, process, channel.sock)

@@ -325,7 +325,10 @@ def main(argv: list[str]) -> int:
     # to die at once, the requests being drained would fail. SIGTERM (a service manager stopping the group):
     # finish what is admitted, then exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(core, "stopping", True))
+    if len(channels) == 1:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(core, "stopping", True))
+    else:  # several front ends drain first and then stop or close their channels: that is when this one stops
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     core.run()
     return 0
 

@@ -73,7 +73,10 @@ def serve_many(model_options: Any, options: Any, announce: Any) -> None:
             announce(url, info)
             supervise(fronts, engine, stop, metrics_dir)
     finally:
-        shut_down(fronts, engine)
+        stop.starting = False  # a signal now asks for a forced stop; it no longer raises
+        for channel in channels:
+            channel.sock.close()  # those not handed to a front end yet: the engine hears they are gone
+        shut_down(fronts, engine, stop)
         shutil.rmtree(metrics_dir, ignore_errors=True)
         stop.restore()
     if stop.failed:
@@ -88,13 +91,22 @@ def start_front_end(index: int, listener: socket.socket, channel: socket.socket,
     env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)}
     fds = (listener.fileno(), channel.fileno())
     process = subprocess.Popen([sys.executable, "-m", "tunebench.serve.frontends"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, pass_fds=fds, env=env)
+                               stdout=subprocess.PIPE, pass_fds=fds, env=env, preexec_fn=stop_with_parent)
     assert process.stdin is not None
     process.stdin.write(pickle.dumps({"index": index, "frontends": options.frontends, "listener": fds[0],
                                       "channel": fds[1], "engine_pid": engine_pid,
                                       "model_options": model_options, "options": options}))
     process.stdin.close()
     return process
+
+
+def stop_with_parent() -> None:
+    """In the child before it runs: SIGTERM (a drain) when the supervisor dies, however it dies (Linux's
+    PR_SET_PDEATHSIG), so no front end outlives it holding the port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
 class Stop:
@@ -176,25 +188,32 @@ def supervise(fronts: list[subprocess.Popen], engine: subprocess.Popen, stop: St
         stop.failed = True
 
 
-def shut_down(fronts: list[subprocess.Popen], engine: subprocess.Popen) -> None:
+def shut_down(fronts: list[subprocess.Popen], engine: subprocess.Popen, stop: Stop) -> None:
     """Whatever is still running: front ends get SIGTERM (a drain) then SIGKILL; the engine, which exits once
-    every front end has stopped or gone, is waited for, then killed."""
+    every front end has stopped or gone, is waited for, then killed. A forced stop (a second Ctrl-C, now or
+    during the wait) kills at once."""
+    def forced_kill() -> None:
+        for process in (*fronts, engine):
+            if process.poll() is None:
+                process.kill()
+        for process in (*fronts, engine):
+            process.wait()
+
+    if stop.forced:
+        forced_kill()
+        return
     deadline = time.monotonic() + STOP_GRACE_S
     for front in fronts:
         if front.poll() is None:
             front.send_signal(signal.SIGTERM)
-    for front in fronts:
-        try:
-            front.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            front.kill()
-            front.wait()
-    try:
-        engine.wait(max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        log.warning("the engine process did not stop in %.0f s: killing it", STOP_GRACE_S)
-        engine.kill()
-        engine.wait()
+    while any(p.poll() is None for p in (*fronts, engine)) and time.monotonic() < deadline:
+        if stop.forced:
+            log.warning("second interrupt: stopping at once")
+            break
+        time.sleep(0.05)
+    if any(p.poll() is None for p in (*fronts, engine)) and not stop.forced:
+        log.warning("the server did not stop in %.0f s: killing what is left", STOP_GRACE_S)
+    forced_kill()
 
 
 # ---------------------------------------------------------------- a front end

@@ -74,7 +74,7 @@ def resolved_frontends(frontends: int, frontend: str) -> int:
         return 1
     import os
 
-    return min(4, max(1, (os.cpu_count() or 1) // 4))
+    return 4 if (os.cpu_count() or 1) >= 16 else 1
 
 
 def parse_frontends(text: str) -> int:

@@ -42,18 +42,26 @@ def bind_each(host: str, port: int, count: int) -> list[socket.socket]:
     first = bind(host, port)
     if count == 1 or not (sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")):
         return [first] * count
+    from tunebench.errors import UserError
+
     port = first.getsockname()[1]
     first.close()  # the port is known and free; the group takes it over at once
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    group = []
-    for _ in range(count):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        group.append(sock)
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            group.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError as err:
+        for sock in group:
+            sock.close()
+        raise UserError(f"cannot listen on {host}:{port} with {count} front ends: {err.strerror}",
+                        "choose another --port (0 picks a free one) or stop the process using it") from None
     return group
 
 
