@@ -112,24 +112,31 @@ def test_front_ends_share_the_engine_and_the_metrics(two):
             os.kill(pid, 0)
 
 
-def test_a_dead_engine_fails_every_front_ends_requests_and_health_says_so(two):
-    process, url, log = two
+def open_streams(url: str, count: int, new_tokens: int, running: int) -> tuple[list, list[threading.Thread]]:
+    """`count` long streams on connections of their own, started once `running` sequences decode; each one's
+    outcome (the stream's text, or the HTTP error) lands in the returned list."""
     outcomes: list = []
 
     def long_stream():
-        body = {"inputs": "The engine", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
+        body = {"inputs": "The engine", "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True}}
         try:
             with httpx.Client(headers=KEY, timeout=60) as client:
                 outcomes.append(client.post(f"{url}/generate_stream", json=body).text)
         except httpx.HTTPError as err:
             outcomes.append(err)
 
-    threads = [threading.Thread(target=long_stream) for _ in range(6)]
+    threads = [threading.Thread(target=long_stream) for _ in range(count)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
-    while parse_metrics(get(url, "/metrics").text)["tunebench_running_sequences"] < 6:
+    while parse_metrics(get(url, "/metrics").text)["tunebench_running_sequences"] < running:
         assert time.monotonic() < deadline
+    return outcomes, threads
+
+
+def test_a_dead_engine_fails_every_front_ends_requests_and_health_says_so(two):
+    process, url, log = two
+    outcomes, threads = open_streams(url, 6, LONG, running=6)
     os.kill(engine_pid(log.read_text()), signal.SIGKILL)
     for thread in threads:
         thread.join(60)
@@ -148,27 +155,13 @@ def test_a_dead_front_end_leaves_the_others_serving(two):
     end go on; the streams it held end, the others finish."""
     process, url, log = two
     assert answering(url, 2) == {0, 1}
-    outcomes: list = []
-
-    def long_stream():
-        body = {"inputs": "The engine", "parameters": {"max_new_tokens": 200, "ignore_eos": True}}
-        try:
-            with httpx.Client(headers=KEY, timeout=60) as client:
-                outcomes.append(client.post(f"{url}/generate_stream", json=body).text.count("data:"))
-        except httpx.HTTPError as err:
-            outcomes.append(err)
-
-    threads = [threading.Thread(target=long_stream) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while parse_metrics(get(url, "/metrics").text)["tunebench_running_sequences"] < 4:
-        assert time.monotonic() < deadline
+    outcomes, threads = open_streams(url, 8, 200, running=4)
     pid = front_end_pids(log.read_text())[1]
     os.kill(pid, signal.SIGKILL)
     for thread in threads:
         thread.join(90)
-    assert len(outcomes) == 8 and any(o == 200 for o in outcomes), outcomes  # front end 0's streams finished
+    finished = [o for o in outcomes if isinstance(o, str) and o.count("data:") == 200]
+    assert len(outcomes) == 8 and finished, outcomes  # front end 0's streams finished
     deadline = time.monotonic() + 30
     while f"front end 1 (pid {pid}) exited with code -9; 1 of 2 still serve" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()
