@@ -9,6 +9,7 @@ generation (minutes of C++ on a 2-core CPU) does not (by hand, inductor on the C
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from test_serve_kvcache import PROMPTS, assert_same_tokens, engine_for, load, request, run_schedule
@@ -30,6 +31,9 @@ def schedule_tokens(served, monkeypatch, mode: str, attention: str = "sdpa") -> 
 
         torch._dynamo.reset()  # each test compiles its own graphs (an earlier test's would be reused, uncounted)
     engine = engine_for(served)
+    # The second prompt joins at once rather than after the 50 ms prefill delay: a warm CPU finishes the first
+    # sequence within it, and the 2-row steps (FlexAttention's) would not run at all.
+    engine.limits = dataclasses.replace(engine.limits, prefill_delay=0.0)
     reqs = [request(served, PROMPTS[1], 20), request(served, PROMPTS[0], 8)]
     return asyncio.run(run_schedule(engine, [(reqs[0], None), (reqs[1], (0, 6))])), engine.runner.compiler
 
@@ -100,3 +104,50 @@ def test_offline_runs_decode_eagerly_unless_asked(neox, monkeypatch):
     monkeypatch.delenv("TUNEBENCH_DECODE_COMPILE")
     default.offline = True
     assert default.compiler.mode == "off"
+
+
+
+
+def test_every_layer_runs_compiled_code(neox, tmp_path, monkeypatch, caplog):
+    """The attention module's forward (a frame of its own, after the graph break at the KV write) is compiled
+    once per layer and shape class; dynamo's recompile limit grows with the layer count, so no layer falls back
+    to eager code. On the H200 a fixed limit of 64 was passed by a 32-layer model once prefills were compiled
+    too (a 1-row decode step 26% slower). Here: a 6-layer model, which needs more entries than dynamo's 8."""
+    import copy
+    import logging
+
+    import torch
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+    from transformers import AutoModelForCausalLM
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention
+
+    from tunebench.serve import compiled
+
+    config = copy.deepcopy(neox.model.config)
+    config.num_hidden_layers = 6
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    neox.tokenizer.save_pretrained(tmp_path)
+    monkeypatch.setattr(compiled, "RECOMPILE_LIMIT", 4)  # below dynamo's default of 8: the per-layer share decides
+    monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
+        _, compiler = schedule_tokens(load(tmp_path), monkeypatch, "layers")
+    assert compiler.errors == {} and compiler.calls.get("prefill", 0) > 0 and compiler.calls.get("decode", 0) > 0
+    assert len(_debug_get_cache_entry_list(GPTNeoXAttention.forward.__code__)) > 8  # more than dynamo's default
+    hits = [r.getMessage()[:300] for r in caplog.records if "recompile_limit" in r.getMessage()
+            or "cache_size_limit" in r.getMessage()]
+    assert not hits
+
+
+def test_compiled_prefills_default_to_cuda_without_unmerged_adapters(monkeypatch):
+    from tunebench.serve.graphs import prefill_compile
+
+    monkeypatch.delenv("TUNEBENCH_PREFILL_COMPILE", raising=False)
+    assert prefill_compile("cuda", adapters=False) is True
+    assert prefill_compile("cuda", adapters=True) is False  # each adapter would compile inside its first request
+    assert prefill_compile("cpu", adapters=False) is False
+    monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
+    assert prefill_compile("cuda", adapters=True) is True and prefill_compile("cpu", adapters=False) is True
+    monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "yes")
+    with pytest.raises(ValueError, match="allowed: 0, 1"):
+        prefill_compile("cuda", adapters=False)

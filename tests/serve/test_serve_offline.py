@@ -36,3 +36,8 @@ def test_bucketed_prefill_pads_groups_to_row_buckets_and_changes_no_token(tiny_l
     runner = offline_engine(model, tok, longest=64, slots=8).runner
     runner.bucketed = True
     assert [runner.prefill_shape(n, 10)[0] for n in (1, 3, 4, 5, 6, 9)] == [1, 4, 4, 8, 8, 12]
+    # Compiled prefills never run 1 row (torch.compile would specialize it and compile again per width).
+    from tunebench.serve.compiled import DecodeCompiler
+
+    runner.compile_prefill, runner.compiler = True, DecodeCompiler(model, runner.cache, "layers", "aot_eager")
+    assert [runner.prefill_shape(n, 10)[0] for n in (1, 2, 3, 9)] == [2, 2, 4, 12]

@@ -67,7 +67,7 @@ class BatchedEngine(Engine):
                         longest, limits.max_batch)
         self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device, storage)
         use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
-        self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
+        self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs, adapters=self.mixed_adapters)
         self.batch = SlotBatch(self.runner)
         self._pending: deque[Pending] = deque()
         self.profile = StepProfile()
@@ -86,7 +86,8 @@ class BatchedEngine(Engine):
         length; prefill graphs do (a graph per rows x width), so only three shapes run here, which is what
         compiling the layers for dynamic shapes needs when prefills are compiled; later shapes are captures
         (~0.1-0.3 s each). On the H200 (3B, 512 slots, 2026-12-03) it took 16.1 s, 15.0 of them compiling the
-        decode step (which the first requests paid before); 45.7 s with TUNEBENCH_PREFILL_COMPILE=1.
+        decode step (which the first requests paid before); with compiled prefills (the default on CUDA since)
+        86-89 s, most of it dynamo compiling the attention frame once per layer and shape class.
         TUNEBENCH_WARMUP=0 skips it (start-up in seconds, the first requests slower)."""
         import os
 
@@ -99,9 +100,8 @@ class BatchedEngine(Engine):
         adapter = (self.served.default_adapter or BASE) if self.mixed_adapters else None
         buckets = sorted({runner.batch_bucket(n) for n in range(1, self.slots + 1)})
         with torch.inference_mode():
-            # With TUNEBENCH_PREFILL_COMPILE=1: 1 row apart, as torch.compile specializes a dimension of size 1
-            # (a lone prompt compiled 2.1 s inside the first request without it, H200 2026-12-03), and two
-            # larger shapes make the rest dynamic. Eager prefills: these are three graph captures.
+            # Compiled prefills: three shapes make rows and width dynamic, so later shapes only capture (a lone
+            # prompt runs as 2 rows, `graphs.DecodeRunner.prefill_shape`). Eager prefills: three captures.
             for count, longest in ((1, 64), (graphs.PREFILL_ROW_STEP, 64), (2 * graphs.PREFILL_ROW_STEP, 96)):
                 rows, width = runner.prefill_shape(min(count, self.slots), min(longest, self.cache.usable))
                 if rows > self.slots:

@@ -4,8 +4,8 @@ A decode step of a 3B model at one row is mostly small kernels: per layer two la
 and `cat`s (rotate_half), the residual adds, GELU, the KV write — ~15 launches beside four GEMMs and attention,
 each a few microseconds even inside a CUDA graph. Inductor fuses these. The compiled code is still captured
 in the runner's own CUDA graphs (inductor's default mode launches plain Triton kernels, so no cudagraph
-trees: `DecodeRunner.capture` stays the one capture). Prefills stay eager unless TUNEBENCH_PREFILL_COMPILE=1
-(`tunebench.serve.graphs` says why).
+trees: `DecodeRunner.capture` stays the one capture). Prefill graphs run the same compiled layers on CUDA
+(TUNEBENCH_PREFILL_COMPILE, default 1 there; `tunebench.serve.graphs` has the numbers).
 
 TUNEBENCH_DECODE_COMPILE picks how much is compiled:
 - `off`: eager (the default off CUDA; CPU tests compare against it).
@@ -36,6 +36,15 @@ log = logging.getLogger("tunebench.serve")
 MODES = ("off", "layers", "model")
 ENV = "TUNEBENCH_DECODE_COMPILE"
 RECOMPILE_LIMIT = 64  # row and width buckets, adapters, attention kinds: more than dynamo's default of 8
+# Compiled entries per decoder layer that one code object may need. The attention module's forward is a frame of
+# its own (the untraced KV write breaks the layer's graph there), and the layer index it hands the write is an
+# int passed to untraced code, which dynamo guards on: one entry per layer and shape class (1 row static, more
+# rows dynamic, decode and prefill, mask dtypes). With prefills compiled too a 32-layer model passed 64, and the
+# layers past the limit ran that frame eagerly (the rotary embedding as ~10 unfused kernels): on the H200 the
+# 1-row decode step took 3.51 ms instead of 2.78, and compiled prefills were no faster than eager (45.2 vs
+# 44.2 ms at 32 x 104; 2026-12-03, benchmarks/prefill_profile.py). (allow_unspec_int_on_nn_module does not
+# help: the int still crosses the graph break.)
+ENTRIES_PER_LAYER = 8
 
 
 def compile_mode(device_type: str) -> str:
@@ -83,13 +92,21 @@ class DecodeCompiler:
         self._layer_forward: Any = None
         self._layers: list[Any] = []
         self._opaque: dict[Any, Any] = {}  # attention function -> the same, never traced
+        self._limits: dict[str, int] = {}  # dynamo's recompile limits while compiled code runs
         if mode == "off":
             return
+        self._layers = decoder_layers(model) if mode == "layers" else []
+        limit = max(RECOMPILE_LIMIT, ENTRIES_PER_LAYER * len(self._layers))
+        # Applied around every compiled call (`run`), in the thread that compiles: torch 2.13 keeps config
+        # changes per thread, so limits set where the engine is built did not reach its thread.
         config = torch._dynamo.config
-        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+        self._limits = {name: max(getattr(config, name), value) for name, value in (
+            ("recompile_limit", limit), ("cache_size_limit", limit), ("accumulated_recompile_limit", 4 * limit),
+            ("accumulated_cache_size_limit", 4 * limit)) if hasattr(config, name)}
+        if "recompile_limit" in self._limits:
+            self._limits.pop("cache_size_limit", None)  # the deprecated alias of the same setting
+            self._limits.pop("accumulated_cache_size_limit", None)
         if mode == "layers":
-            self._layers = decoder_layers(model)
             self._layer_forward = torch.compile(type(self._layers[0]).forward, backend=backend)
 
     @property
@@ -111,13 +128,8 @@ class DecodeCompiler:
         graphs = counters["stats"]["unique_graphs"]
         started = time.perf_counter()
         try:
-            if self.mode == "model":
-                if self._compiled_run is None:
-                    self._compiled_run = torch.compile(plain, backend=self.backend)
-                out = self._compiled_run(*args, **kwargs)
-            else:
-                with self._layers_compiled():
-                    out = plain(*args, **kwargs)
+            with torch._dynamo.config.patch(**self._limits):
+                out = self._compiled(plain, *args, **kwargs)
         except Exception as err:
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                 raise  # a failed capture: the runner's capture handler calls give_up, then captures again
@@ -133,6 +145,16 @@ class DecodeCompiler:
             log.info("compiled decode (%s, %s): %d graphs in %.1f s (%.1f s so far)", self.mode, key, built,
                      seconds, self.compile_s)
         return out
+
+    def _compiled(self, plain: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.mode == "model":
+            if self._compiled_run is None:
+                self._compiled_run = torch.compile(plain, backend=self.backend)
+            return self._compiled_run(*args, **kwargs)
+        with self._layers_compiled():
+            return plain(*args, **kwargs)
 
     def give_up(self, err: BaseException, key: str = "*") -> None:
         """Steps of kind `key` ("*": every kind) decode eagerly from now on."""

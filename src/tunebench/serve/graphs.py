@@ -57,6 +57,17 @@ def power_of_two_at_least(n: int, floor: int = 1) -> int:
     return size
 
 
+def prefill_compile(device_type: str, adapters: bool) -> bool:
+    """TUNEBENCH_PREFILL_COMPILE=0|1, or the default: on CUDA without unmerged adapters. With them, the warm-up
+    compiles for the default adapter only, and each other adapter's first prefill compiled its own code inside
+    a request (H200, 3B: 31.6 s, on top of the 22.3 s its first decode steps already compile), so their prefills
+    stay eager."""
+    raw = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"TUNEBENCH_PREFILL_COMPILE={raw!r}; allowed: 0, 1")
+    return raw == "1" if raw else device_type == "cuda" and not adapters
+
+
 class FlexCaptureFailed(RuntimeError):
     """A FlexAttention decode step failed to capture; the runner decodes with SDPA instead."""
 
@@ -68,7 +79,7 @@ class StepOutput:
 
 
 class DecodeRunner:
-    def __init__(self, model: Any, cache: Any, cache_arg: str, use_graphs: bool) -> None:
+    def __init__(self, model: Any, cache: Any, cache_arg: str, use_graphs: bool, adapters: bool = False) -> None:
         import torch
 
         self.model, self.cache, self.cache_arg = model, cache, cache_arg
@@ -138,12 +149,15 @@ class DecodeRunner:
         from tunebench.serve.compiled import DecodeCompiler, compile_mode
 
         mode = compile_mode(device.type)
-        # TUNEBENCH_PREFILL_COMPILE=1: prefill graphs run the compiled layers too. Off by default: on the H200
-        # (3B, 2026-12-03) it made a prefill of 100-token prompts 21% faster (1.35 -> 1.05 ms a prompt at 32-64
-        # rows, benchmarks/admission_profile.py --prefill) but the served single stream 3.5 ms per token instead
-        # of 2.8 (the layers' compiled code is shared with decode, whose 1-row step then runs slower code), and
-        # the served rates did not rise measurably with it (100/64 at 250 req/s: p90 2.23 s).
-        self.compile_prefill = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "0") == "1"
+        # TUNEBENCH_PREFILL_COMPILE (`prefill_compile`: default 1 on CUDA without unmerged adapters, else 0):
+        # prefill graphs run the compiled layers
+        # too. On the H200 (3B, 2026-12-03, benchmarks/prefill_profile.py): 33.9 instead of 44.2 ms for 32
+        # prompts of 100 tokens (475 vs 364 useful TFLOP/s: the rotary embedding, GELU and layer norms fused),
+        # and the served rates rose with it: 100/64 at 300 req/s p90 1.63 s, classification 600 req/s p90 1.44 s
+        # (eager: 2.01 s and 538/s achieved). (It once cost the 1-row decode step 0.7 ms: the per-layer compiles
+        # of the attention frame passed dynamo's recompile limit, `compiled.ENTRIES_PER_LAYER`.) Start-up
+        # compiles longer (see `BatchedEngine.warm_up`).
+        self.compile_prefill = prefill_compile(device.type, adapters)
         try:
             self.compiler = DecodeCompiler(model, cache, mode)
         except Exception as err:  # e.g. no decoder layer list to compile regionally
@@ -318,7 +332,12 @@ class DecodeRunner:
         if PREFILL_WIDTH_STEP > 0 and not self.offline:
             width = min(width, max(MIN_WIDTH, -(-longest // PREFILL_WIDTH_STEP) * PREFILL_WIDTH_STEP))
         step = PREFILL_ROW_STEP
-        rows = power_of_two_at_least(count) if count <= step else -(-count // step) * step
+        # Compiled prefills take at least 2 rows (a lone prompt gets an idle row): torch.compile specializes a
+        # dimension of size 1, so 1-row prefills would compile code of their own, once per width (28 s of
+        # compiling inside the first lone request of a new width on the H200); a second row of ~100 tokens
+        # costs a bandwidth-bound prefill next to nothing.
+        floor = 2 if self.compile_prefill and self.compiler.active("prefill") else 1
+        rows = power_of_two_at_least(count, floor) if count <= step else -(-count // step) * step
         return rows, width
 
     def prefill(self, host: Any, slot_rows: list[int], adapter: str | None, extra: dict[str, Any],
