@@ -74,24 +74,31 @@ def variant(runner: Any, name: str, rows_list: list[int], width: int) -> dict[st
 
 def kernel_table(runner: Any, rows: int, width: int, steps: int = 3, top: int = 12) -> list[dict[str, Any]]:
     """The top kernels of eager steps (the kernels a graph replays), then "(all)": GPU ms and launches."""
+    runner.use_graphs = False
+    try:
+        return profile_kernels(lambda: runner.forward(rows, width, {}), steps, top)
+    finally:
+        runner.use_graphs = True
+
+
+def profile_kernels(run: Any, runs: int = 3, top: int = 12) -> list[dict[str, Any]]:
+    """torch.profiler over `runs` calls of `run` (after one unprofiled): the top CUDA kernels, then "(all)"."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    runner.use_graphs = False
-    runner.forward(rows, width, {})
+    run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            runner.forward(rows, width, {})
+        for _ in range(runs):
+            run()
         torch.cuda.synchronize()
-    runner.use_graphs = True
     events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
     total = sum(e.device_time_total for e in events) or 1
     events.sort(key=lambda e: -e.device_time_total)
-    return [{"kernel": e.key[:90], "ms_per_step": round(e.device_time_total / 1e3 / steps, 3),
-             "share": round(e.device_time_total / total, 3), "calls_per_step": e.count // steps}
-            for e in events[:top]] + [{"kernel": "(all)", "ms_per_step": round(total / 1e3 / steps, 3),
-                                       "calls_per_step": sum(e.count for e in events) // steps}]
+    return [{"kernel": e.key[:90], "ms_per_step": round(e.device_time_total / 1e3 / runs, 3),
+             "share": round(e.device_time_total / total, 3), "calls_per_step": e.count // runs}
+            for e in events[:top]] + [{"kernel": "(all)", "ms_per_step": round(total / 1e3 / runs, 3),
+                                       "calls_per_step": sum(e.count for e in events) // runs}]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ compiled decode step as `tunebench serve` runs them), random weights of a preset
    graph (rows x width, 100-token prompts), with the useful FLOP rate of the prefill.
 3. torch.profiler over eager runs (the kernels a graph replays): the top kernels of each prefill shape and of
    the 1-row decode step, per run, with launches.
-Prints one JSON line.
+Prints one JSON line. (Kernel rows are named as decode_profile.py names them, ms_per_step and calls_per_step;
+the -lead-12-/-lead-13- records, taken before that was shared, say ms and calls.)
 """
 
 from __future__ import annotations
@@ -47,25 +48,6 @@ def gpu_ms(run: Any, repeats: int = 20) -> float:
     return round(start.elapsed_time(end) / repeats, 3)
 
 
-def kernel_table(run: Any, runs: int = 3, top: int = 14) -> list[dict[str, Any]]:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            run()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
-    total = sum(e.device_time_total for e in events) or 1
-    events.sort(key=lambda e: -e.device_time_total)
-    return [{"kernel": e.key[:100], "ms": round(e.device_time_total / 1e3 / runs, 3),
-             "share": round(e.device_time_total / total, 3), "calls": e.count // runs}
-            for e in events[:top]] + [{"kernel": "(all)", "ms": round(total / 1e3 / runs, 3),
-                                       "calls": sum(e.count for e in events) // runs}]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="redpajama-3b")
@@ -79,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import math
 
     import torch
-    from decode_profile import set_lengths
+    from decode_profile import profile_kernels, set_lengths
     from generation_engines import build
 
     from tunebench.serve import graphs
@@ -143,15 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             runner.use_graphs = False  # eager runs: the kernels a graph replays, one by one
             tables: dict[str, Any] = {}
             for (rows, width), host in hosts.items():
-                tables[f"prefill {rows}x{width}"] = kernel_table(
+                tables[f"prefill {rows}x{width}"] = profile_kernels(
                     lambda host=host, rows=rows: runner.prefill(host, list(range(rows)), None, {}))
             set_lengths(runner, [args.prompt_tokens + 4] * args.slots)
-            tables["decode 1"] = kernel_table(lambda: runner.forward(1, 0, {}) if runner.flex
+            tables["decode 1"] = profile_kernels(lambda: runner.forward(1, 0, {}) if runner.flex
                                               else runner.forward(1, 128, {}))
             runner.use_graphs = True
             result["kernels"] = tables
             for name, table in tables.items():
-                log(f"{name}: " + "; ".join(f"{k['kernel'][:60]} {k['ms']} ms x{k['calls']}" for k in table))
+                log(f"{name}: " + "; ".join(f"{k['kernel'][:60]} {k['ms_per_step']} ms x{k['calls_per_step']}"
+                                            for k in table))
     from torch._dynamo.utils import counters
 
     result["dynamo_graphs"] = counters["stats"]["unique_graphs"]
