@@ -35,17 +35,10 @@ def log(message: str) -> None:
 
 
 def gpu_ms(run: Any, repeats: int = 20) -> float:
-    import torch
+    """GPU ms per call of `run` (CUDA events, after one untimed call)."""
+    from decode_kernels import timed
 
-    run()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return round(start.elapsed_time(end) / repeats, 3)
+    return round(timed(run, repeats), 3)
 
 
 def main(argv: list[str] | None = None) -> int:
