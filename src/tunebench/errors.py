@@ -22,6 +22,15 @@ class UserError(Exception):
         return self.problem if not self.fix else f"{self.problem}\n  fix: {self.fix}"
 
 
+class SettingError(UserError, ValueError):
+    """A bad value in a TUNEBENCH_* environment setting: a UserError for the CLI (exit 2, no traceback, also
+    when the engine process raises it), a ValueError for code that checks values."""
+
+    def __init__(self, problem: str) -> None:
+        name = problem.split("=")[0].split(":")[0]
+        super().__init__(problem, f"unset {name} or give it one of the values named")
+
+
 # Names users bring from other tools (peft, the transformers Trainer) that spelling alone cannot match.
 ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
            "epoch": "epochs", "num_train_epochs": "epochs", "bs": "batch_size", "steps": "max_steps",

@@ -82,6 +82,18 @@ def test_serve_refuses_bad_options(cli, tiny_llama_dir, extra, message):
     assert message in result.stderr and "fix:" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("setting", "frontend"), [
+    ("TUNEBENCH_PREFILL_COMPILE=yes", "inline"), ("TUNEBENCH_DECODE_ATTENTION=bogus", "split")])
+def test_a_bad_engine_setting_is_a_user_error(cli, tiny_llama_dir, setting, frontend):
+    """A mistyped TUNEBENCH_* value exits 2 with the problem and a fix, from the engine process too."""
+    name, value = setting.split("=")
+    result = cli("serve", str(tiny_llama_dir), "--port", "0", "--frontend", frontend, env={name: value},
+                 timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{name}='{value}'; allowed:" in result.stderr and f"fix: unset {name}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_adapter_for_another_base_model_is_refused_at_start_up(tiny_llama_dir, neox_adapter):
     from tunebench.errors import UserError
     from tunebench.serve.loading import load_served

@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from tunebench.errors import SettingError
+
 log = logging.getLogger("tunebench.serve")
 MODES = ("off", "layers", "model")
 ENV = "TUNEBENCH_DECODE_COMPILE"
@@ -53,7 +55,7 @@ def compile_mode(device_type: str) -> str:
     first requests), `off` elsewhere."""
     mode = os.environ.get(ENV, "layers" if device_type == "cuda" else "off").strip() or "off"
     if mode not in MODES:
-        raise ValueError(f"{ENV}={mode!r}; allowed: {', '.join(MODES)}")
+        raise SettingError(f"{ENV}={mode!r}; allowed: {', '.join(MODES)}")
     return mode
 
 
@@ -81,7 +83,7 @@ class DecodeCompiler:
         backend = backend or os.environ.get("TUNEBENCH_DECODE_COMPILE_BACKEND", "inductor")
 
         if mode not in MODES:
-            raise ValueError(f"{ENV}={mode!r}; allowed: {', '.join(MODES)}")
+            raise SettingError(f"{ENV}={mode!r}; allowed: {', '.join(MODES)}")
         self.model, self.cache, self.mode, self.backend = model, cache, mode, backend
         self.errors: dict[str, str] = {}  # step kind ("*": all) -> why it decodes eagerly
         self.first_s: dict[str, float] = {}  # per step kind: the first compiled call (tracing and compiling)
@@ -100,12 +102,10 @@ class DecodeCompiler:
         # Applied around every compiled call (`run`), in the thread that compiles: torch 2.13 keeps config
         # changes per thread, so limits set where the engine is built did not reach its thread.
         config = torch._dynamo.config
-        self._limits = {name: max(getattr(config, name), value) for name, value in (
-            ("recompile_limit", limit), ("cache_size_limit", limit), ("accumulated_recompile_limit", 4 * limit),
-            ("accumulated_cache_size_limit", 4 * limit)) if hasattr(config, name)}
-        if "recompile_limit" in self._limits:
-            self._limits.pop("cache_size_limit", None)  # the deprecated alias of the same setting
-            self._limits.pop("accumulated_cache_size_limit", None)
+        names = (("recompile_limit", "accumulated_recompile_limit") if hasattr(config, "recompile_limit")
+                 else ("cache_size_limit", "accumulated_cache_size_limit"))  # torch before 2.6 names them so
+        self._limits = {name: max(getattr(config, name), value)
+                        for name, value in zip(names, (limit, 4 * limit), strict=True) if hasattr(config, name)}
         if mode == "layers":
             self._layer_forward = torch.compile(type(self._layers[0]).forward, backend=backend)
 

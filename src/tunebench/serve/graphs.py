@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tunebench.errors import SettingError
+
 log = logging.getLogger("tunebench.serve")
 MIN_WIDTH = 32
 WIDTH_STEP = 64
@@ -64,7 +66,7 @@ def prefill_compile(device_type: str, adapters: bool) -> bool:
     stay eager."""
     raw = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "").strip()
     if raw not in ("", "0", "1"):
-        raise ValueError(f"TUNEBENCH_PREFILL_COMPILE={raw!r}; allowed: 0, 1")
+        raise SettingError(f"TUNEBENCH_PREFILL_COMPILE={raw!r}; allowed: 0, 1")
     return raw == "1" if raw else device_type == "cuda" and not adapters
 
 
@@ -120,7 +122,7 @@ class DecodeRunner:
             default = "triton" if available() is None else "flex"
         choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", default)
         if choice not in ("triton", "flex", "sdpa"):
-            raise ValueError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: triton, flex, sdpa")
+            raise SettingError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: triton, flex, sdpa")
         # Steps of fewer rows decode with SDPA (TUNEBENCH_FLEX_MIN_ROWS; 0: the row-length kernel at every size).
         # With FlexAttention the default 2 sends a lone sequence to SDPA: on the H200 SDPA's 1-row step was 3.85
         # vs 4.24 ms, and served single-stream inter-token latency was 3.8 ms with it against 4.2 ms without, at
@@ -150,13 +152,12 @@ class DecodeRunner:
 
         mode = compile_mode(device.type)
         # TUNEBENCH_PREFILL_COMPILE (`prefill_compile`: default 1 on CUDA without unmerged adapters, else 0):
-        # prefill graphs run the compiled layers
-        # too. On the H200 (3B, 2026-12-03, benchmarks/prefill_profile.py): 33.9 instead of 44.2 ms for 32
-        # prompts of 100 tokens (475 vs 364 useful TFLOP/s: the rotary embedding, GELU and layer norms fused),
-        # and the served rates rose with it: 100/64 at 300 req/s p90 1.63 s, classification 600 req/s p90 1.44 s
-        # (eager: 2.01 s and 538/s achieved). (It once cost the 1-row decode step 0.7 ms: the per-layer compiles
-        # of the attention frame passed dynamo's recompile limit, `compiled.ENTRIES_PER_LAYER`.) Start-up
-        # compiles longer (see `BatchedEngine.warm_up`).
+        # prefill graphs run the compiled layers too. On the H200 (3B, 2026-12-03, benchmarks/prefill_profile.py):
+        # 33.9 instead of 44.2 ms for 32 prompts of 100 tokens (475 vs 364 useful TFLOP/s: the rotary embedding,
+        # GELU and layer norms fused), and the served rates rose with it: 100/64 at 300 req/s p90 1.63 s,
+        # classification 600 req/s p90 1.44 s (eager: 2.01 s and 538/s achieved). (It once cost the 1-row decode
+        # step 0.7 ms: the per-layer compiles of the attention frame passed dynamo's recompile limit,
+        # `compiled.ENTRIES_PER_LAYER`.) Start-up compiles longer (see `BatchedEngine.warm_up`).
         self.compile_prefill = prefill_compile(device.type, adapters)
         try:
             self.compiler = DecodeCompiler(model, cache, mode)
@@ -434,7 +435,7 @@ def sdpa_backends(names: str) -> list[Any]:
                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
     unknown = [n for n in names.split(",") if n.strip() not in members]
     if unknown:
-        raise ValueError(f"TUNEBENCH_SDPA_BACKEND: unknown {unknown}; allowed: {', '.join(members)}")
+        raise SettingError(f"TUNEBENCH_SDPA_BACKEND: unknown {unknown}; allowed: {', '.join(members)}")
     return [members[n.strip()] for n in names.split(",")]
 
 

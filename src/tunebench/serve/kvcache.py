@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from tunebench.errors import SettingError
+
 KV_DTYPE_ENV = "TUNEBENCH_KV_CACHE_DTYPE"
 KV_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: torch.float8_e4m3fn, scale 1.0
 FP8 = torch.float8_e4m3fn
@@ -43,7 +45,7 @@ def kv_cache_dtype(model_dtype: Any) -> Any:
     raw = os.environ.get(KV_DTYPE_ENV, "auto")
     choice = raw.strip().lower() or "auto"
     if choice not in KV_DTYPES:
-        raise ValueError(f"{KV_DTYPE_ENV}={raw!r}; allowed: {', '.join(KV_DTYPES)}")
+        raise SettingError(f"{KV_DTYPE_ENV}={raw!r}; allowed: {', '.join(KV_DTYPES)}")
     return FP8 if choice == "fp8" else model_dtype
 
 

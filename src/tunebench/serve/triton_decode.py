@@ -36,6 +36,8 @@ import functools
 import os
 from typing import Any
 
+from tunebench.errors import SettingError
+
 VARIANT = "lanes:32:2"  # kernel:tile:warps (TUNEBENCH_TRITON_DECODE): the fastest at 256 and 512 rows on the H200
 
 
@@ -142,7 +144,7 @@ def variant() -> tuple[str, int, int]:
             raise ValueError(name)
         return name, int(tile), int(warps)
     except ValueError:
-        raise ValueError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS, KERNEL one of tiles, "
+        raise SettingError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS, KERNEL one of tiles, "
                          "lanes (e.g. lanes:32:4)") from None
 
 
