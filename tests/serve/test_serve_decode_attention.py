@@ -62,15 +62,19 @@ def test_triton_decode_kernel_gives_the_greedy_tokens_of_sdpa(tiny_neox_dir, loa
         assert a == pytest.approx(b, abs=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["lanes:32:2", "tiles:64:4", "lanes:16:1"])
-def test_triton_kernel_matches_sdpa_on_ragged_rows_and_strided_queries(variant, monkeypatch):
+@pytest.mark.parametrize(("variant", "dim"), [("lanes:32:2", 20), ("tiles:64:4", 20), ("lanes:16:1", 20),
+                                            ("split:32:2", 20), ("split:16:1", 24), ("split:32:2", 28),
+                                            ("split:32:2", 16)])
+def test_triton_kernel_matches_sdpa_on_ragged_rows_and_strided_queries(variant, dim, monkeypatch):
+    """Head sizes: 20 = 16 + 4 and 24 = 16 + 8 (split in two parts, as the 3B's 80 = 64 + 16), 28 (no such
+    split: padded to 32), 16 (a power of two: one part)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", variant)
     from tunebench.serve.triton_decode import decode_attention
 
     tile = 64  # the lengths below cross tiles of 16, 32 or 64 tokens
     torch.manual_seed(0)
-    slots, heads, kv_heads, columns, dim = 5, 4, 2, 2 * tile + 9, 20  # dim not a power of two (3B: 80)
+    slots, heads, kv_heads, columns = 5, 4, 2, 2 * tile + 9
     keys, values = torch.randn(2, slots, kv_heads, columns, dim).unbind(0)
     query = torch.randn(4, 1, heads, dim).transpose(1, 2)  # (rows, heads, 1, dim), as transformers hands it
     lengths = torch.tensor([1, tile, tile + 1, columns], dtype=torch.int32)
@@ -80,6 +84,15 @@ def test_triton_kernel_matches_sdpa_on_ragged_rows_and_strided_queries(variant, 
         k, v = (t[row, :, :length].repeat_interleave(heads // kv_heads, 0)[None] for t in (keys, values))
         expected = torch.nn.functional.scaled_dot_product_attention(query[row:row + 1], k, v)
         torch.testing.assert_close(out[row:row + 1], expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_head_sizes_split_into_two_powers_of_two_or_pad():
+    from tunebench.serve.triton_decode import head_split
+
+    assert head_split(80) == (64, 16)
+    assert head_split(128) == (128, 0)
+    assert head_split(96) == (64, 32)
+    assert head_split(112) == (128, 0)  # 64 + 48: padded instead
 
 
 def test_a_malformed_triton_variant_is_refused_with_the_allowed_form(monkeypatch):
@@ -162,3 +175,27 @@ def test_warm_up_runs_every_decode_bucket_and_leaves_generation_unchanged(tiny_n
     monkeypatch.undo()
     warm = [[t.id for t in c.tokens] for c in run_offline(engine, requests)]
     assert warm == cold
+
+
+def test_warm_up_covers_every_loaded_adapter(tiny_llama_dir, lora_adapters, monkeypatch):
+    """With unmerged adapters, every one (and the base weights) gets its decode buckets and prefill shapes in
+    the warm-up, not only the default: another adapter's first requests compiled and captured inside a burst."""
+    from tunebench.serve.engine import EngineLimits, create_engine
+    from tunebench.serve.loading import load_served
+    from tunebench.serve.metrics import ServeMetrics
+    from tunebench.serve.options import AdapterSpec, ModelOptions
+
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "flex")
+    monkeypatch.setenv("TUNEBENCH_FLEX_MIN_ROWS", "0")
+    served = load_served(ModelOptions(model=str(tiny_llama_dir),
+                                      adapters=tuple(AdapterSpec(n, p) for n, p in lora_adapters.items())))
+    engine = create_engine("batched", served, EngineLimits(max_batch=2, max_sequence_tokens=48),
+                           ServeMetrics("batched"))
+    runner, ran = engine.runner, []
+    runner.use_graphs = True
+    monkeypatch.setattr(runner, "_replay", lambda kind, forward, rows, width, adapter, extra: (
+        ran.append((kind, rows, adapter)), forward(rows, width, {"adapter_names": [adapter] * rows}))[1])
+    engine.warm_up()
+    for adapter in ("__base__", "alpha", "beta"):
+        assert {rows for kind, rows, a in ran if kind == "decode-flex" and a == adapter} == {1, 2}
+        assert [rows for kind, rows, a in ran if kind == "prefill" and a == adapter]

@@ -232,3 +232,59 @@ def test_a_failing_step_fails_its_requests_and_the_engine_serves_on(llama):
     assert outcomes == ["internal", "internal"]
     assert_same_tokens([(t.id, t.logprob) for t in after.tokens], alone(llama, reqs[0]))
     assert engine.in_flight == 0
+
+
+def test_the_triton_write_puts_every_token_where_the_indexed_write_does():
+    """`tunebench.serve.triton_write` (in Triton's interpreter here) against PyTorch's indexed write: states
+    strided as transformers hands them ((n, t, heads, dim) transposed), rows out of order, a bf16 cache."""
+    pytest.importorskip("triton")
+    import torch
+
+    from tunebench.serve import triton_write
+
+    torch.manual_seed(0)
+    slots, heads, columns, dim, n, t = 5, 3, 12, 20, 3, 4
+    keys, values = torch.randn(2, slots, heads, columns, dim).to(torch.bfloat16).unbind(0)
+    states = [torch.randn(n, t, heads, dim).to(torch.bfloat16).transpose(1, 2) for _ in range(2)]
+    rows = torch.tensor([4, 0, 2])[:, None]
+    cols = torch.tensor([[0, 1, 2, 3], [7, 8, 9, 10], [11, 3, 4, 5]])
+    expected_keys, expected_values = keys.clone(), values.clone()
+    expected_keys[rows, :, cols] = states[0].transpose(1, 2)
+    expected_values[rows, :, cols] = states[1].transpose(1, 2)
+    assert triton_write.usable(keys, *states)
+    triton_write.write(keys, values, *states, rows, cols)
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+
+
+def test_the_engine_through_the_triton_write_gives_the_same_tokens(llama, monkeypatch):
+    """The whole engine with the Triton write (prefills, decode steps, compaction): the same tokens and
+    log-probabilities as with PyTorch's write; the kernel ran."""
+    pytest.importorskip("triton")
+    from tunebench.serve import triton_write
+
+    calls = []
+    write = triton_write.write
+    monkeypatch.setattr(triton_write, "write", lambda *a: (calls.append(a[2].shape), write(*a)))
+    reqs = [request(llama, p, 6) for p in PROMPTS[:3]]
+    schedule = [(reqs[0], None), (reqs[1], None), (reqs[2], (0, 2))]
+    plain = asyncio.run(run_schedule(engine_for(llama, max_batch=2), schedule))
+    assert not calls  # the CPU default: PyTorch's write
+    engine = engine_for(llama, max_batch=2)
+    engine.cache.fast_write = True
+    fast = asyncio.run(run_schedule(engine, schedule))
+    assert {shape[2] for shape in calls} > {1}  # prefills (many tokens) and decode steps (one)
+    for got, expected in zip(fast, plain, strict=True):
+        assert_same_tokens(got, expected)
+
+
+def test_a_bad_triton_write_setting_names_the_allowed_values(monkeypatch):
+    from tunebench.errors import SettingError
+    from tunebench.serve import triton_write
+
+    triton_write.enabled.cache_clear()
+    monkeypatch.setenv("TUNEBENCH_TRITON_KV_WRITE", "on")
+    try:
+        with pytest.raises(SettingError, match="allowed: 0"):
+            triton_write.enabled()
+    finally:
+        triton_write.enabled.cache_clear()

@@ -31,6 +31,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from tunebench.errors import SettingError
+from tunebench.serve import triton_write
 
 KV_DTYPE_ENV = "TUNEBENCH_KV_CACHE_DTYPE"
 KV_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: torch.float8_e4m3fn, scale 1.0
@@ -80,8 +81,11 @@ class SlotCache(Cache):
         self._whole = False
         self._lo, self._hi, self._width = 0, 0, 0
         # Under torch.compile's regional mode (`tunebench.serve.compiled`, "layers") the write runs outside
-        # the compiled graphs: traced, the layer index would specialize the code per layer.
+        # the compiled graphs (traced, the layer index would specialize the code per layer), its index a tensor.
         self.opaque_update = False
+        # New keys and values go in through one Triton kernel on CUDA (`tunebench.serve.triton_write`: PyTorch's
+        # indexed write took 10% of a prefill); tests set it to run the kernel in Triton's interpreter.
+        self.fast_write = triton_write.enabled() and self.all_keys.is_cuda and not self.quantized
 
     @property
     def scratch(self) -> int:
@@ -114,9 +118,13 @@ class SlotCache(Cache):
         if self.quantized:
             return self._update_fp8(key_states, value_states, layer_idx)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        # (n, heads, t, dim) -> (n, t, heads, dim): advanced indices around a slice put their dims first.
-        keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
-        values[self._rows, :, self._cols] = value_states.transpose(1, 2).to(values.dtype)
+        if self.fast_write and not torch.compiler.is_compiling() and triton_write.usable(keys, key_states,
+                                                                                          value_states):
+            triton_write.write(keys, values, key_states, value_states, self._rows, self._cols)
+        else:
+            # (n, heads, t, dim) -> (n, t, heads, dim): advanced indices around a slice put their dims first.
+            keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
+            values[self._rows, :, self._cols] = value_states.transpose(1, 2).to(values.dtype)
         if self._whole:
             return keys, values
         if self._gather is not None:
@@ -181,8 +189,9 @@ def _rows_of(cache: Any, rows: Any) -> Any:
 
 @torch.compiler.disable
 def _eager_update(cache: SlotCache, key_states: Any, value_states: Any, layer_idx: int) -> tuple[Any, Any]:
-    """SlotCache._update, never traced by torch.compile (a graph break where a compiled layer calls it)."""
-    return cache._update(key_states, value_states, layer_idx)
+    """SlotCache._update, never traced by torch.compile (a graph break where a compiled layer calls it). The
+    compiled layers hand the index as a 0-d CPU tensor (`tunebench.serve.compiled`)."""
+    return cache._update(key_states, value_states, int(layer_idx))
 
 
 def visible_mask(positions: Any, width: int, additive_dtype: Any = None) -> Any:

@@ -18,6 +18,12 @@ benchmarks/results/2026-12-03-h200-lead-2-*): "lanes" with 32-token tiles and 2 
 rows and 0.236 ms at 512 (2.8-2.9 TB/s of the keys and values it must read), against 0.155 / 0.273 ms for
 FlexAttention and 0.199 / 0.384 ms for "tiles" at 64 tokens and 4 warps.
 
+A third ("split", the default since 2026-12-03) is "lanes" over a head size that is not a power of two as two
+power-of-two parts (the 3B's 80 = 64 + 16), where "lanes" pads it to 128. Same layer (lead-16, lead-18): at
+32-token tiles and 2 warps it was only 2% faster than "lanes" (0.234 vs 0.238 ms at 512 rows: the loop is not
+bound by the padded lanes' arithmetic), but it made smaller tiles pay: 16-token tiles and 1 warp took 0.113 ms at
+256 rows and 0.206 at 512 (3.3 TB/s), and the 512-row compiled decode step went 12.6 -> 11.5 ms (lead-19).
+
 No split over the keys: at the batch sizes this engine serves, rows x heads programs (8,192 at 256 rows of a
 32-head model) already fill the GPU; a lone long sequence would want the split (it is left out, not needed for
 the measured shapes). Off CUDA it runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the CPU
@@ -38,7 +44,8 @@ from typing import Any
 
 from tunebench.errors import SettingError
 
-VARIANT = "lanes:32:2"  # kernel:tile:warps (TUNEBENCH_TRITON_DECODE): the fastest at 256 and 512 rows on the H200
+KERNELS = ("tiles", "lanes", "split")
+VARIANT = "split:16:1"  # kernel:tile:warps (TUNEBENCH_TRITON_DECODE): the fastest at 256 and 512 rows (H200)
 
 
 def available() -> str | None:
@@ -132,7 +139,73 @@ def _kernel() -> Any:
         out = tl.sum(acc * merge[:, None], axis=0) / tl.sum(total * merge, axis=0)
         tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)
 
-    return {"tiles": decode_kernel, "lanes": lanes_kernel}
+    @triton.jit
+    def split_kernel(Q, K, V, Out, Lengths, scale_log2,
+                     stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                     stride_ob, stride_oh,
+                     GROUP: tl.constexpr, D: tl.constexpr, HEAD: tl.constexpr, REST: tl.constexpr,
+                     TILE: tl.constexpr):
+        # "lanes" over a head size that is not a power of two, as two power-of-two parts (80 = 64 + 16: the
+        # 3B's), so no lane loads, multiplies and carries a padded dimension (48 of 128 at 80). HEAD > D (no
+        # such split) masks the padding, as "lanes" does; REST = 0 leaves the second part out.
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        length = tl.load(Lengths + row)
+        dims = tl.arange(0, HEAD)
+        in_dim = dims < D
+        q = tl.load(Q + row * stride_qb + head * stride_qh + dims, mask=in_dim, other=0.0).to(tl.float32)
+        q = q * scale_log2
+        keys = K + row * stride_kb + kv_head * stride_kh
+        values = V + row * stride_vb + kv_head * stride_vh
+        best = tl.full((TILE,), float("-inf"), tl.float32)
+        total = tl.zeros((TILE,), tl.float32)
+        acc = tl.zeros((TILE, HEAD), tl.float32)
+        if REST > 0:
+            rest = HEAD + tl.arange(0, REST)
+            q2 = tl.load(Q + row * stride_qb + head * stride_qh + rest).to(tl.float32) * scale_log2
+            acc2 = tl.zeros((TILE, REST), tl.float32)
+        for start in range(0, length, TILE):
+            cols = start + tl.arange(0, TILE)
+            in_row = cols < length
+            where = in_row[:, None] & in_dim[None, :]
+            k = tl.load(keys + cols[:, None] * stride_kn + dims[None, :], mask=where, other=0.0).to(tl.float32)
+            v = tl.load(values + cols[:, None] * stride_vn + dims[None, :], mask=where, other=0.0).to(tl.float32)
+            scores = tl.sum(k * q[None, :], axis=1)
+            if REST > 0:
+                k2 = tl.load(keys + cols[:, None] * stride_kn + rest[None, :], mask=in_row[:, None],
+                             other=0.0).to(tl.float32)
+                v2 = tl.load(values + cols[:, None] * stride_vn + rest[None, :], mask=in_row[:, None],
+                             other=0.0).to(tl.float32)
+                scores += tl.sum(k2 * q2[None, :], axis=1)
+            new_best = tl.where(in_row, tl.maximum(best, scores), best)
+            shrink = tl.where(in_row, tl.exp2(best - new_best), 1.0)
+            weights = tl.where(in_row, tl.exp2(scores - new_best), 0.0)
+            total = total * shrink + weights
+            acc = acc * shrink[:, None] + weights[:, None] * v
+            if REST > 0:
+                acc2 = acc2 * shrink[:, None] + weights[:, None] * v2
+            best = new_best
+        top = tl.max(best, axis=0)
+        merge = tl.exp2(best - top)
+        norm = tl.sum(total * merge, axis=0)
+        out = tl.sum(acc * merge[:, None], axis=0) / norm
+        tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)
+        if REST > 0:
+            out2 = tl.sum(acc2 * merge[:, None], axis=0) / norm
+            tl.store(Out + row * stride_ob + head * stride_oh + rest, out2.to(Out.dtype.element_ty))
+
+    return {"tiles": decode_kernel, "lanes": lanes_kernel, "split": split_kernel}
+
+
+def head_split(dim: int) -> tuple[int, int]:
+    """A head size as (power of two, power of two or 0) when it is one or the sum of two (80 -> 64, 16),
+    else (the next power of two, 0): the parts the "split" kernel loads."""
+    head = 1 << (dim.bit_length() - 1)
+    rest = dim - head
+    if rest and rest & (rest - 1):  # not a power of two: pad the whole head instead
+        return 1 << dim.bit_length(), 0
+    return head, rest
 
 
 def variant() -> tuple[str, int, int]:
@@ -140,12 +213,12 @@ def variant() -> tuple[str, int, int]:
     raw = os.environ.get("TUNEBENCH_TRITON_DECODE", VARIANT)
     try:
         name, tile, warps = raw.split(":")
-        if name not in ("tiles", "lanes"):
+        if name not in KERNELS:
             raise ValueError(name)
         return name, int(tile), int(warps)
     except ValueError:
-        raise SettingError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS, KERNEL one of tiles, "
-                         "lanes (e.g. lanes:32:4)") from None
+        raise SettingError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS, KERNEL one of "
+                           f"{', '.join(KERNELS)} (e.g. lanes:32:4)") from None
 
 
 def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: float) -> Any:
@@ -166,9 +239,14 @@ def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: floa
     if rows == 0:
         return out
     name, tile, warps = variant()
+    if name == "split":
+        head, rest = head_split(dim)
+        shape = {"HEAD": head, "REST": rest}
+    else:
+        shape = {"BLOCK_D": triton.next_power_of_2(dim)}
     _kernel()[name][(rows, heads)](
         query, key, value, out, lengths, float(scale) * math.log2(math.e),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(2),
-        GROUP=heads // kv_heads, D=dim, BLOCK_D=triton.next_power_of_2(dim), TILE=tile, num_warps=warps)
+        GROUP=heads // kv_heads, D=dim, TILE=tile, num_warps=warps, **shape)
     return out
