@@ -108,11 +108,12 @@ def test_offline_runs_decode_eagerly_unless_asked(neox, monkeypatch):
 
 
 
-def test_every_layer_runs_compiled_code(neox, tmp_path, monkeypatch, caplog):
-    """The attention module's forward (a frame of its own, after the graph break at the KV write) is compiled
-    once per layer and shape class; dynamo's recompile limit grows with the layer count, so no layer falls back
-    to eager code. On the H200 a fixed limit of 64 was passed by a 32-layer model once prefills were compiled
-    too (a 1-row decode step 26% slower). Here: a 6-layer model, which needs more entries than dynamo's 8."""
+def test_one_compiled_attention_frame_serves_every_layer(neox, tmp_path, monkeypatch, caplog):
+    """The attention module's forward (a frame of its own, after the graph break at the KV write) gets the
+    layer index as a tensor under compiled layers, so its compiled entries do not grow with the layer count:
+    a 6-layer model compiles as many as the 2-layer one. (With the int index, one entry per layer and shape
+    class: a 32-layer model passed a fixed recompile limit of 64 on the H200, and its start-up compiled 177
+    graphs.) The limit still grows with the layers, and no layer falls back to eager code."""
     import copy
     import logging
 
@@ -130,10 +131,15 @@ def test_every_layer_runs_compiled_code(neox, tmp_path, monkeypatch, caplog):
     neox.tokenizer.save_pretrained(tmp_path)
     monkeypatch.setattr(compiled, "RECOMPILE_LIMIT", 4)  # below dynamo's default of 8: the per-layer share decides
     monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
+    entries = {}
     with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
-        _, compiler = schedule_tokens(load(tmp_path), monkeypatch, "layers")
-    assert compiler.errors == {} and compiler.calls.get("prefill", 0) > 0 and compiler.calls.get("decode", 0) > 0
-    assert len(_debug_get_cache_entry_list(GPTNeoXAttention.forward.__code__)) > 8  # more than dynamo's default
+        for name, served in (("2 layers", neox), ("6 layers", load(tmp_path))):
+            torch._dynamo.reset()
+            _, compiler = schedule_tokens(served, monkeypatch, "layers")
+            assert compiler.errors == {} and compiler.calls.get("prefill", 0) > 0 and compiler.calls["decode"] > 0
+            entries[name] = len(_debug_get_cache_entry_list(GPTNeoXAttention.forward.__code__))
+            assert all(isinstance(m.layer_idx, int) for m in served.model.modules() if hasattr(m, "layer_idx"))
+    assert 0 < entries["6 layers"] == entries["2 layers"], entries
     hits = [r.getMessage()[:300] for r in caplog.records if "recompile_limit" in r.getMessage()
             or "cache_size_limit" in r.getMessage()]
     assert not hits

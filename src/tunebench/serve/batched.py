@@ -87,7 +87,8 @@ class BatchedEngine(Engine):
         compiling the layers for dynamic shapes needs when prefills are compiled; later shapes are captures
         (~0.1-0.3 s each). On the H200 (3B, 512 slots, 2026-12-03) it took 16.1 s, 15.0 of them compiling the
         decode step (which the first requests paid before); with compiled prefills (the default on CUDA since)
-        86-89 s, most of it dynamo compiling the attention frame once per layer and shape class.
+        86-110 s, most of it dynamo compiling the attention frame once per layer and shape class, and 31.8 s
+        once one compiled frame served every layer (`compiled.DecodeCompiler._tensor_indices`, lead-20).
         TUNEBENCH_WARMUP=0 skips it (start-up in seconds, the first requests slower)."""
         import os
 
@@ -97,25 +98,30 @@ class BatchedEngine(Engine):
         if not (runner.use_graphs and runner.flex) or os.environ.get("TUNEBENCH_WARMUP", "1") == "0":
             return
         started = time.perf_counter()
-        adapter = (self.served.default_adapter or BASE) if self.mixed_adapters else None
+        # Every loaded adapter gets its graphs (and, compiled, its code: peft's branch differs per adapter), the
+        # default one first: warming only the default left another adapter's first requests compiling its
+        # decode step (22.3 s) and capturing graphs inside a burst (H200, 3B, 2026-12-03 lead-15).
+        adapters = ([None] if not self.mixed_adapters else
+                    list(dict.fromkeys([self.served.default_adapter or BASE, BASE, *self.served.adapters])))
         buckets = sorted({runner.batch_bucket(n) for n in range(1, self.slots + 1)})
         with torch.inference_mode():
-            # Compiled prefills: three shapes make rows and width dynamic, so later shapes only capture (a lone
-            # prompt runs as 2 rows, `graphs.DecodeRunner.prefill_shape`). Eager prefills: three captures.
-            for count, longest in ((1, 64), (graphs.PREFILL_ROW_STEP, 64), (2 * graphs.PREFILL_ROW_STEP, 96)):
-                rows, width = runner.prefill_shape(min(count, self.slots), min(longest, self.cache.usable))
-                if rows > self.slots:
-                    continue
-                pad = [[0] * width] * rows  # every column is padding: it writes slot 0's scratch column
-                host = torch.tensor([pad, pad, [[self.cache.scratch] * width] * rows], dtype=torch.long)
-                runner.prefill(host, [0] * rows, adapter, {})
-            for rows in buckets:  # idle rows feed token 0 at position 0 into the scratch column
-                runner.step(rows, graphs.MIN_WIDTH, adapter, {})
-            runner.release(0, self.slots)
+            for adapter in adapters:
+                # Compiled prefills: three shapes make rows and width dynamic, so later shapes only capture (a
+                # lone prompt runs as 2 rows, `graphs.DecodeRunner.prefill_shape`). Eager prefills: captures.
+                for count, longest in ((1, 64), (graphs.PREFILL_ROW_STEP, 64), (2 * graphs.PREFILL_ROW_STEP, 96)):
+                    rows, width = runner.prefill_shape(min(count, self.slots), min(longest, self.cache.usable))
+                    if rows > self.slots:
+                        continue
+                    pad = [[0] * width] * rows  # every column is padding: it writes slot 0's scratch column
+                    host = torch.tensor([pad, pad, [[self.cache.scratch] * width] * rows], dtype=torch.long)
+                    runner.prefill(host, [0] * rows, adapter, {})
+                for rows in buckets:  # idle rows feed token 0 at position 0 into the scratch column
+                    runner.step(rows, graphs.MIN_WIDTH, adapter, {})
+                runner.release(0, self.slots)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-        log.info("warm-up: %d decode graphs (1 to %d rows) and 3 prefill shapes in %.1f s", len(buckets),
-                 buckets[-1], time.perf_counter() - started)
+        log.info("warm-up: %d decode graphs (1 to %d rows) and 3 prefill shapes for %d adapter(s) in %.1f s",
+                 len(buckets), buckets[-1], len(adapters), time.perf_counter() - started)
 
     def _has_work(self) -> bool:
         return bool(self._waiting) or bool(self.batch.seqs) or bool(self._pending)

@@ -12,7 +12,9 @@ TUNEBENCH_DECODE_COMPILE picks how much is compiled:
 - `layers`: regional compilation: the decoder layer's forward is compiled once and serves every layer
   (transformers' layers share one class, and torch treats a module's parameters as inputs), so compile time
   is one layer's, a few seconds. The KV write (`SlotCache.update`) runs eagerly between the layer's two
-  compiled halves: traced, its `self.layer_idx` would specialize the code per layer (32 recompiles). The
+  compiled halves, and the layer index it takes is handed over as a 0-d tensor (`_tensor_indices`): an int
+  that crosses the graph break is guarded on, so the attention frame compiled once per layer (on the H200,
+  3B: 175 graphs and an 85-89 s warm-up; with the tensor 20 graphs and 31.8 s, 2026-12-03 lead-20). The
   registered attention function is traced inside the second half (or run between graphs if it cannot be).
 - `model`: the whole decode forward (model, logits, greedy choice) as one graph: the KV write, the residual
   adds and the next layer norms fuse too; compile time is the whole model's.
@@ -38,14 +40,14 @@ log = logging.getLogger("tunebench.serve")
 MODES = ("off", "layers", "model")
 ENV = "TUNEBENCH_DECODE_COMPILE"
 RECOMPILE_LIMIT = 64  # row and width buckets, adapters, attention kinds: more than dynamo's default of 8
-# Compiled entries per decoder layer that one code object may need. The attention module's forward is a frame of
-# its own (the untraced KV write breaks the layer's graph there), and the layer index it hands the write is an
-# int passed to untraced code, which dynamo guards on: one entry per layer and shape class (1 row static, more
-# rows dynamic, decode and prefill, mask dtypes). With prefills compiled too a 32-layer model passed 64, and the
-# layers past the limit ran that frame eagerly (the rotary embedding as ~10 unfused kernels): on the H200 the
-# 1-row decode step took 3.51 ms instead of 2.78, and compiled prefills were no faster than eager (45.2 vs
-# 44.2 ms at 32 x 104; 2026-12-03, benchmarks/prefill_profile.py). (allow_unspec_int_on_nn_module does not
-# help: the int still crosses the graph break.)
+# Compiled entries per decoder layer that one code object may need, a guard against falling back to eager code.
+# The attention module's forward is a frame of its own (the untraced KV write breaks the layer's graph there);
+# while the layer index it hands the write was an int, dynamo guarded on it: one entry per layer and shape class
+# (1 row static, more rows dynamic, decode and prefill, mask dtypes). With prefills compiled too a 32-layer
+# model passed 64, and the layers past the limit ran that frame eagerly: on the H200 the 1-row decode step took
+# 3.51 ms instead of 2.78 (2026-12-03, benchmarks/prefill_profile.py). (allow_unspec_int_on_nn_module does not
+# help: the int still crosses the graph break.) The index is a tensor now (`_tensor_indices`), so the entries
+# no longer grow with the layers; the limit stays this generous for attention code that keeps an int.
 ENTRIES_PER_LAYER = 8
 
 
@@ -95,6 +97,7 @@ class DecodeCompiler:
         self._layers: list[Any] = []
         self._opaque: dict[Any, Any] = {}  # attention function -> the same, never traced
         self._limits: dict[str, int] = {}  # dynamo's recompile limits while compiled code runs
+        self._index_tensors: dict[int, Any] = {}  # layer index -> its 0-d tensor (`_tensor_indices`)
         if mode == "off":
             return
         self._layers = decoder_layers(model) if mode == "layers" else []
@@ -156,6 +159,24 @@ class DecodeCompiler:
         with self._layers_compiled():
             return plain(*args, **kwargs)
 
+    def _tensor_indices(self) -> list[tuple[Any, int]]:
+        """Swap every module's int `layer_idx` under the decoder layers for a 0-d CPU tensor holding it, for
+        the compiled call; returns (module, int) to put back. dynamo guards on an int that untraced code (the KV
+        write) receives, so the attention frame compiled once per layer; a tensor is a graph input, guarded on
+        its shape and dtype only, so one entry serves every layer."""
+        import torch
+
+        swapped = []
+        for layer in self._layers:
+            for module in layer.modules():
+                index = getattr(module, "layer_idx", None)
+                if isinstance(index, int) and not isinstance(index, bool):
+                    if index not in self._index_tensors:
+                        self._index_tensors[index] = torch.tensor(index)
+                    module.layer_idx = self._index_tensors[index]
+                    swapped.append((module, index))
+        return swapped
+
     def give_up(self, err: BaseException, key: str = "*") -> None:
         """Steps of kind `key` ("*": every kind) decode eagerly from now on."""
         log.warning("compiled decode unavailable for %s steps (%s: %s); decoding them eagerly", key,
@@ -181,6 +202,7 @@ class DecodeCompiler:
             ALL_ATTENTION_FUNCTIONS[impl] = self._opaque[inner]  # the local mapping: shadows the registered one
         for layer in self._layers:
             layer.forward = functools.partial(self._layer_forward, layer)
+        indexed = self._tensor_indices()
         self.cache.opaque_update = True
         try:
             yield
@@ -188,5 +210,7 @@ class DecodeCompiler:
             self.cache.opaque_update = False
             for layer in self._layers:
                 del layer.forward
+            for module, index in indexed:
+                module.layer_idx = index
             if shadowed:
                 del ALL_ATTENTION_FUNCTIONS[impl]
