@@ -19,7 +19,8 @@ rows and 0.236 ms at 512 (2.8-2.9 TB/s of the keys and values it must read), aga
 FlexAttention and 0.199 / 0.384 ms for "tiles" at 64 tokens and 4 warps.
 
 A third ("split", the default since 2026-12-03) is "lanes" over a head size that is not a power of two as two
-power-of-two parts (the 3B's 80 = 64 + 16), where "lanes" pads it to 128. Same layer (lead-16, lead-18): at
+power-of-two parts (the 3B's 80 = 64 + 16), where "lanes" pads it to 128 (one kernel: "lanes" passes the padded
+size and no second part). Same layer (lead-16, lead-18): at
 32-token tiles and 2 warps it was only 2% faster than "lanes" (0.234 vs 0.238 ms at 512 rows: the loop is not
 bound by the padded lanes' arithmetic), but it made smaller tiles pay: 16-token tiles and 1 warp took 0.113 ms at
 256 rows and 0.206 at 512 (3.3 TB/s), and the 512-row compiled decode step went 12.6 -> 11.5 ms (lead-19).
@@ -105,49 +106,13 @@ def _kernel() -> Any:
     def lanes_kernel(Q, K, V, Out, Lengths, scale_log2,
                      stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
                      stride_ob, stride_oh,
-                     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr):
-        # The same attention with the online softmax kept per tile lane (column offset within a tile): the loop
-        # does no reduction across the tile, so no cross-warp exchange per tile; the lanes are merged once.
-        row = tl.program_id(0)
-        head = tl.program_id(1)
-        kv_head = head // GROUP
-        length = tl.load(Lengths + row)
-        dims = tl.arange(0, BLOCK_D)
-        in_dim = dims < D
-        q = tl.load(Q + row * stride_qb + head * stride_qh + dims, mask=in_dim, other=0.0).to(tl.float32)
-        q = q * scale_log2
-        keys = K + row * stride_kb + kv_head * stride_kh
-        values = V + row * stride_vb + kv_head * stride_vh
-        best = tl.full((TILE,), float("-inf"), tl.float32)
-        total = tl.zeros((TILE,), tl.float32)
-        acc = tl.zeros((TILE, BLOCK_D), tl.float32)
-        for start in range(0, length, TILE):
-            cols = start + tl.arange(0, TILE)
-            in_row = cols < length
-            where = in_row[:, None] & in_dim[None, :]
-            k = tl.load(keys + cols[:, None] * stride_kn + dims[None, :], mask=where, other=0.0).to(tl.float32)
-            v = tl.load(values + cols[:, None] * stride_vn + dims[None, :], mask=where, other=0.0).to(tl.float32)
-            scores = tl.sum(k * q[None, :], axis=1)
-            new_best = tl.where(in_row, tl.maximum(best, scores), best)
-            shrink = tl.where(in_row, tl.exp2(best - new_best), 1.0)
-            weights = tl.where(in_row, tl.exp2(scores - new_best), 0.0)
-            total = total * shrink + weights
-            acc = acc * shrink[:, None] + weights[:, None] * v
-            best = new_best
-        top = tl.max(best, axis=0)
-        merge = tl.exp2(best - top)  # lanes that never held a column: exp2(-inf) = 0
-        out = tl.sum(acc * merge[:, None], axis=0) / tl.sum(total * merge, axis=0)
-        tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)
-
-    @triton.jit
-    def split_kernel(Q, K, V, Out, Lengths, scale_log2,
-                     stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-                     stride_ob, stride_oh,
                      GROUP: tl.constexpr, D: tl.constexpr, HEAD: tl.constexpr, REST: tl.constexpr,
                      TILE: tl.constexpr):
-        # "lanes" over a head size that is not a power of two, as two power-of-two parts (80 = 64 + 16: the
-        # 3B's), so no lane loads, multiplies and carries a padded dimension (48 of 128 at 80). HEAD > D (no
-        # such split) masks the padding, as "lanes" does; REST = 0 leaves the second part out.
+        # The same attention with the online softmax kept per tile lane (column offset within a tile): the loop
+        # does no reduction across the tile, so no cross-warp exchange per tile; the lanes are merged once.
+        # The head's dimensions come in two power-of-two parts, HEAD and REST ("split": 80 = 64 + 16, the 3B's),
+        # so no lane loads, multiplies and carries a padded dimension (48 of 128 at 80); "lanes" passes the
+        # next power of two as HEAD (masked past D) and REST = 0, which leaves the second part out.
         row = tl.program_id(0)
         head = tl.program_id(1)
         kv_head = head // GROUP
@@ -195,7 +160,7 @@ def _kernel() -> Any:
             out2 = tl.sum(acc2 * merge[:, None], axis=0) / norm
             tl.store(Out + row * stride_ob + head * stride_oh + rest, out2.to(Out.dtype.element_ty))
 
-    return {"tiles": decode_kernel, "lanes": lanes_kernel, "split": split_kernel}
+    return {"tiles": decode_kernel, "lanes": lanes_kernel, "split": lanes_kernel}
 
 
 def head_split(dim: int) -> tuple[int, int]:
@@ -239,11 +204,11 @@ def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: floa
     if rows == 0:
         return out
     name, tile, warps = variant()
-    if name == "split":
-        head, rest = head_split(dim)
-        shape = {"HEAD": head, "REST": rest}
-    else:
+    if name == "tiles":
         shape = {"BLOCK_D": triton.next_power_of_2(dim)}
+    else:
+        head, rest = head_split(dim) if name == "split" else (triton.next_power_of_2(dim), 0)
+        shape = {"HEAD": head, "REST": rest}
     _kernel()[name][(rows, heads)](
         query, key, value, out, lengths, float(scale) * math.log2(math.e),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
