@@ -97,7 +97,7 @@ class DecodeCompiler:
         self._layers: list[Any] = []
         self._opaque: dict[Any, Any] = {}  # attention function -> the same, never traced
         self._limits: dict[str, int] = {}  # dynamo's recompile limits while compiled code runs
-        self._index_tensors: dict[int, Any] = {}  # layer index -> its 0-d tensor (`_tensor_indices`)
+        self._indexed: list[tuple[Any, int, Any]] = []  # (module, int layer_idx, its 0-d tensor)
         if mode == "off":
             return
         self._layers = decoder_layers(model) if mode == "layers" else []
@@ -111,6 +111,7 @@ class DecodeCompiler:
                         for name, value in zip(names, (limit, 4 * limit), strict=True) if hasattr(config, name)}
         if mode == "layers":
             self._layer_forward = torch.compile(type(self._layers[0]).forward, backend=backend)
+            self._indexed = self._tensor_indices()
 
     @property
     def error(self) -> str | None:
@@ -159,23 +160,16 @@ class DecodeCompiler:
         with self._layers_compiled():
             return plain(*args, **kwargs)
 
-    def _tensor_indices(self) -> list[tuple[Any, int]]:
-        """Swap every module's int `layer_idx` under the decoder layers for a 0-d CPU tensor holding it, for
-        the compiled call; returns (module, int) to put back. dynamo guards on an int that untraced code (the KV
-        write) receives, so the attention frame compiled once per layer; a tensor is a graph input, guarded on
-        its shape and dtype only, so one entry serves every layer."""
+    def _tensor_indices(self) -> list[tuple[Any, int, Any]]:
+        """(module, its int `layer_idx`, a 0-d CPU tensor holding it) for every module under the decoder layers
+        that has one, found once: compiled calls swap in the tensor and put the int back. dynamo guards on an
+        int that untraced code (the KV write) receives, so the attention frame compiled once per layer; a tensor
+        is a graph input, guarded on its shape and dtype only, so one entry serves every layer."""
         import torch
 
-        swapped = []
-        for layer in self._layers:
-            for module in layer.modules():
-                index = getattr(module, "layer_idx", None)
-                if isinstance(index, int) and not isinstance(index, bool):
-                    if index not in self._index_tensors:
-                        self._index_tensors[index] = torch.tensor(index)
-                    module.layer_idx = self._index_tensors[index]
-                    swapped.append((module, index))
-        return swapped
+        return [(module, module.layer_idx, torch.tensor(module.layer_idx))
+                for layer in self._layers for module in layer.modules()
+                if isinstance(getattr(module, "layer_idx", None), int) and not isinstance(module.layer_idx, bool)]
 
     def give_up(self, err: BaseException, key: str = "*") -> None:
         """Steps of kind `key` ("*": every kind) decode eagerly from now on."""
@@ -202,7 +196,8 @@ class DecodeCompiler:
             ALL_ATTENTION_FUNCTIONS[impl] = self._opaque[inner]  # the local mapping: shadows the registered one
         for layer in self._layers:
             layer.forward = functools.partial(self._layer_forward, layer)
-        indexed = self._tensor_indices()
+        for module, _, tensor in self._indexed:
+            module.layer_idx = tensor
         self.cache.opaque_update = True
         try:
             yield
@@ -210,7 +205,7 @@ class DecodeCompiler:
             self.cache.opaque_update = False
             for layer in self._layers:
                 del layer.forward
-            for module, index in indexed:
+            for module, index, _ in self._indexed:
                 module.layer_idx = index
             if shadowed:
                 del ALL_ATTENTION_FUNCTIONS[impl]

@@ -152,7 +152,7 @@ def _kernel() -> Any:
                 acc2 = acc2 * shrink[:, None] + weights[:, None] * v2
             best = new_best
         top = tl.max(best, axis=0)
-        merge = tl.exp2(best - top)
+        merge = tl.exp2(best - top)  # lanes that never held a column: exp2(-inf) = 0
         norm = tl.sum(total * merge, axis=0)
         out = tl.sum(acc * merge[:, None], axis=0) / norm
         tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)

@@ -65,7 +65,8 @@ def _kernel() -> Any:
 
 
 def usable(keys: Any, key_states: Any, value_states: Any) -> bool:
-    """Whether `write` can take these: last dims contiguous, the cache not FP8 (its write also quantizes)."""
+    """Whether `write` can take these: last dims contiguous and the cache in the states' dtype (an FP8 cache's
+    write also quantizes, which this kernel does not)."""
     return (keys.stride(-1) == 1 and key_states.stride(-1) == 1 and value_states.stride(-1) == 1
             and keys.dtype == key_states.dtype)
 
