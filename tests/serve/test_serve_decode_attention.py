@@ -95,6 +95,16 @@ def test_head_sizes_split_into_two_powers_of_two_or_pad():
     assert head_split(112) == (128, 0)  # 64 + 48: padded instead
 
 
+def test_a_malformed_triton_variant_is_refused_when_the_engine_is_built(tiny_llama_dir, load_tiny, monkeypatch):
+    from tunebench.errors import SettingError
+
+    model, tok = load_tiny(tiny_llama_dir)
+    monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "triton")
+    monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", "fast:16:1")
+    with pytest.raises(SettingError, match="KERNEL one of tiles, lanes, split"):
+        offline_engine(model, tok, longest=16, slots=1)
+
+
 def test_a_malformed_triton_variant_is_refused_with_the_allowed_form(monkeypatch):
     from tunebench.serve.triton_decode import variant
 

@@ -123,6 +123,10 @@ class DecodeRunner:
         choice = os.environ.get("TUNEBENCH_DECODE_ATTENTION", default)
         if choice not in ("triton", "flex", "sdpa"):
             raise SettingError(f"TUNEBENCH_DECODE_ATTENTION={choice!r}; allowed: triton, flex, sdpa")
+        if choice == "triton":  # a bad TUNEBENCH_TRITON_DECODE is refused here, not at the first decode step
+            from tunebench.serve.triton_decode import variant
+
+            variant()
         # Steps of fewer rows decode with SDPA (TUNEBENCH_FLEX_MIN_ROWS; 0: the row-length kernel at every size).
         # With FlexAttention the default 2 sends a lone sequence to SDPA: on the H200 SDPA's 1-row step was 3.85
         # vs 4.24 ms, and served single-stream inter-token latency was 3.8 ms with it against 4.2 ms without, at
