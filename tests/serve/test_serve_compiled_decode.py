@@ -145,15 +145,16 @@ def test_one_compiled_attention_frame_serves_every_layer(neox, tmp_path, monkeyp
     assert not hits
 
 
-def test_compiled_prefills_default_to_cuda_without_unmerged_adapters(monkeypatch):
+def test_compiled_prefills_default_to_cuda(monkeypatch):
     from tunebench.serve.graphs import prefill_compile
 
     monkeypatch.delenv("TUNEBENCH_PREFILL_COMPILE", raising=False)
-    assert prefill_compile("cuda", adapters=False) is True
-    assert prefill_compile("cuda", adapters=True) is False  # each adapter would compile inside its first request
-    assert prefill_compile("cpu", adapters=False) is False
+    assert prefill_compile("cuda") is True  # unmerged adapters too: the warm-up compiles each one's code
+    assert prefill_compile("cpu") is False
     monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "1")
-    assert prefill_compile("cuda", adapters=True) is True and prefill_compile("cpu", adapters=False) is True
+    assert prefill_compile("cpu") is True
+    monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "0")
+    assert prefill_compile("cuda") is False
     monkeypatch.setenv("TUNEBENCH_PREFILL_COMPILE", "yes")
     with pytest.raises(ValueError, match="allowed: 0, 1"):
-        prefill_compile("cuda", adapters=False)
+        prefill_compile("cuda")

@@ -123,7 +123,7 @@ def test_writes_saturate_and_readers_get_the_model_dtype():
     cache.bind(rows, cols, 0, 3, 6, whole=True)
     whole_k, _ = cache.update(keys, values, 1)
     assert whole_k.dtype == FP8 and whole_k.data_ptr() == cache.keys[1].data_ptr()
-    cache.move(torch.tensor([2]), torch.tensor([1]), 6)
+    cache.move([2], [1], [6])
     assert torch.equal(cache.all_keys[:, 1].view(torch.uint8), cache.all_keys[:, 2].view(torch.uint8))
     prefix = torch.randn(2, 2, 5, 4)
     cache.write_prefix(torch.tensor([0, 1]), prefix, -prefix)

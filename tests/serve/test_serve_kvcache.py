@@ -288,3 +288,34 @@ def test_a_bad_triton_write_setting_names_the_allowed_values(monkeypatch):
             triton_write.enabled()
     finally:
         triton_write.enabled.cache_clear()
+
+
+def test_a_prefill_from_column_zero_attends_over_its_own_keys():
+    """`fresh_mask` over the pass's own (left-padded) keys exposes exactly what `visible_mask` exposes through
+    the slots' columns: the same attention output for every real token; a padding token sees only itself."""
+    import torch
+    import torch.nn.functional as F
+
+    from tunebench.serve.kvcache import SlotCache, fresh_mask, visible_mask
+
+    torch.manual_seed(0)
+    cache = SlotCache(1, 3, 9, 2, 4, torch.float32, torch.device("cpu"))
+    lengths, width = [5, 3], 5
+    cols = torch.tensor([[cache.scratch] * (width - n) + list(range(n)) for n in lengths])
+    positions = torch.where(cols == cache.scratch, 0, cols)
+    keys, values, query = (torch.randn(2, 2, width, 4) for _ in range(3))
+    slots = torch.tensor([2, 0])
+    cache.bind(slots[:, None], cols, 0, 2, width, gather=slots)
+    k, v = cache.update(keys, values, 0)
+    through_slots = F.scaled_dot_product_attention(query, k, v, attn_mask=visible_mask(positions, width))
+    cache.bind(slots[:, None], cols, 0, 2, width, gather=slots, fresh=True)
+    k, v = cache.update(keys, values, 0)
+    assert k is keys and v is values
+    mask = fresh_mask(cols, cache.scratch)
+    fresh = F.scaled_dot_product_attention(query, k, v, attn_mask=mask)
+    real = cols != cache.scratch
+    torch.testing.assert_close(fresh.transpose(1, 2)[real], through_slots.transpose(1, 2)[real])
+    assert mask[1, 0, 0].tolist() == [True, False, False, False, False]  # padding: itself only
+    fp8 = SlotCache(1, 3, 9, 2, 4, torch.float32, torch.device("cpu"), torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="dequantized"):
+        fp8.bind(slots[:, None], cols, 0, 2, width, gather=slots, fresh=True)

@@ -10,10 +10,6 @@ from typing import Any
 
 from tunebench.serve.requests import Sequence
 
-# Rows moved by one copy in compaction: the copy goes through a temporary of every layer's columns of the
-# moved rows (32 rows of a 3B model at 256 columns: ~1.3 GB), so a mass leave is copied in groups.
-MOVE_GROUP = 32
-
 
 class SlotBatch:
     """The running sequences, in rows 0..n-1 of the slot cache (row i holds `seqs[i]`).
@@ -44,9 +40,8 @@ class SlotBatch:
         kept = set(rows)
         holes = [i for i in range(size) if i not in kept]
         movers = [i for i in rows if i >= size]
-        for at in range(0, len(movers), MOVE_GROUP):
-            group = movers[at:at + MOVE_GROUP]
-            self.runner.move(group, holes[at:at + MOVE_GROUP], max(self.lengths[i] for i in group))
+        if movers:
+            self.runner.move(movers, holes, [self.lengths[i] for i in movers])
         for src, dst in zip(movers, holes, strict=True):
             self.seqs[dst], self.lengths[dst] = self.seqs[src], self.lengths[src]
         del self.seqs[size:], self.lengths[size:]

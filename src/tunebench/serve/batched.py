@@ -67,7 +67,7 @@ class BatchedEngine(Engine):
                         longest, limits.max_batch)
         self.cache = SlotCache(layers, self.slots, max_len, heads, head_dim, dtype, self.device, storage)
         use_graphs = self.device.type == "cuda" and os.environ.get("TUNEBENCH_CUDA_GRAPHS", "1") != "0"
-        self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs, adapters=self.mixed_adapters)
+        self.runner = DecodeRunner(self.model, self.cache, self.cache_arg, use_graphs)
         self.batch = SlotBatch(self.runner)
         self._pending: deque[Pending] = deque()
         self.profile = StepProfile()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import gc
 import logging
 import queue
 import threading
@@ -28,6 +30,35 @@ from tunebench.serve.sampling import RowState
 log = logging.getLogger("tunebench.serve")
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+_heap_frozen_for_good = False  # freeze_heap ran: this process keeps its heap frozen
+
+
+def freeze_heap() -> int:
+    """Leave every object alive now out of later garbage collections (after a collection, so no garbage is
+    kept), as vLLM's `freeze_gc_heap` does once a server has warmed up; returns how many were frozen. A process
+    holding a compiled model has millions of long-lived objects, and a full collection walks them all: on the
+    H200 (3B, compiled layers) one took 287 ms inside a 1.4 s burst of 512 requests (lead-22; ~0.5 s in
+    lead-21), at whichever step it fell. Objects made later (requests, tokens) are still collected as usual."""
+    global _heap_frozen_for_good
+    gc.collect()
+    gc.freeze()
+    _heap_frozen_for_good = True
+    return gc.get_freeze_count()  # walks the frozen objects: once, at start-up
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Any:
+    """`freeze_heap` for the length of a block, without its collection (that would cost the pause it avoids);
+    the objects go back to the collector afterwards, unless the process had frozen its heap for good. Both
+    are constant-time list splices (unlike gc.get_freeze_count, which walks the list: 66 ms per burst there)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not _heap_frozen_for_good:
+            gc.unfreeze()
 
 
 @dataclass

@@ -265,6 +265,7 @@ def front_end_server(state: Any) -> Any:
 def run_front_end(job: dict[str, Any]) -> int:
     from tunebench.serve.channel import BlockingChannel
     from tunebench.serve.client import front_model, front_state
+    from tunebench.serve.engine_base import freeze_heap
 
     report = os.fdopen(os.dup(1), "w", buffering=1)  # the supervisor reads one JSON line from stdout
     os.dup2(2, 1)  # and nothing else: prints go to the log
@@ -297,6 +298,7 @@ def run_front_end(job: dict[str, Any]) -> int:
     threading.Thread(target=tell_when_started, daemon=True).start()
     for sig in (signal.SIGINT, signal.SIGTERM):  # what uvicorn restores (and re-raises into) when it returns
         signal.signal(sig, lambda *_: None)
+    freeze_heap()  # as the engine process does (`tunebench.serve.core.main`)
     server.run(sockets=[listener])
     return 0
 

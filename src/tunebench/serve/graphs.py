@@ -59,15 +59,16 @@ def power_of_two_at_least(n: int, floor: int = 1) -> int:
     return size
 
 
-def prefill_compile(device_type: str, adapters: bool) -> bool:
-    """TUNEBENCH_PREFILL_COMPILE=0|1, or the default: on CUDA without unmerged adapters. With them, the warm-up
-    compiles for the default adapter only, and each other adapter's first prefill compiled its own code inside
-    a request (H200, 3B: 31.6 s, on top of the 22.3 s its first decode steps already compile), so their prefills
-    stay eager."""
+def prefill_compile(device_type: str) -> bool:
+    """TUNEBENCH_PREFILL_COMPILE=0|1, or the default: on CUDA. Unmerged adapters included: before the warm-up
+    covered every loaded adapter and one compiled frame served every layer, another adapter's first prefill
+    compiled inside a request (H200, 3B: 31.6 s), so their prefills stayed eager; now compiled, the unmerged
+    burst went from 16.8k to 19.0k tok/s against 21.7k merged (H200 lead-21, benchmarks/burst_timeline.py),
+    and the warm-up from 18.2 to 22.5 s. Mixed-adapter prefills (`adapter_names`) stay eager either way."""
     raw = os.environ.get("TUNEBENCH_PREFILL_COMPILE", "").strip()
     if raw not in ("", "0", "1"):
         raise SettingError(f"TUNEBENCH_PREFILL_COMPILE={raw!r}; allowed: 0, 1")
-    return raw == "1" if raw else device_type == "cuda" and not adapters
+    return raw == "1" if raw else device_type == "cuda"
 
 
 class FlexCaptureFailed(RuntimeError):
@@ -81,7 +82,7 @@ class StepOutput:
 
 
 class DecodeRunner:
-    def __init__(self, model: Any, cache: Any, cache_arg: str, use_graphs: bool, adapters: bool = False) -> None:
+    def __init__(self, model: Any, cache: Any, cache_arg: str, use_graphs: bool) -> None:
         import torch
 
         self.model, self.cache, self.cache_arg = model, cache, cache_arg
@@ -155,14 +156,14 @@ class DecodeRunner:
         from tunebench.serve.compiled import DecodeCompiler, compile_mode
 
         mode = compile_mode(device.type)
-        # TUNEBENCH_PREFILL_COMPILE (`prefill_compile`: default 1 on CUDA without unmerged adapters, else 0):
+        # TUNEBENCH_PREFILL_COMPILE (`prefill_compile`: default 1 on CUDA, else 0):
         # prefill graphs run the compiled layers too. On the H200 (3B, 2026-12-03, benchmarks/prefill_profile.py):
         # 33.9 instead of 44.2 ms for 32 prompts of 100 tokens (475 vs 364 useful TFLOP/s: the rotary embedding,
         # GELU and layer norms fused), and the served rates rose with it: 100/64 at 300 req/s p90 1.63 s,
         # classification 600 req/s p90 1.44 s (eager: 2.01 s and 538/s achieved). (It once cost the 1-row decode
         # step 0.7 ms: the per-layer compiles of the attention frame passed dynamo's recompile limit,
         # `compiled.ENTRIES_PER_LAYER`.) Start-up compiles longer (see `BatchedEngine.warm_up`).
-        self.compile_prefill = prefill_compile(device.type, adapters)
+        self.compile_prefill = prefill_compile(device.type)
         try:
             self.compiler = DecodeCompiler(model, cache, mode)
         except Exception as err:  # e.g. no decoder layer list to compile regionally
@@ -223,14 +224,14 @@ class DecodeRunner:
         self.inputs[0, :count].copy_(new, non_blocking=True)
         self.inputs[1:, :count] += 1
 
-    def move(self, src: list[int], dst: list[int], length: int) -> None:
-        """Sequences move from rows `src` to rows `dst` (compaction): their first `length` cache columns and
-        their next inputs, in a few kernels whatever the number of rows and layers."""
+    def move(self, src: list[int], dst: list[int], lengths: list[int]) -> None:
+        """Sequences move from rows `src` to rows `dst` (compaction): their cache columns (`lengths`, each
+        row's own) and their next inputs."""
         import torch
 
+        self.cache.move(src, dst, lengths)
         src_rows, dst_rows = (torch.tensor(rows, dtype=torch.long).to(self.rows.device, non_blocking=True)
                               for rows in (src, dst))
-        self.cache.move(src_rows, dst_rows, length)
         self.inputs[:, dst_rows] = self.inputs[:, src_rows]
 
     def release(self, first: int, end: int) -> None:
@@ -360,8 +361,7 @@ class DecodeRunner:
             # eager prefill (~40 ms of Python for a 3B model) onto an idle GPU instead of behind running steps.
             device = self.rows.device
             inputs, slots = host.to(device, non_blocking=True), slots.to(device, non_blocking=True)
-            self.cache.bind(slots[:, None], inputs[2], 0, rows, offset + width, gather=slots)
-            return self._run(inputs[0], inputs[1], offset + width, extra)
+            return self._prefill_pass(inputs[0], inputs[1], inputs[2], slots, offset, width, extra)
         self.prefill_inputs[:, :rows, :width].copy_(host, non_blocking=True)
         self.prefill_rows[:rows].copy_(slots, non_blocking=True)
         forward = functools.partial(self.prefill_forward, offset=offset) if offset else self.prefill_forward
@@ -369,11 +369,24 @@ class DecodeRunner:
 
     def prefill_forward(self, rows: int, width: int, extra: dict[str, Any], offset: int = 0) -> StepOutput:
         tokens, positions, cols = (self.prefill_inputs[i, :rows, :width] for i in range(3))
-        slots = self.prefill_rows[:rows]
-        self.cache.bind(slots[:, None], cols, 0, rows, offset + width, gather=slots)
-        if self.compile_prefill and not extra:  # the decode step's compiled layers, for prefill graphs too
-            return self.compiler.run(self._run, "prefill", tokens, positions, offset + width, extra)
-        return self._run(tokens, positions, offset + width, extra)
+        return self._prefill_pass(tokens, positions, cols, self.prefill_rows[:rows], offset, width, extra,
+                                  compiled=self.compile_prefill)
+
+    def _prefill_pass(self, tokens: Any, positions: Any, cols: Any, slots: Any, offset: int, width: int,
+                      extra: dict[str, Any], compiled: bool = False) -> StepOutput:
+        """A prefill's forward into `slots`. From column 0 (no shared prefix) over an unquantized cache,
+        attention reads the pass's own keys and values (`SlotCache.bind(fresh=True)`, `fresh_mask`): the
+        same keys as the slots' columns, without gathering the group's slots out of every layer's cache
+        (1.4 ms of a 32-prompt prefill of the 3B on the H200, lead-16). After a shared prefix, or over an FP8
+        cache (whose readers see the quantized keys), it reads the gathered slots."""
+        from tunebench.serve.kvcache import fresh_mask
+
+        fresh = offset == 0 and not self.cache.quantized
+        self.cache.bind(slots[:, None], cols, 0, slots.shape[0], offset + width, gather=slots, fresh=fresh)
+        mask = fresh_mask(cols, self.cache.scratch, self.additive_dtype) if fresh else None
+        if compiled and not extra:  # the decode step's compiled layers, for prefill graphs too
+            return self.compiler.run(self._run, "prefill", tokens, positions, offset + width, extra, mask=mask)
+        return self._run(tokens, positions, offset + width, extra, mask=mask)
 
     # ------------------------------------------------------------ graphs
 

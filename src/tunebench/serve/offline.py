@@ -17,6 +17,7 @@ from typing import Any
 
 from tunebench.serve.batch_state import CachedPrefix
 from tunebench.serve.batched import BatchedEngine
+from tunebench.serve.engine_base import heap_frozen
 from tunebench.serve.requests import Completion, EngineLimits, GenerationFailed, GenerationRequest
 from tunebench.serve.requests import Sequence as EngineSequence
 
@@ -78,7 +79,8 @@ def run_offline(engine: BatchedEngine, requests: Sequence[GenerationRequest], *,
     engine.prefix = prefix
     engine.profile.reset()
     try:
-        with torch.inference_mode():
+        # The heap as it is (the model, compiled code) stays out of collections during the run (`heap_frozen`).
+        with torch.inference_mode(), heap_frozen():
             while engine._has_work():
                 engine._iteration()
                 items, engine._outbox = engine._outbox, []

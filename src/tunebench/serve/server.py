@@ -82,8 +82,11 @@ def uvicorn_server(state: Any) -> Any:
 
 def serve_forever(state: Any, host: str, port: int, announce: Any = print) -> None:
     """Serve until SIGTERM/SIGINT, then drain; `announce` receives the URL once the socket is bound."""
+    from tunebench.serve.engine_base import freeze_heap
+
     sock = bind(host, port)
     server = uvicorn_server(state)
+    freeze_heap()  # the loaded model and the app stay out of garbage collections from here on
     announce(url_of(sock))
     server.run(sockets=[sock])
 
