@@ -169,8 +169,6 @@ def test_abandoned_classify_requests_free_their_places(naive_cls):
     busy = threading.Thread(target=naive_cls.post, args=("/generate", long_body))
     busy.start()
     wait_for(lambda: engine.in_flight == 1)
-    # ... and the model thread has taken it (queued behind it in its inbox, a job would run first)
-    wait_for(lambda: engine._inbox.empty() and not engine._waiting)
     for _ in range(2):  # two clients give up while the model is busy
         with pytest.raises(httpx.ReadTimeout), naive_cls.client(timeout=0.2) as c:
             c.post("/classify", json={"text": "the rocket reached orbit"})

@@ -320,10 +320,7 @@ def main(argv: list[str]) -> int:
     core = start_engine(channels, init)
     if core is None:
         return 2
-    from tunebench.serve.engine_base import freeze_heap
-
-    log.info("engine process %d ready in %.1f s; %d objects frozen out of garbage collection", os.getpid(),
-             time.monotonic() - started, freeze_heap())
+    log.info("engine process %d ready in %.1f s", os.getpid(), time.monotonic() - started)
     # Ctrl-C reaches the whole process group: the front ends drain HTTP and then send "stop"; were this process
     # to die at once, the requests being drained would fail. SIGTERM (a service manager stopping the group):
     # finish what is admitted, then exit.
