@@ -166,9 +166,17 @@ def naive_cls(tiny_llama_dir, cls_run):
 def test_abandoned_classify_requests_free_their_places(naive_cls):
     engine = naive_cls.state.engine
     long_body = {"inputs": "The engine", "parameters": {"max_new_tokens": LONG, "ignore_eos": True}}
-    busy = threading.Thread(target=naive_cls.post, args=("/generate", long_body))
+    started = threading.Event()
+
+    def generate() -> None:  # streamed, so the test knows when the engine is decoding it
+        with naive_cls.client(timeout=60) as c, c.stream("POST", "/generate_stream", json=long_body) as r:
+            for _ in r.iter_lines():
+                started.set()
+
+    busy = threading.Thread(target=generate)
     busy.start()
-    wait_for(lambda: engine.in_flight == 1)
+    # The engine has taken it (were it still in the engine's inbox, a job sent now would run first)
+    assert started.wait(30) and engine.in_flight == 1
     for _ in range(2):  # two clients give up while the model is busy
         with pytest.raises(httpx.ReadTimeout), naive_cls.client(timeout=0.2) as c:
             c.post("/classify", json={"text": "the rocket reached orbit"})

@@ -52,6 +52,11 @@ def test_split_server_generates_like_the_inline_one(split, tiny_llama_dir, lora_
         assert c.get("/info").json()["frontend"] == "split"
 
 
+def test_the_engine_process_froze_its_heap_before_it_reported_ready(split):
+    # a full collection over a loaded model's objects stalled bursts 0.3-0.5 s on the H200 (lead-21/22)
+    assert split.state.engine.heap_frozen > 10_000
+
+
 def test_killing_the_engine_process_fails_every_open_request_and_health_says_so(doomed):
     pid = doomed.state.engine.process.pid
     outcomes: list = []

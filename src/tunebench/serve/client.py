@@ -62,6 +62,7 @@ class EngineClient:
         self.kind = info["kind"]
         self.slots = info["slots"]
         self.eos_ids = frozenset(info["eos_ids"])
+        self.heap_frozen = info["heap_frozen"]  # objects the engine process froze out of garbage collection
         self.special_ids = frozenset(tokenizer.all_special_ids) | self.eos_ids
         self.open: dict[int, Sequence] = {}  # requests the engine has not finished
         self.jobs: dict[int, asyncio.Future] = {}

@@ -298,7 +298,7 @@ def run_front_end(job: dict[str, Any]) -> int:
     threading.Thread(target=tell_when_started, daemon=True).start()
     for sig in (signal.SIGINT, signal.SIGTERM):  # what uvicorn restores (and re-raises into) when it returns
         signal.signal(sig, lambda *_: None)
-    freeze_heap()  # as `serve_forever` does for a one-process server
+    freeze_heap()  # as the engine process does (`tunebench.serve.core.main`) and `serve_forever`
     server.run(sockets=[listener])
     return 0
 
