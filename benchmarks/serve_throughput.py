@@ -247,12 +247,46 @@ async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
     return wall, sum(t for t in tokens if t > 0), sum(t > 0 for t in tokens)
 
 
-def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, float]:
-    """Closed loop: `count` requests at once (twice the slots keeps every slot busy); saturation throughput."""
+SCHEDULE_SERIES = {"steps": "tunebench_batch_size_count", "rows": "tunebench_batch_size_sum",
+                   "prefills": "tunebench_prefill_size_count", "prefilled": "tunebench_prefill_size_sum",
+                   "queued": "tunebench_queue_duration_seconds_count",
+                   "queue_s": "tunebench_queue_duration_seconds_sum"}
+
+
+def engine_counters(url: str) -> dict[str, float] | None:
+    """The engine's step and prefill counters from /metrics (None from a server without them)."""
+    import httpx
+
+    from tunebench.serve.metrics import parse_metrics
+
+    try:
+        samples = parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
+        return {key: samples[name] for key, name in SCHEDULE_SERIES.items()}
+    except (httpx.HTTPError, KeyError):
+        return None
+
+
+def schedule(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """What the engine did between two scrapes, in the terms of the offline engine's profile (steps, rows per
+    step, prefills), so that a served burst and the same burst offline can be compared step for step."""
+    if before is None or after is None:
+        return None
+    d = {key: after[key] - before[key] for key in SCHEDULE_SERIES}
+    return {"steps": int(d["steps"]), "rows_per_step": round(d["rows"] / max(d["steps"], 1), 2),
+            "prefills": int(d["prefills"]), "prompts_per_prefill": round(d["prefilled"] / max(d["prefills"], 1), 2),
+            "queue_mean_s": round(d["queue_s"] / max(d["queued"], 1), 4)}
+
+
+def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, Any]:
+    """Closed loop: `count` requests at once (twice the slots keeps every slot busy); saturation throughput.
+    With the engine's schedule over the burst, from /metrics (steps, rows per step, prefills)."""
+    counters = engine_counters(url)
     started = time.monotonic()
     wall, tokens, ok = asyncio.run(_burst(url, texts, count, new_tokens, adapter))
+    busy = CPU.between(started, time.monotonic())
     return {"requests": count, "ok": ok, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 2),
-            "output_tokens_per_s": round(tokens / wall, 1), "cpu_cores_busy": CPU.between(started, time.monotonic())}
+            "output_tokens_per_s": round(tokens / wall, 1), "cpu_cores_busy": busy,
+            "schedule": schedule(counters, engine_counters(url))}
 
 
 def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespace, counter: Any,

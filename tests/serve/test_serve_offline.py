@@ -73,3 +73,22 @@ def test_heap_frozen_keeps_a_heap_the_process_froze_itself():
     finally:
         engine_base._heap_frozen_for_good = False
         gc.unfreeze()
+
+
+def test_prefill_launches_are_counted_in_the_metrics(tiny_llama_dir, load_tiny):
+    """/metrics' prefill histogram (prompts per launch) matches the launches the engine made."""
+    from tunebench.serve.metrics import parse_metrics
+
+    model, tok = load_tiny(tiny_llama_dir)
+    longest = max(len(tok(t)["input_ids"]) for t in TEXTS)
+    engine = offline_engine(model, tok, longest=64, slots=8, prefill_budget=3 * longest)
+    groups: list[int] = []
+    prefill = engine._prefill
+    engine._prefill = lambda seqs: (groups.append(len(seqs)), prefill(seqs))[1]
+    requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=4, ignore_eos=True))
+                for t in TEXTS]
+    run_offline(engine, requests)
+    samples = parse_metrics(engine.metrics.render()[0].decode())
+    assert len(groups) > 1 and sum(groups) == len(TEXTS)
+    assert samples["tunebench_prefill_size_count"] == len(groups)
+    assert samples["tunebench_prefill_size_sum"] == len(TEXTS)

@@ -112,8 +112,12 @@ def test_auto_splits_on_cuda_only():
 
 
 def test_metrics_cross_the_boundary(split):
+    before = split.metrics()
     split.generate("The engine", max_new_tokens=5, ignore_eos=True)
     metrics = split.metrics()
+    # one prefill launch of one prompt (what the serving benchmark reads to compare a burst with offline)
+    assert metrics["tunebench_prefill_size_count"] - before["tunebench_prefill_size_count"] == 1
+    assert metrics["tunebench_prefill_size_sum"] - before["tunebench_prefill_size_sum"] == 1
     assert metrics["tunebench_time_to_first_token_seconds_count"] >= 1
     assert metrics["tunebench_inter_token_latency_seconds_count"] >= 4
     assert metrics["tunebench_generated_tokens_sum"] >= 5 and metrics["tunebench_batch_size_count"] >= 5

@@ -263,6 +263,7 @@ class BatchedEngine(Engine):
         self._pending.append(pending)
         self.profile.prefills += 1
         self.profile.prefilled += count
+        self.metrics.prefill_size.observe(count)
         self.profile.prefill_s += time.perf_counter() - started
 
     def _adapter_choice(self, seqs: list[Sequence], rows: int) -> tuple[str | None, dict[str, Any]]:

@@ -41,6 +41,8 @@ class ServeMetrics:
                                      buckets=TOKEN_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tunebench_batch_size", "sequences in each decode step",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.prefill_size = Histogram("tunebench_prefill_size", "prompts in each prefill launch",
+                                      buckets=BATCH_BUCKETS, registry=r)
         self.generated_tokens = Histogram("tunebench_generated_tokens", "tokens generated per finished request",
                                           buckets=TOKEN_COUNT_BUCKETS, registry=r)
         self.prompt_tokens = Histogram("tunebench_prompt_tokens", "prompt tokens per admitted request",
