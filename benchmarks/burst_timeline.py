@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--adapter", choices=("none", "merged", "unmerged"), default="none")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--max-prefill-tokens", type=int, default=None, help="prompt tokens per prefill iteration "
+                        "(tunebench serve --max-prefill-tokens; default the server's)")
     parser.add_argument("--repeats", type=int, default=3, help="measured bursts (tokens/s from the median)")
     parser.add_argument("--gc-freeze", choices=("on", "off"), default="on", help="off: the runs collect over the "
                         "whole heap as before `tunebench.serve.engine_base.heap_frozen` (for the comparison)")
@@ -175,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = time.monotonic()
     served = load_served(ModelOptions(model=args.model, random_weights=True, tokenizer=str(tokenizer),
                                       device=args.device, adapters=adapters, merge=args.adapter == "merged"))
-    engine = create_engine("batched", served, EngineLimits(max_batch=args.slots, max_queue=2048, request_timeout=60,
-                                                           max_sequence_tokens=256), ServeMetrics("batched"))
+    limits = EngineLimits(max_batch=args.slots, max_queue=2048, request_timeout=60, max_sequence_tokens=256,
+                          prefill_budget=args.max_prefill_tokens or EngineLimits.prefill_budget)
+    engine = create_engine("batched", served, limits, ServeMetrics("batched"))
     warm_s = time.monotonic() - loaded
     name = "lora" if args.adapter == "unmerged" else None
     prompts = [served.tokenizer(t)["input_ids"][:128] for t in texts]
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     timeline = analyse(trace, window["ts"], window["ts"] + window["dur"])
     device = torch.cuda.get_device_name() if cuda else "cpu"
     line = {"benchmark": "burst_timeline", "model": args.model, "device": device,
-            "adapter": args.adapter, "slots": args.slots, "burst": args.burst, "new_tokens": args.new_tokens,
+            "adapter": args.adapter, "slots": args.slots, "max_prefill_tokens": engine.limits.prefill_budget,
+            "burst": args.burst, "new_tokens": args.new_tokens,
             "load_and_warmup_s": round(warm_s, 1), "output_tokens_per_s": round(tokens / plain, 1),
             "wall_s": round(plain, 3), "walls_s": [round(w, 3) for w in walls],
             "gc_during_bursts": clock.report(), "gc_freeze": args.gc_freeze,

@@ -133,8 +133,10 @@ def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, 
     adapters = (AdapterSpec(adapter[0], adapter[1]),) if adapter else ()
     served = load_served(ModelOptions(model=args.model, random_weights=True, tokenizer=str(tokenizer),
                                       device=args.device, adapters=adapters, merge=bool(adapter and adapter[2])))
+    budget = getattr(args, "max_prefill_tokens", None) or EngineLimits.prefill_budget  # the served engine's
     engine = create_engine("batched", served, EngineLimits(max_batch=args.slots, max_queue=2048, request_timeout=60,
-                                                           max_sequence_tokens=128 + 128), ServeMetrics("batched"))
+                                                           max_sequence_tokens=128 + 128, prefill_budget=budget),
+                           ServeMetrics("batched"))
     name = adapter[0] if adapter and not adapter[2] else None
     prompts = [served.tokenizer(t)["input_ids"][:128] for t in texts]
     count = getattr(args, "burst", None) or 2 * args.slots

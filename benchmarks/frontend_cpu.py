@@ -4,7 +4,7 @@ seconds of the front-end process and of its engine process (/proc, every thread)
 divided by their count. The engine on a CPU is slow, so this measures CPU per request, not throughput: enough
 concurrency keeps the front end busy with many streams at once, as on the GPU host. One JSON line:
 
-    python benchmarks/frontend_cpu.py [--requests 2000] [--concurrency 64] [--api tgi|openai|chat]
+    python benchmarks/frontend_cpu.py [--requests 2000] [--concurrency 64] [--api tgi|tgi-unary|openai|chat]
     python benchmarks/frontend_cpu.py --py-spy out.svg   # also a py-spy profile of the front end (out.txt: raw)
 """
 
@@ -50,6 +50,9 @@ def thread_cpu(pid: int) -> float:
 
 
 def request_for(api: str, prompt: str, new_tokens: int) -> tuple[str, dict[str, Any]]:
+    if api == "tgi-unary":  # what the serving benchmark's bursts send (serve_throughput._burst)
+        return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True,
+                                                              "details": True}}
     if api == "tgi":
         return "/generate_stream", {"inputs": prompt, "parameters": {"max_new_tokens": new_tokens,
                                                                      "ignore_eos": True}}
@@ -73,7 +76,7 @@ async def drive(url: str, texts: list[str], api: str, count: int, concurrency: i
             path, body = request_for(api, texts[i % len(texts)], new_tokens)
             async with session.post(url + path, json=body) as resp:
                 data = await resp.read()
-            ok = resp.status == 200 and b'"error"' not in data
+            ok = resp.status == 200 and b'"error":' not in data
             done += ok
             failed += not ok
             events += data.count(b"data:")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=300, help="requests before measuring")
     parser.add_argument("--concurrency", type=int, default=64, help="streams open at once (and engine slots)")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--api", choices=("tgi", "openai", "chat"), default="tgi")
+    parser.add_argument("--api", choices=("tgi", "tgi-unary", "openai", "chat"), default="tgi")
     parser.add_argument("--py-spy", type=Path, default=None, help="record the front end during the measurement")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="frontend-cpu-"))

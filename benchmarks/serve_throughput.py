@@ -96,6 +96,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tunebench serve --frontend (auto: split on CUDA)")
     parser.add_argument("--frontends", default="auto", help="tunebench serve --frontends: front-end "
                         "processes sharing the engine (split only): N or auto (the server's default)")
+    parser.add_argument("--max-prefill-tokens", type=int, default=None, help="tunebench serve --max-prefill-tokens, "
+                        "and the same budget for --offline's engine (default: the server's)")
     parser.add_argument("--fractions", default=None, help="--offline: open-loop rates as fractions of each "
                         "profile's served burst, e.g. '100in-64out=1.2,1.5;classify-100in-16out=1.5,2'")
     parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
@@ -199,7 +201,8 @@ def serve_args(args: argparse.Namespace, tokenizer: Path, engine: str, extra: li
             engine, "--max-concurrency", str(args.slots if engine == "batched" else 1), "--max-queue", "2048",
             "--max-input-tokens", "128", "--max-new-tokens", "128", "--timeout", "60",
             "--frontend", getattr(args, "frontend", "auto"), "--frontends", str(getattr(args, "frontends", "auto")),
-            *(extra or [])]
+            *(["--max-prefill-tokens", str(args.max_prefill_tokens)] if getattr(args, "max_prefill_tokens", None)
+              else []), *(extra or [])]
 
 
 def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, out: Path, args: argparse.Namespace,

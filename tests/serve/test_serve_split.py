@@ -145,3 +145,21 @@ def test_a_study_files_serve_frontend_is_validated(tmp_path):
     assert "serve.frontend = 'threads'" in info.value.problem and "'split'" in (info.value.fix or "")
     path.write_text("name: x\ndefaults: {serve: {frontend: split}}\nexperiments:\n  - method: zero_shot\n")
     assert load_study(path).cells[0].config.serve.frontend == "split"
+
+
+def test_the_prefill_token_budget_reaches_the_engine_process(tiny_llama_dir):
+    """--max-prefill-tokens bounds each prefill launch: at 1 token, every prompt is prefilled alone."""
+    import concurrent.futures
+
+    background, live = start(tiny_llama_dir, frontend="split", max_prefill_tokens=1)
+    try:
+        before = live.metrics()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            done = list(pool.map(lambda text: live.generate(text, max_new_tokens=8, ignore_eos=True),
+                                 ["The engine", "Plant the seedlings", "Anna: lunch?", "Solder the board"]))
+        assert all(d["generated_text"] for d in done)
+        after = live.metrics()
+        launches = after["tunebench_prefill_size_count"] - before["tunebench_prefill_size_count"]
+        assert launches == 4 and after["tunebench_prefill_size_sum"] - before["tunebench_prefill_size_sum"] == 4
+    finally:
+        background.stop()

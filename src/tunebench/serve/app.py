@@ -237,13 +237,11 @@ def protected_pages(app: Any, auth: list[Any]) -> None:
 def build_state(served: Any, options: Any) -> ServerState:
     """The engine, metrics and request limits around a model loaded in this process (`frontend: inline`; the
     split front end's state is `tunebench.serve.client.build_split_state`)."""
-    from tunebench.serve.engine import EngineLimits, create_engine
+    from tunebench.serve.engine import create_engine
     from tunebench.serve.metrics import ServeMetrics
+    from tunebench.serve.options import engine_limits
     from tunebench.serve.validate import Limits, RequestBuilder
 
     metrics = ServeMetrics(options.engine)
-    limits = EngineLimits(max_batch=options.max_concurrency, max_queue=options.max_queue,
-                          request_timeout=options.request_timeout,
-                          max_sequence_tokens=options.max_input_tokens + options.max_new_tokens)
-    engine = create_engine(options.engine, served, limits, metrics)
+    engine = create_engine(options.engine, served, engine_limits(options), metrics)
     return ServerState(served, engine, metrics, options, RequestBuilder(served, Limits.of(served, options)))

@@ -31,6 +31,7 @@ from typing import Any
 from tunebench.errors import UserError
 from tunebench.serve.channel import DONE, TOKEN, BlockingChannel, encode, read_message
 from tunebench.serve.core import apply_metric_updates
+from tunebench.serve.options import engine_limits
 from tunebench.serve.requests import EngineLimits, GenerationFailed, Overloaded, RequestHandle, Sequence, admit_one
 
 log = logging.getLogger("tunebench.serve")
@@ -267,11 +268,6 @@ class EngineClient:
 
 # ---------------------------------------------------------------- start-up
 
-
-def engine_limits(options: Any) -> EngineLimits:
-    return EngineLimits(max_batch=options.max_concurrency, max_queue=options.max_queue,
-                        request_timeout=options.request_timeout,
-                        max_sequence_tokens=options.max_input_tokens + options.max_new_tokens)
 
 
 def spawn_engine(model_options: Any, kind: str, limits: EngineLimits,

@@ -72,6 +72,8 @@ def register(app: typer.Typer) -> None:
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
         max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="most tokens one request may ask"),
         timeout: float | None = typer.Option(None, "--timeout", help="seconds a request may take, queue included"),
+        max_prefill_tokens: int | None = typer.Option(None, "--max-prefill-tokens", help="batched engine: prompt "
+                                                      "tokens prefilled per scheduler iteration (default 4096)"),
         random_weights: bool = typer.Option(False, "--random-weights", help="the architecture without weights"),
         tokenizer: str | None = typer.Option(None, "--tokenizer", help="a tokenizer directory to use instead"),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU), float32, bfloat16, float16"),
@@ -90,10 +92,12 @@ def register(app: typer.Typer) -> None:
             api_key=key, max_concurrency=max_concurrency or cfg.max_concurrency,
             max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
             max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout,
+            max_prefill_tokens=max_prefill_tokens or cfg.max_prefill_tokens,
             frontend=frontend or cfg.frontend,
             frontends=parse_frontends(str(cfg.frontends) if frontends is None else frontends))
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout,
-                                       None if frontends is None or options.frontends == 0 else options.frontends))
+                                       None if frontends is None or options.frontends == 0 else options.frontends,
+                                       max_prefill_tokens))
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         console = terminal.console(stderr=True)
@@ -163,7 +167,8 @@ def check_server_options(options: Any, given: tuple) -> None:
     if options.engine not in (*ENGINES, *EXTERNAL_ENGINES):
         raise UserError(f"--engine '{options.engine}' is not an engine",
                         f"allowed: {', '.join((*ENGINES, *EXTERNAL_ENGINES))}")
-    names = ("--max-concurrency", "--max-queue", "--max-input-tokens", "--max-new-tokens", "--timeout", "--frontends")
+    names = ("--max-concurrency", "--max-queue", "--max-input-tokens", "--max-new-tokens", "--timeout", "--frontends",
+             "--max-prefill-tokens")
     for name, value in zip(names, given, strict=True):
         if value is not None and value <= 0:
             raise UserError(f"{name} must be > 0, got {value}", f"give a positive {name}")

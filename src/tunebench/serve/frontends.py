@@ -48,7 +48,8 @@ STOP_GRACE_S = 30.0
 def serve_many(model_options: Any, options: Any, announce: Any) -> None:
     """Serve with `options.frontends` front-end processes until SIGTERM/SIGINT, then drain; `announce` gets
     (URL, the engine's ready info) once every front end accepts connections."""
-    from tunebench.serve.client import engine_limits, spawn_engine
+    from tunebench.serve.client import spawn_engine
+    from tunebench.serve.options import engine_limits
     from tunebench.serve.server import bind_each, url_of
 
     listeners = bind_each(options.host, options.port, options.frontends)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunebench.errors import UserError
 
@@ -44,12 +45,22 @@ class ServerOptions:
     max_input_tokens: int = 2048
     max_new_tokens: int = 256
     request_timeout: float = 300.0
+    max_prefill_tokens: int = 4096  # prompt tokens prefilled per scheduler iteration (batched engine)
     max_stop_sequences: int = 4
     frontend: str = "auto"  # split: the engine in a process of its own (tunebench.serve.client); inline: here
     frontends: int = 0  # front-end processes sharing the engine (split only; tunebench.serve.frontends); 0: auto
 
 
 FRONTENDS = ("auto", "split", "inline")
+
+
+def engine_limits(options: ServerOptions) -> Any:
+    """The engine's limits from the server's options (one place, for the inline and the split engine)."""
+    from tunebench.serve.requests import EngineLimits
+
+    return EngineLimits(max_batch=options.max_concurrency, max_queue=options.max_queue,
+                        request_timeout=options.request_timeout, prefill_budget=options.max_prefill_tokens,
+                        max_sequence_tokens=options.max_input_tokens + options.max_new_tokens)
 
 
 def resolved_frontend(frontend: str, device: str | None) -> str:
