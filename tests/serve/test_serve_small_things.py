@@ -55,3 +55,20 @@ def test_a_bad_adapter_fails_before_loading_the_model(adapter):
                              adapter, "--port", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "adapter 'x'" in result.stderr
     assert "loading" not in result.stdout + result.stderr
+
+
+def test_the_serve_section_and_the_server_options_share_their_defaults():
+    """A run's `serve:` section fills the server's options: a default that differs would change behaviour by
+    whether --run was given."""
+    import dataclasses
+
+    from tunebench.config.schema import ServeConfig
+    from tunebench.serve.options import ServerOptions, engine_limits
+
+    section, options = ServeConfig(), ServerOptions()
+    shared = [f.name for f in dataclasses.fields(ServerOptions) if f.name in ServeConfig.model_fields]
+    assert "max_prefill_tokens" in shared and len(shared) >= 8
+    for name in shared:
+        if name != "frontends":  # "auto" in YAML, 0 in the options
+            assert getattr(section, name) == getattr(options, name), name
+    assert engine_limits(dataclasses.replace(options, max_prefill_tokens=777)).prefill_budget == 777
