@@ -253,7 +253,9 @@ async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
 SCHEDULE_SERIES = {"steps": "tunebench_batch_size_count", "rows": "tunebench_batch_size_sum",
                    "prefills": "tunebench_prefill_size_count", "prefilled": "tunebench_prefill_size_sum",
                    "queued": "tunebench_queue_duration_seconds_count",
-                   "queue_s": "tunebench_queue_duration_seconds_sum"}
+                   "queue_s": "tunebench_queue_duration_seconds_sum",
+                   **{f"engine_{phase}": f'tunebench_engine_seconds_total{{phase="{phase}"}}'
+                      for phase in ("gpu_wait", "launch", "prefill", "tokens", "sampling", "scheduling")}}
 
 
 def engine_counters(url: str) -> dict[str, float] | None:
@@ -269,15 +271,19 @@ def engine_counters(url: str) -> dict[str, float] | None:
         return None
 
 
-def schedule(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+def schedule(before: dict[str, float] | None, after: dict[str, float] | None, wall: float) -> dict[str, Any] | None:
     """What the engine did between two scrapes, in the terms of the offline engine's profile (steps, rows per
-    step, prefills), so that a served burst and the same burst offline can be compared step for step."""
+    step, prefills), so that a served burst and the same burst offline can be compared step for step; and the
+    engine thread's seconds by phase, against the burst's wall: what is left ("idle") the engine spent with no
+    work, waiting for requests to reach it."""
     if before is None or after is None:
         return None
     d = {key: after[key] - before[key] for key in SCHEDULE_SERIES}
+    engine = {key.removeprefix("engine_"): round(v, 3) for key, v in d.items() if key.startswith("engine_")}
     return {"steps": int(d["steps"]), "rows_per_step": round(d["rows"] / max(d["steps"], 1), 2),
             "prefills": int(d["prefills"]), "prompts_per_prefill": round(d["prefilled"] / max(d["prefills"], 1), 2),
-            "queue_mean_s": round(d["queue_s"] / max(d["queued"], 1), 4)}
+            "queue_mean_s": round(d["queue_s"] / max(d["queued"], 1), 4),
+            "engine_s": {**engine, "idle": round(max(0.0, wall - sum(engine.values())), 3)}}
 
 
 def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, Any]:
@@ -289,7 +295,7 @@ def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str 
     busy = CPU.between(started, time.monotonic())
     return {"requests": count, "ok": ok, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 2),
             "output_tokens_per_s": round(tokens / wall, 1), "cpu_cores_busy": busy,
-            "schedule": schedule(counters, engine_counters(url))}
+            "schedule": schedule(counters, engine_counters(url), wall)}
 
 
 def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespace, counter: Any,

@@ -87,8 +87,14 @@ def test_prefill_launches_are_counted_in_the_metrics(tiny_llama_dir, load_tiny):
     engine._prefill = lambda seqs: (groups.append(len(seqs)), prefill(seqs))[1]
     requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=4, ignore_eos=True))
                 for t in TEXTS]
+    engine.profile.every = 1e9  # no 10 s report (it resets the profile) inside the run
     run_offline(engine, requests)
     samples = parse_metrics(engine.metrics.render()[0].decode())
     assert len(groups) > 1 and sum(groups) == len(TEXTS)
     assert samples["tunebench_prefill_size_count"] == len(groups)
     assert samples["tunebench_prefill_size_sum"] == len(TEXTS)
+    from tunebench.serve.metrics import ENGINE_PHASES
+
+    spent = {phase: samples[f'tunebench_engine_seconds_total{{phase="{phase}"}}'] for phase in ENGINE_PHASES}
+    assert spent["prefill"] > 0 and spent["launch"] > 0  # on the CPU, the passes themselves
+    assert abs(sum(spent.values()) - engine.profile.iteration_s) < 1e-6  # the phases add up to the iterations

@@ -153,6 +153,8 @@ class BatchedEngine(Engine):
 
     def _iteration(self) -> None:
         started = time.perf_counter()
+        p = self.profile
+        marks = (p.gpu_wait_s, p.launch_s, p.prefill_s, p.host_s, p.sampling_s)
         if started - self._waiting_pruned >= WAITING_PRUNE_S:
             self._prune_waiting()
             self._waiting_pruned = started
@@ -164,8 +166,11 @@ class BatchedEngine(Engine):
         # Read what ran before; a step whose tokens are still being copied runs on while the host works.
         self._read_pending(keep=launched if launched is not None and launched.buffer is not None else None)
         self.metrics.running.set(len(self.batch))
-        self.profile.iteration_s += time.perf_counter() - started
-        line = self.profile.report()
+        elapsed = time.perf_counter() - started
+        p.iteration_s += elapsed
+        self.metrics.engine_time(elapsed, p.gpu_wait_s - marks[0], p.launch_s - marks[1], p.prefill_s - marks[2],
+                                 p.host_s - marks[3], p.sampling_s - marks[4])
+        line = p.report()
         if line:
             log.info(line)
 

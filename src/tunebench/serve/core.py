@@ -82,6 +82,9 @@ class MetricsRelay:
     def error(self, kind: str) -> None:
         self.observed[("error", kind)].append(1)
 
+    def engine_time(self, *seconds: float) -> None:
+        self.observed[("engine_time", "")].append(seconds)
+
     def take(self) -> tuple[dict[tuple[str, str], list[float]], dict[str, float]] | None:
         if not self.observed and not self.gauges:
             return None
@@ -112,6 +115,8 @@ def apply_metric_updates(metrics: Any, updates: Any) -> None:
                 metrics.observe_step(int(value))
         elif name == "error":
             metrics.errors.labels(kind=label).inc(len(values))
+        elif name == "engine_time":
+            metrics.engine_time(*(sum(column) for column in zip(*values, strict=True)))
         else:
             series = getattr(metrics, name)
             for value in values:

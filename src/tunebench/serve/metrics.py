@@ -18,6 +18,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30,
 TOKEN_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_COUNT_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# gpu_wait: blocked on a step's tokens (GPU time the host could not overlap); launch: decode steps' launches;
+# prefill: admitting prompts (their launches, or whole passes on the CPU); tokens: handing tokens to requests;
+# sampling: on-host sampling; scheduling: the rest of each iteration (pruning, admission, compaction).
+ENGINE_PHASES = ("gpu_wait", "launch", "prefill", "tokens", "sampling", "scheduling")
 ERROR_KINDS = ("validation", "auth", "overloaded", "timeout", "cancelled", "not_found", "internal", "shutdown")
 
 
@@ -48,6 +52,11 @@ class ServeMetrics:
         self.prompt_tokens = Histogram("tunebench_prompt_tokens", "prompt tokens per admitted request",
                                        buckets=TOKEN_COUNT_BUCKETS, registry=r)
         self.errors = Counter("tunebench_errors", "failed requests by kind", ["kind"], registry=r)
+        # The engine thread's time by what it did (its wall minus their sum: idle, no work); a rate of these over
+        # a burst says whether the engine waited on the GPU or on the requests (the serving benchmark reads them).
+        engine_seconds = Counter("tunebench_engine_seconds", "the engine thread's time in scheduler iterations, "
+                                 "by phase", ["phase"], registry=r)
+        self._engine_phases = [engine_seconds.labels(phase=phase) for phase in ENGINE_PHASES]
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         mode = "livemax"  # the one front end the engine relays them to; the others hold 0
         self.running = Gauge("tunebench_running_sequences", "sequences in the running batch", registry=r,
@@ -71,6 +80,12 @@ class ServeMetrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
+
+    def engine_time(self, iteration: float, *phases: float) -> None:
+        """One or more scheduler iterations' seconds, and within them ENGINE_PHASES but the last (the rest)."""
+        for child, seconds in zip(self._engine_phases, (*phases, max(0.0, iteration - sum(phases))), strict=True):
+            if seconds:
+                child.inc(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
