@@ -47,6 +47,7 @@ def test_finish_reasons_from_ids(tiny_tokenizer):
     assert ended == Generation("hello world", len(hello) + 1, "stop", 3)
     full = finish(tiny_tokenizer, hello, ends={eos}, pad=eos, stop=(), max_new_tokens=len(hello), prompt_tokens=3)
     assert full.finish_reason == "length" and full.n_tokens == len(hello)
+    assert ended.ids == (*hello, eos) and full.ids == tuple(hello)  # up to and including the ending token
     assert cut_at_stop("a###b###", ["###"]) == ("a", True)
     assert cut_at_stop("abc", ["###", ""]) == ("abc", False)
 

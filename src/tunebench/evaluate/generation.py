@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Engine = Literal["auto", "padded", "continuous", "batched"]
@@ -41,6 +41,8 @@ class Generation:
     n_tokens: int  # generated tokens, up to and including the one that ended generation
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int = 0
+    # the generated ids, up to and including the one that ended generation (for analyses of where two runs part)
+    ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -109,13 +111,13 @@ def finish(tokenizer: Any, generated: Sequence[int], *, ends: set[int], pad: int
     end = next((i for i, t in enumerate(ids) if t in ends), None)
     if end is not None:
         text = tokenizer.decode(ids[:end], skip_special_tokens=True)
-        return Generation(cut_at_stop(text, stop)[0], end + 1, "stop", prompt_tokens)
+        return Generation(cut_at_stop(text, stop)[0], end + 1, "stop", prompt_tokens, tuple(ids[:end + 1]))
     if pad is not None and pad in ids:
         ids = ids[:ids.index(pad)]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     text, stopped = cut_at_stop(text, stop)
     reason = "stop" if stopped or len(ids) < max_new_tokens else "length"
-    return Generation(text, len(ids), reason, prompt_tokens)
+    return Generation(text, len(ids), reason, prompt_tokens, tuple(ids))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
