@@ -269,7 +269,6 @@ class EngineClient:
 # ---------------------------------------------------------------- start-up
 
 
-
 def spawn_engine(model_options: Any, kind: str, limits: EngineLimits,
                  frontends: int = 1) -> tuple[subprocess.Popen, list[BlockingChannel]]:
     """The engine process, one channel per front end; the first channel has asked it to load the model."""
