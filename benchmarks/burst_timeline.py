@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--adapter", choices=("none", "merged", "unmerged"), default="none")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--max-prefill-tokens", type=int, default=None, help="prompt tokens per prefill iteration "
+    parser.add_argument("--max-prefill-tokens", type=int, default=None, help="padded prompt tokens per prefill launch "
                         "(tunebench serve --max-prefill-tokens; default the server's)")
     parser.add_argument("--repeats", type=int, default=3, help="measured bursts (tokens/s from the median)")
     parser.add_argument("--gc-freeze", choices=("on", "off"), default="on", help="off: the runs collect over the "

@@ -169,9 +169,10 @@ class ServeConfig(Section):
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     request_timeout: float = Field(300.0, gt=0, description="seconds a request may take, queueing included")
-    max_prefill_tokens: int = Field(4096, ge=1, description="batched engine: prompt tokens prefilled per scheduler "
-                                    "iteration (as TGI's --max-batch-prefill-tokens); larger admits a burst in "
-                                    "fewer, longer prefills, during which running streams wait")
+    max_prefill_tokens: int = Field(4096, ge=1, description="batched engine: padded prompt tokens in one prefill "
+                                    "launch, one launch per scheduler iteration, at least one prompt and at most 64 "
+                                    "on CUDA (as TGI's --max-batch-prefill-tokens); larger admits a burst in fewer, "
+                                    "longer prefills, during which running streams wait")
     frontend: Literal["auto", "split", "inline"] = Field(
         "auto", description="split: HTTP, tokenization and streaming in one process, the engine in another; inline: "
                             "both in one process (debugging); auto: split on CUDA, inline on the CPU (as measured)")

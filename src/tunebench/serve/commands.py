@@ -72,8 +72,9 @@ def register(app: typer.Typer) -> None:
         max_input_tokens: int | None = typer.Option(None, "--max-input-tokens", help="longest prompt accepted"),
         max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="most tokens one request may ask"),
         timeout: float | None = typer.Option(None, "--timeout", help="seconds a request may take, queue included"),
-        max_prefill_tokens: int | None = typer.Option(None, "--max-prefill-tokens", help="batched engine: prompt "
-                                                      "tokens prefilled per scheduler iteration (default 4096)"),
+        max_prefill_tokens: int | None = typer.Option(None, "--max-prefill-tokens", help="batched engine: padded "
+                                                      "prompt tokens in one prefill launch (one per scheduler "
+                                                      "iteration; at most 64 prompts on CUDA; default 4096)"),
         random_weights: bool = typer.Option(False, "--random-weights", help="the architecture without weights"),
         tokenizer: str | None = typer.Option(None, "--tokenizer", help="a tokenizer directory to use instead"),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU), float32, bfloat16, float16"),

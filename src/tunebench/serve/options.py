@@ -45,7 +45,7 @@ class ServerOptions:
     max_input_tokens: int = 2048
     max_new_tokens: int = 256
     request_timeout: float = 300.0
-    max_prefill_tokens: int = 4096  # prompt tokens prefilled per scheduler iteration (batched engine)
+    max_prefill_tokens: int = 4096  # padded prompt tokens per prefill launch (batched)
     max_stop_sequences: int = 4
     frontend: str = "auto"  # split: the engine in a process of its own (tunebench.serve.client); inline: here
     frontends: int = 0  # front-end processes sharing the engine (split only; tunebench.serve.frontends); 0: auto

@@ -71,7 +71,7 @@ class EngineLimits:
     max_batch: int = 32  # sequences decoded together (--max-concurrency)
     max_queue: int = 256  # requests waiting for a slot before the server answers 503
     request_timeout: float = 300.0  # seconds from arrival to the last token
-    prefill_budget: int = 4096  # prompt tokens prefilled per scheduler iteration (at least one prompt)
+    prefill_budget: int = 4096  # padded prompt tokens in one prefill launch (one per iteration, at least one prompt)
     max_sequence_tokens: int = 0  # prompt + generated tokens one KV-cache slot holds; 0: the model's context
     # While sequences decode, a waiting request is held back up to this long (or until PREFILL_GROUP wait) so
     # prompts are prefilled in groups: each eager prefill pass stalls every running sequence for its duration.
