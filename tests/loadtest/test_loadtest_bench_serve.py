@@ -44,6 +44,9 @@ def test_bench_serve_compares_naive_and_batched(cli, tiny_llama_dir, tmp_path):
         assert summary["token_counts"]["output"] == "server"  # TGI details from tunebench serve
         assert port_is_closed(summary["target"]["url"])  # the server was stopped
         assert (out / engine / "latency.png").read_bytes().startswith(PNG_MAGIC)
+        # the batched engine's busy share over each run, from its /metrics (the naive engine does not report it)
+        busy = [rate["mean"]["server_engine_busy"] for rate in summary["rates"]]
+        assert all(0 < b <= 1 for b in busy) if engine == "batched" else busy == [None, None], busy
     assert comparison["engines"][1]["max_sustainable_rps"] is not None
     assert comparison["engines"][1]["cost_per_1k_tokens"] > 0
     for plot in ("latency.png", "throughput.png"):

@@ -189,6 +189,23 @@ class LoadClient:
                             "start the server first (tunebench serve ...), or check --url: scheme, host and port"
                             ) from None
 
+    async def engine_seconds(self) -> float | None:
+        """The seconds a tunebench server's batched engine has spent in scheduler iterations (the sum of
+        `tunebench_engine_seconds_total` on its /metrics), or None from any other server, or without
+        prometheus-client to read the page. Never fails the run."""
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+
+            status, data = await self._get(self.target.base() + "/metrics")
+            if status != 200:
+                return None
+            families = text_string_to_metric_families(data.decode(errors="replace"))
+            total = [sample.value for family in families if family.name == "tunebench_engine_seconds"
+                     for sample in family.samples if sample.name.endswith("_total")]
+        except (ImportError, UserError, ValueError):
+            return None
+        return sum(total) if total else None
+
     async def _first_model(self) -> str:
         status, data = await self._get(self.target.base() + "/v1/models")
         try:

@@ -88,11 +88,13 @@ class Sweep:
     async def measure(self, rate: float, phase: str) -> RateResult:
         repetitions = []
         for rep in range(self.cfg.repeat):
-            records = await self._one_run(rate, phase, rep)
+            records, busy = await self._one_run(rate, phase, rep)
             self._fill_tokens(records)
             self._write_rows(rate, phase, rep, records)
-            repetitions.append(summarize([r for r in records if r.scheduled >= self.cfg.warmup], rate,
-                                         window_s=self.cfg.duration, timeout_s=self.cfg.timeout))
+            summary = summarize([r for r in records if r.scheduled >= self.cfg.warmup], rate,
+                                window_s=self.cfg.duration, timeout_s=self.cfg.timeout)
+            summary["server_engine_busy"] = busy
+            repetitions.append(summary)
         mean, std = aggregate(repetitions)
         result = RateResult(rate, phase, mean, std, repetitions)
         result.reasons = judge(mean, self.slo)
@@ -100,10 +102,14 @@ class Sweep:
         self.console.print(rate_line(result))
         return result
 
-    async def _one_run(self, rate: float, phase: str, rep: int) -> list[Record]:
+    async def _one_run(self, rate: float, phase: str, rep: int) -> tuple[list[Record], float | None]:
+        """The run's records, and a tunebench server's engine busy share over it (warm-up included; None from
+        other servers): near 1, the engine is the bottleneck; well below it at a failing rate, something before
+        the engine is (its front end, the network)."""
         offsets = run_schedule(rate, self.cfg.warmup, self.cfg.duration, self.cfg.arrival,
                                seed=hash((self.cfg.seed, rate, rep)) & 0xFFFFFFFF)
         await self.client.drain()
+        before, started = await self.client.engine_seconds(), time.monotonic()
         label = f"{rate:g} req/s {phase} {rep + 1}/{self.cfg.repeat}"
         task = self.progress.add_task(label, total=len(offsets)) if self.progress else None
 
@@ -112,10 +118,12 @@ class Sweep:
                 self.progress.update(task, completed=done)
 
         records = await self.client.run(offsets, first_prompt=self.next_prompt, tick=tick)
+        after, wall = await self.client.engine_seconds(), time.monotonic() - started
         self.next_prompt += len(offsets)
         if self.progress is not None and task is not None:
             self.progress.remove_task(task)
-        return records
+        known = before is not None and after is not None and after > before
+        return records, min(1.0, (after - before) / wall) if known else None  # type: ignore[operator]
 
     def _fill_tokens(self, records: list[Record]) -> None:
         for rec in records:
@@ -149,9 +157,11 @@ def rate_line(result: RateResult) -> str:
     m = result.mean
     p90 = m.get("latency_p90_s")
     verdict = "[green]pass[/]" if result.passed else f"[red]fail[/] ({'; '.join(result.reasons)})"
+    busy = m.get("server_engine_busy")
     return (f"  {result.offered_rps:g} req/s ({result.phase}): achieved {m['achieved_rps']:.3g}/s, "
             f"success {m['success_ratio']:.1%}, p90 {_num(p90, 3) or '-'} s, "
-            f"send lateness p99 {_num(m.get('send_lateness_p99_ms'), 3) or '-'} ms: {verdict}")
+            f"send lateness p99 {_num(m.get('send_lateness_p99_ms'), 3) or '-'} ms"
+            + (f", engine busy {busy:.0%}" if busy is not None else "") + f": {verdict}")
 
 
 def make_progress(console: Console) -> Progress:
