@@ -328,7 +328,8 @@ def result_line(engine: str, profile: str, summary: dict[str, Any], saturation: 
         "tpot_p50_s": _r(at.get("tpot_p50_s")), "tpot_p90_s": _r(at.get("tpot_p90_s")),
         "saturation": saturation,
         "rates": [{"rps": e["offered_rps"], "passed": e["passed"], "p90_s": _r(e["mean"].get("latency_p90_s")),
-                   "achieved_rps": _r(e["achieved_rps"], 3)} for e in summary["rates"]],
+                   "achieved_rps": _r(e["achieved_rps"], 3),
+                   "engine_busy": _r(e["mean"].get("server_engine_busy"), 3)} for e in summary["rates"]],
         "first_failing_reasons": best.get("failure_reasons"),
         # Every rate tried passed: the capacity is at least the top one, not that rate.
         "max_is_lower_bound": all(e["passed"] for e in summary["rates"]),

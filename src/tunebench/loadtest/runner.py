@@ -104,8 +104,8 @@ class Sweep:
 
     async def _one_run(self, rate: float, phase: str, rep: int) -> tuple[list[Record], float | None]:
         """The run's records, and a tunebench server's engine busy share over it (warm-up included; None from
-        other servers): near 1, the engine is the bottleneck; well below it at a failing rate, something before
-        the engine is (its front end, the network)."""
+        other servers): the share of time the engine had work (it steps whenever it has a request), so well below
+        1 at a failing rate says the engine ran dry and something before it (front end, network) is the limit."""
         offsets = run_schedule(rate, self.cfg.warmup, self.cfg.duration, self.cfg.arrival,
                                seed=hash((self.cfg.seed, rate, rep)) & 0xFFFFFFFF)
         await self.client.drain()
