@@ -4,10 +4,14 @@
 `tunebench.serve.offline`), in one call. Servers and bursts are
 `serve_throughput.py`'s (redpajama-3b random weights, 100-token prompts, 64 and 16 new tokens, 256 slots,
 `ignore_eos`); each burst is measured `--repeat` times, alternating profiles, after warm-up bursts of 8 and 64
-tokens (which capture every CUDA graph the measured bursts use). One JSON line per profile:
+tokens (which capture every CUDA graph the measured bursts use). A mode ending in `@thread` tokenizes every
+prompt in the front end's tokenizing thread (TUNEBENCH_TOKENIZE_INLINE_CHARS=0) instead of short ones on its event
+loop. One JSON line per profile, with the best burst's engine schedule (steps, prefills, the engine process's
+seconds by phase and "idle": the burst's wall with no work in the engine, waiting on the front ends):
 
     python3 benchmarks/frontend_split.py --out $OUT [--repeat 2]
     python3 benchmarks/frontend_split.py --slots 512 --burst 512 --frontends split,split:2,split:4 --out $OUT
+    python3 benchmarks/frontend_split.py --slots 512 --burst 512 --frontends split:4@thread,split:4,split:8 --out $OUT
     python benchmarks/frontend_split.py --model DIR --tokenizer DIR --device cpu --slots 8   # a laptop's tiny model
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2, help="measured bursts per profile and front end")
     parser.add_argument("--frontends", default="split,inline", help="comma-separated: split, split:N (N "
-                        "front-end processes), inline")
+                        "front-end processes), inline; any of them @thread (every prompt tokenized off the loop)")
     parser.add_argument("--burst", type=int, default=None, help="requests per burst (default: twice --slots)")
     parser.add_argument("--skip-offline", action="store_true", help="served bursts only")
     parser.add_argument("--tokenizer", default=None)
@@ -56,9 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for frontend in modes:
             # serve_throughput's serve_args passes these on
-            args.frontend, _, processes = frontend.partition(":")
+            mode, _, tokenizing = frontend.partition("@")
+            args.frontend, _, processes = mode.partition(":")
             args.frontends = processes or "1"
-            with Session(args, work, tokenizer, "batched", f"batched-{frontend}") as url:
+            os.environ["TUNEBENCH_TOKENIZE_INLINE_CHARS"] = "0" if tokenizing == "thread" else "8192"
+            with Session(args, work, tokenizer, "batched", f"batched-{frontend.replace('@', '-')}") as url:
                 for new_tokens in (8, max(PROFILES.values())):  # every bucket's graph (batch and width) first
                     burst(url, texts, count, new_tokens)
                 for _ in range(args.repeat):
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 "best_output_tokens_per_s": best,
                 "median_output_tokens_per_s": {f: statistics.median(r["output_tokens_per_s"] for r in runs)
                                                for f, runs in served[profile].items()},
+                "schedule": {f: r.get("schedule") for f, r in by.items()},
                 "offline_output_tokens_per_s": off.get("output_tokens_per_s"),
                 "offline_profile": off.get("profile")}
         if "split" in best and "inline" in best:

@@ -56,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine_checks import graph_matches_eager, make_adapter, offline_bursts
 
+from tunebench.serve.metrics import ENGINE_PHASES
+
 CORPUS = [
     "The engine makes a rattling noise when the car idles at a red light.",
     "Our pitcher threw a no-hitter in the ninth inning last night.",
@@ -255,7 +257,7 @@ SCHEDULE_SERIES = {"steps": "tunebench_batch_size_count", "rows": "tunebench_bat
                    "queued": "tunebench_queue_duration_seconds_count",
                    "queue_s": "tunebench_queue_duration_seconds_sum",
                    **{f"engine_{phase}": f'tunebench_engine_seconds_total{{phase="{phase}"}}'
-                      for phase in ("gpu_wait", "launch", "prefill", "tokens", "sampling", "scheduling")}}
+                      for phase in ENGINE_PHASES}}
 
 
 def engine_counters(url: str) -> dict[str, float] | None:

@@ -72,3 +72,45 @@ def test_the_serve_section_and_the_server_options_share_their_defaults():
         if name != "frontends":  # "auto" in YAML, 0 in the options
             assert getattr(section, name) == getattr(options, name), name
     assert engine_limits(dataclasses.replace(options, max_prefill_tokens=777)).prefill_budget == 777
+
+
+def test_short_prompts_are_tokenized_on_the_loop_and_long_ones_in_the_tokenizing_thread():
+    import asyncio
+    import threading
+
+    from tunebench.serve.schemas import ChatRequest
+    from tunebench.serve.state import INLINE_TOKENIZE_CHARS, ServerState, text_size
+
+    chat = ChatRequest.model_validate({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "x" * 5000}]},
+        {"role": "assistant", "content": "y" * 5000}]})
+    assert 10_000 <= text_size((chat,), 100_000) < 10_100  # text parts inside messages inside the body count
+    assert text_size((chat,), 10) > 10  # counting stops once past the limit
+    assert text_size((object(), 3, None), 10) == 0
+
+    state = ServerState(served=None, engine=None, metrics=None, options=None, builder=None)
+    release = threading.Event()
+
+    def where(text: str, wait: bool = False) -> str:
+        if wait:
+            release.wait(10)
+        return threading.current_thread().name
+
+    async def main() -> tuple[str, str, str, str]:
+        short = await state.build(where, "a short prompt")
+        long = await state.build(where, "z" * (INLINE_TOKENIZE_CHARS + 1))
+        blocked = asyncio.ensure_future(state.build(where, "z" * (INLINE_TOKENIZE_CHARS + 1), True))
+        await asyncio.sleep(0.05)  # the long one is in the thread now
+        # a short prompt waits its turn in the thread: the tokenizer is never called by two threads at once
+        behind = asyncio.ensure_future(state.build(where, "short"))
+        await asyncio.sleep(0.05)
+        assert not behind.done()
+        release.set()
+        return short, long, await blocked, await behind
+
+    short, long, blocked, behind = asyncio.run(main())
+    loop_thread = threading.current_thread().name
+    assert short == loop_thread
+    assert long.startswith("tunebench-tokenize") and blocked.startswith("tunebench-tokenize")
+    assert behind.startswith("tunebench-tokenize")
+    assert state._threaded == 0

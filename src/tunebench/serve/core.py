@@ -85,6 +85,9 @@ class MetricsRelay:
     def engine_time(self, *seconds: float) -> None:
         self.observed[("engine_time", "")].append(seconds)
 
+    def channel_time(self, seconds: float) -> None:
+        self.observed[("channel_time", "")].append(seconds)
+
     def take(self) -> tuple[dict[tuple[str, str], list[float]], dict[str, float]] | None:
         if not self.observed and not self.gauges:
             return None
@@ -117,6 +120,8 @@ def apply_metric_updates(metrics: Any, updates: Any) -> None:
             metrics.errors.labels(kind=label).inc(len(values))
         elif name == "engine_time":
             metrics.engine_time(*(sum(column) for column in zip(*values, strict=True)))
+        elif name == "channel_time":
+            metrics.channel_time(sum(values))
         else:
             series = getattr(metrics, name)
             for value in values:
@@ -257,15 +262,22 @@ class EngineCore:
         import torch
 
         engine = self.engine
+        sent_s = 0.0
         with torch.inference_mode():
             while True:
                 idle = not engine._has_work() and not self.backlog
                 if self.stopping and idle:
                     break
                 messages, self.backlog = self.backlog, []
-                messages += self.receive(IDLE_WAIT_S if idle else 0)
+                if idle:  # waiting for work is no phase of the engine's: only what it does once work came
+                    messages += self.receive(IDLE_WAIT_S)
+                    started = time.perf_counter()
+                else:
+                    started = time.perf_counter()
+                    messages += self.receive(0)
                 self.handle(messages)
                 self.check_channels()
+                channel_s = time.perf_counter() - started
                 try:
                     engine._iteration()
                 except Exception as err:  # a bug or an out-of-memory must not hang every client
@@ -274,8 +286,14 @@ class EngineCore:
                 if self.metrics_channel() is None:  # every front end is gone: nobody to answer
                     engine._outbox.clear()
                     continue
+                started = time.perf_counter()
                 engine._flush()
+                # The messages' time ("channel" in /metrics) rides with this iteration's updates; sending
+                # those updates is counted with the next iteration's.
+                self.relay.channel_time(channel_s + time.perf_counter() - started + sent_s)
+                started = time.perf_counter()
                 self.send_updates()
+                sent_s = time.perf_counter() - started
         if self.metrics_channel() is not None:
             engine._fail_all(GenerationFailed("shutdown", "the server is shutting down"))
             engine._flush()

@@ -20,8 +20,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_COUNT_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # gpu_wait: blocked on a step's tokens (GPU time the host could not overlap); launch: decode steps' launches;
 # prefill: admitting prompts (their launches, or whole passes on the CPU); tokens: handing tokens to requests;
-# sampling: on-host sampling; scheduling: the rest of each iteration (pruning, admission, compaction).
-ENGINE_PHASES = ("gpu_wait", "launch", "prefill", "tokens", "sampling", "scheduling")
+# sampling: on-host sampling; scheduling: the rest of each iteration (pruning, admission, compaction);
+# channel: the split engine process's messages between its iterations (requests in, tokens and metrics out).
+ENGINE_PHASES = ("gpu_wait", "launch", "prefill", "tokens", "sampling", "scheduling", "channel")
 ERROR_KINDS = ("validation", "auth", "overloaded", "timeout", "cancelled", "not_found", "internal", "shutdown")
 
 
@@ -83,9 +84,15 @@ class ServeMetrics:
 
     def engine_time(self, iteration: float, *phases: float) -> None:
         """One or more scheduler iterations' seconds, and within them ENGINE_PHASES but the last (the rest)."""
-        for child, seconds in zip(self._engine_phases, (*phases, max(0.0, iteration - sum(phases))), strict=True):
+        for child, seconds in zip(self._engine_phases[:-1], (*phases, max(0.0, iteration - sum(phases))),
+                                  strict=True):
             if seconds:
                 child.inc(seconds)
+
+    def channel_time(self, seconds: float) -> None:
+        """The split engine process's seconds on messages between iterations (ENGINE_PHASES' last)."""
+        if seconds:
+            self._engine_phases[-1].inc(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +16,34 @@ from tunebench.serve.validate import ApiError, RequestBuilder
 
 FAILURE_STATUS = {"timeout": 504, "cancelled": 499, "shutdown": 503, "internal": 500}
 RETRY_AFTER_S = "1"
+# Texts up to this many characters are tokenized on the event loop (well under a millisecond); longer ones in the
+# tokenizing thread. The hop to the thread cost more than it saved for short prompts: under a 512-request burst
+# every request waited for the loop twice and the GIL handoffs on top, and the engine sat idle until the front
+# ends let the requests through. TUNEBENCH_TOKENIZE_INLINE_CHARS=0 sends every text to the thread (to compare).
+INLINE_TOKENIZE_CHARS = int(os.environ.get("TUNEBENCH_TOKENIZE_INLINE_CHARS", "8192"))
+
+
+def text_size(value: Any, limit: int, depth: int = 6) -> int:
+    """Characters of text in a request's arguments (strings, in lists, dicts and pydantic models), counted until
+    `limit` is passed. Other objects (the server's state) hold no request text."""
+    if isinstance(value, str):
+        return len(value)
+    if depth == 0:
+        return 0
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    elif hasattr(type(value), "model_fields"):  # a pydantic request body
+        items = vars(value).values()
+    else:
+        return 0
+    total = 0
+    for item in items:
+        total += text_size(item, limit - total, depth - 1)
+        if total > limit:
+            break
+    return total
 
 
 @dataclass
@@ -26,14 +55,23 @@ class ServerState:
     builder: RequestBuilder
     started: float = field(default_factory=time.time)
     frontend_index: int = 0  # which of several front-end processes this is (tunebench.serve.frontends)
-    # Tokenization runs here, off the event loop (a long prompt must not stall every route); one thread, so
-    # the tokenizer is never called concurrently.
+    # Long texts are tokenized here, off the event loop (a long prompt must not stall every route); one thread,
+    # so that thread never calls the tokenizer concurrently with itself. Short ones are tokenized on the loop.
     tokenizing: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tunebench-tokenize"))
+    _threaded: int = 0  # builds sent to the tokenizing thread and not yet back
 
     async def build(self, fn: Any, *args: Any) -> Any:
-        """`fn(*args)` (a RequestBuilder method: tokenization and checks) in the tokenizing thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.tokenizing, fn, *args)
+        """`fn(*args)` (a RequestBuilder method: tokenization and checks): here for short texts, in the
+        tokenizing thread for long ones (INLINE_TOKENIZE_CHARS)."""
+        # Not while the thread tokenizes: the tokenizer is never called by two threads at once.
+        if not self._threaded and text_size(args, INLINE_TOKENIZE_CHARS) <= INLINE_TOKENIZE_CHARS:
+            return fn(*args)
+        self._threaded += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.tokenizing, fn, *args)
+        finally:
+            self._threaded -= 1
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         try:
