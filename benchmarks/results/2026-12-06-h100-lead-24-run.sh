@@ -1,4 +1,4 @@
-# Prepared on the CPU on 2026-12-04 and NOT YET RUN: no device was lent that session. One call (~8 min):
+# Prepared on the CPU on 2026-12-04; run on 2026-12-06 on an H100 (no H200 came: compare within this run only). One call (~5 min):
 # where the served burst's extra 0.5 s goes (lead-23: 16,579 tok/s served vs 22,773 offline). The served bursts
 # now report the engine's schedule and the engine thread's seconds by phase from /metrics
 # (saturation.schedule: steps, rows per step, prefills, prompts per prefill, engine_s incl. "idle": no work, so
