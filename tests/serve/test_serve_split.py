@@ -168,3 +168,23 @@ def test_the_prefill_token_budget_reaches_the_engine_process(tiny_llama_dir):
         assert launches == 4 and after["tunebench_prefill_size_sum"] - before["tunebench_prefill_size_sum"] == 4
     finally:
         background.stop()
+
+
+def test_the_engine_process_traces_when_requests_reach_it(tiny_llama_dir, tmp_path, monkeypatch):
+    import json
+
+    trace = tmp_path / "arrivals.jsonl"
+    monkeypatch.setenv("TUNEBENCH_ENGINE_ARRIVALS", str(trace))  # read by the engine process it spawns
+    background, live = start(tiny_llama_dir, frontend="split")
+    try:
+        before = time.time()
+        threads = [threading.Thread(target=live.generate, args=("The engine",), kwargs={"max_new_tokens": 2})
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        background.stop()
+    reads = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert sum(r["submits"] for r in reads) == 3 and all(r["t"] >= before for r in reads)

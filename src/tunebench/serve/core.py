@@ -151,6 +151,10 @@ class EngineCore:
         self.gone: set[int] = set()  # channels whose front end went away (handled once)
         self.stopping = False  # SIGTERM, or every front end stopped or gone
         engine._loop = _Sender(self)
+        # TUNEBENCH_ENGINE_ARRIVALS=FILE: a JSON line per batch of requests read (wall time, count), to tell when a
+        # burst's requests reached the engine (benchmarks/served_arrivals.py)
+        arrivals = os.environ.get("TUNEBENCH_ENGINE_ARRIVALS")
+        self.arrivals = open(arrivals, "a", buffering=1) if arrivals else None  # noqa: SIM115 (the process's life)
 
     # ------------------------------------------------------------ messages in
 
@@ -187,6 +191,10 @@ class EngineCore:
         return False
 
     def handle(self, messages: list[tuple[int, Any]]) -> None:
+        if self.arrivals is not None and messages:
+            submits = sum(m[0] == "submit" for _, m in messages)
+            if submits:
+                self.arrivals.write(f'{{"t": {time.time():.6f}, "submits": {submits}}}\n')
         dropped_jobs = {(i, m[1]) for i, m in messages if m[0] == "cancel_job"}
         for channel, message in messages:
             kind = message[0]
