@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             mode, _, tokenizing = frontend.partition("@")
             args.frontend, _, processes = mode.partition(":")
             args.frontends = processes or "1"
-            os.environ["TUNEBENCH_TOKENIZE_INLINE_CHARS"] = "0" if tokenizing == "thread" else "8192"
+            os.environ.pop("TUNEBENCH_TOKENIZE_INLINE_CHARS", None)  # the server's default unless @thread
+            if tokenizing == "thread":
+                os.environ["TUNEBENCH_TOKENIZE_INLINE_CHARS"] = "0"
             with Session(args, work, tokenizer, "batched", f"batched-{frontend.replace('@', '-')}") as url:
                 for new_tokens in (8, max(PROFILES.values())):  # every bucket's graph (batch and width) first
                     burst(url, texts, count, new_tokens)

@@ -114,3 +114,15 @@ def test_short_prompts_are_tokenized_on_the_loop_and_long_ones_in_the_tokenizing
     assert long.startswith("tunebench-tokenize") and blocked.startswith("tunebench-tokenize")
     assert behind.startswith("tunebench-tokenize")
     assert state._threaded == 0
+
+
+@pytest.mark.parametrize("value", ["abc", "-1"])
+def test_a_malformed_inline_tokenization_setting_is_refused_before_loading(tiny_llama_dir, value):
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "tunebench.cli", "serve", str(tiny_llama_dir), "--port", "0"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TUNEBENCH_TOKENIZE_INLINE_CHARS": value})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"TUNEBENCH_TOKENIZE_INLINE_CHARS='{value}'" in result.stderr and "whole number" in result.stderr
+    assert "loading" not in result.stdout + result.stderr

@@ -99,6 +99,9 @@ def register(app: typer.Typer) -> None:
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout,
                                        None if frontends is None or options.frontends == 0 else options.frontends,
                                        max_prefill_tokens))
+        from tunebench.serve.state import inline_tokenize_chars
+
+        inline_tokenize_chars()  # a malformed TUNEBENCH_TOKENIZE_INLINE_CHARS is refused before anything loads
         opts = model_options(model, run, adapter, merge or cfg.merge, random_weights, tokenizer, dtype, device)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         console = terminal.console(stderr=True)

@@ -57,7 +57,9 @@ class ServeMetrics:
         # a burst says whether the engine waited on the GPU or on the requests (the serving benchmark reads them).
         engine_seconds = Counter("tunebench_engine_seconds", "the engine thread's time in scheduler iterations, "
                                  "by phase", ["phase"], registry=r)
-        self._engine_phases = [engine_seconds.labels(phase=phase) for phase in ENGINE_PHASES]
+        # every phase an iteration's seconds split into, and the split engine process's message time apart
+        self._iteration_phases = [engine_seconds.labels(phase=phase) for phase in ENGINE_PHASES if phase != "channel"]
+        self._channel_seconds = engine_seconds.labels(phase="channel")
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         mode = "livemax"  # the one front end the engine relays them to; the others hold 0
         self.running = Gauge("tunebench_running_sequences", "sequences in the running batch", registry=r,
@@ -83,16 +85,16 @@ class ServeMetrics:
         self.errors.labels(kind=kind).inc()
 
     def engine_time(self, iteration: float, *phases: float) -> None:
-        """One or more scheduler iterations' seconds, and within them ENGINE_PHASES but the last (the rest)."""
-        for child, seconds in zip(self._engine_phases[:-1], (*phases, max(0.0, iteration - sum(phases))),
-                                  strict=True):
+        """One or more scheduler iterations' seconds, and within them their phases (ENGINE_PHASES up to
+        scheduling) but the last, scheduling: the rest."""
+        for child, seconds in zip(self._iteration_phases, (*phases, max(0.0, iteration - sum(phases))), strict=True):
             if seconds:
                 child.inc(seconds)
 
     def channel_time(self, seconds: float) -> None:
-        """The split engine process's seconds on messages between iterations (ENGINE_PHASES' last)."""
+        """The split engine process's seconds on messages between iterations (the phase "channel")."""
         if seconds:
-            self._engine_phases[-1].inc(seconds)
+            self._channel_seconds.inc(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from tunebench.errors import SettingError
 from tunebench.serve.engine import Completion, Engine, GenerationFailed, GenerationRequest, Overloaded, RequestHandle
 from tunebench.serve.validate import ApiError, RequestBuilder
 
@@ -19,8 +20,21 @@ RETRY_AFTER_S = "1"
 # Texts up to this many characters are tokenized on the event loop (well under a millisecond); longer ones in the
 # tokenizing thread. The hop to the thread cost more than it saved for short prompts: under a 512-request burst
 # every request waited for the loop twice and the GIL handoffs on top, and the engine sat idle until the front
-# ends let the requests through. TUNEBENCH_TOKENIZE_INLINE_CHARS=0 sends every text to the thread (to compare).
-INLINE_TOKENIZE_CHARS = int(os.environ.get("TUNEBENCH_TOKENIZE_INLINE_CHARS", "8192"))
+# ends let the requests through. TUNEBENCH_TOKENIZE_INLINE_CHARS overrides it; 0 sends every text to the thread.
+INLINE_TOKENIZE_CHARS = 8192
+
+
+def inline_tokenize_chars() -> int:
+    """INLINE_TOKENIZE_CHARS, or TUNEBENCH_TOKENIZE_INLINE_CHARS where set (refused unless a whole number >= 0)."""
+    raw = os.environ.get("TUNEBENCH_TOKENIZE_INLINE_CHARS", str(INLINE_TOKENIZE_CHARS))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise SettingError(f"TUNEBENCH_TOKENIZE_INLINE_CHARS={raw!r}; expected a whole number of characters >= 0 "
+                           f"(default {INLINE_TOKENIZE_CHARS}; 0 tokenizes every text in the tokenizing thread)")
+    return value
 
 
 def text_size(value: Any, limit: int, depth: int = 6) -> int:
@@ -59,13 +73,14 @@ class ServerState:
     # so that thread never calls the tokenizer concurrently with itself. Short ones are tokenized on the loop.
     tokenizing: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tunebench-tokenize"))
+    inline_chars: int = field(default_factory=inline_tokenize_chars)  # longest text tokenized on the loop
     _threaded: int = 0  # builds sent to the tokenizing thread and not yet back
 
     async def build(self, fn: Any, *args: Any) -> Any:
         """`fn(*args)` (a RequestBuilder method: tokenization and checks): here for short texts, in the
-        tokenizing thread for long ones (INLINE_TOKENIZE_CHARS)."""
+        tokenizing thread for long ones (`inline_chars`)."""
         # Not while the thread tokenizes: the tokenizer is never called by two threads at once.
-        if not self._threaded and text_size(args, INLINE_TOKENIZE_CHARS) <= INLINE_TOKENIZE_CHARS:
+        if not self._threaded and text_size(args, self.inline_chars) <= self.inline_chars:
             return fn(*args)
         self._threaded += 1
         try:
