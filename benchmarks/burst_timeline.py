@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-prefill-tokens", type=int, default=None, help="padded prompt tokens per prefill launch "
                         "(tunebench serve --max-prefill-tokens; default the server's)")
+    parser.add_argument("--waiting-served-ratio", type=float, default=None, help="tunebench serve "
+                        "--waiting-served-ratio (default the server's)")
     parser.add_argument("--repeats", type=int, default=3, help="measured bursts (tokens/s from the median)")
     parser.add_argument("--gc-freeze", choices=("on", "off"), default="on", help="off: the runs collect over the "
                         "whole heap as before `tunebench.serve.engine_base.heap_frozen` (for the comparison)")
@@ -178,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     served = load_served(ModelOptions(model=args.model, random_weights=True, tokenizer=str(tokenizer),
                                       device=args.device, adapters=adapters, merge=args.adapter == "merged"))
     limits = EngineLimits(max_batch=args.slots, max_queue=2048, request_timeout=60, max_sequence_tokens=256,
-                          prefill_budget=args.max_prefill_tokens or EngineLimits.prefill_budget)
+                          prefill_budget=args.max_prefill_tokens or EngineLimits.prefill_budget,
+                          waiting_served_ratio=EngineLimits.waiting_served_ratio if args.waiting_served_ratio is None
+                          else args.waiting_served_ratio)
     engine = create_engine("batched", served, limits, ServeMetrics("batched"))
     warm_s = time.monotonic() - loaded
     name = "lora" if args.adapter == "unmerged" else None
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if cuda else "cpu"
     line = {"benchmark": "burst_timeline", "model": args.model, "device": device,
             "adapter": args.adapter, "slots": args.slots, "max_prefill_tokens": engine.limits.prefill_budget,
+            "waiting_served_ratio": engine.limits.waiting_served_ratio,
             "burst": args.burst, "new_tokens": args.new_tokens,
             "load_and_warmup_s": round(warm_s, 1), "output_tokens_per_s": round(tokens / plain, 1),
             "wall_s": round(plain, 3), "walls_s": [round(w, 3) for w in walls],

@@ -134,8 +134,11 @@ def offline_bursts(args, tokenizer: Path, texts: list[str], profiles: dict[str, 
     served = load_served(ModelOptions(model=args.model, random_weights=True, tokenizer=str(tokenizer),
                                       device=args.device, adapters=adapters, merge=bool(adapter and adapter[2])))
     budget = getattr(args, "max_prefill_tokens", None) or EngineLimits.prefill_budget  # the served engine's
+    ratio = getattr(args, "waiting_served_ratio", None)
+    ratio = EngineLimits.waiting_served_ratio if ratio is None else ratio
     engine = create_engine("batched", served, EngineLimits(max_batch=args.slots, max_queue=2048, request_timeout=60,
-                                                           max_sequence_tokens=128 + 128, prefill_budget=budget),
+                                                           max_sequence_tokens=128 + 128, prefill_budget=budget,
+                                                           waiting_served_ratio=ratio),
                            ServeMetrics("batched"))
     name = adapter[0] if adapter and not adapter[2] else None
     prompts = [served.tokenizer(t)["input_ids"][:128] for t in texts]

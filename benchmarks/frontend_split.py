@@ -6,12 +6,14 @@
 `ignore_eos`); each burst is measured `--repeat` times, alternating profiles, after warm-up bursts of 8 and 64
 tokens (which capture every CUDA graph the measured bursts use). A mode ending in `@thread` tokenizes every
 prompt in the front end's tokenizing thread (TUNEBENCH_TOKENIZE_INLINE_CHARS=0) instead of short ones on its event
-loop. One JSON line per profile, with the best burst's engine schedule (steps, prefills, the engine process's
-seconds by phase and "idle": the burst's wall with no work in the engine, waiting on the front ends):
+loop; one with `~R` runs its server with `--waiting-served-ratio R` (`split:4~0`). One JSON line per profile,
+with the best burst's engine schedule (steps, prefills, the engine process's seconds by phase and "idle": the
+burst's wall with no work in the engine, waiting on the front ends):
 
     python3 benchmarks/frontend_split.py --out $OUT [--repeat 2]
     python3 benchmarks/frontend_split.py --slots 512 --burst 512 --frontends split,split:2,split:4 --out $OUT
     python3 benchmarks/frontend_split.py --slots 512 --burst 512 --frontends split:4@thread,split:4,split:8 --out $OUT
+    python3 benchmarks/frontend_split.py --slots 512 --burst 512 --frontends split:4,split:4~0 --out $OUT
     python benchmarks/frontend_split.py --model DIR --tokenizer DIR --device cpu --slots 8   # a laptop's tiny model
 """
 
@@ -41,9 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2, help="measured bursts per profile and front end")
     parser.add_argument("--frontends", default="split,inline", help="comma-separated: split, split:N (N "
-                        "front-end processes), inline; any of them @thread (every prompt tokenized off the loop)")
+                        "front-end processes), inline; any of them ~R (--waiting-served-ratio R) and @thread "
+                        "(every prompt tokenized off the loop), e.g. split:4~0@thread")
     parser.add_argument("--burst", type=int, default=None, help="requests per burst (default: twice --slots)")
     parser.add_argument("--skip-offline", action="store_true", help="served bursts only")
+    parser.add_argument("--waiting-served-ratio", type=float, default=None, help="tunebench serve "
+                        "--waiting-served-ratio, and the same for the offline engine (default: the server's)")
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -57,11 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     count = args.burst or 2 * args.slots
     modes = args.frontends.split(",")
     served: dict[str, dict[str, list[dict]]] = {}
+    base_ratio = args.waiting_served_ratio
     started = time.monotonic()
     try:
         for frontend in modes:
             # serve_throughput's serve_args passes these on
-            mode, _, tokenizing = frontend.partition("@")
+            spec, _, tokenizing = frontend.partition("@")
+            mode, _, ratio = spec.partition("~")  # split:4~0: this server's --waiting-served-ratio
+            args.waiting_served_ratio = float(ratio) if ratio else base_ratio
             args.frontend, _, processes = mode.partition(":")
             args.frontends = processes or "1"
             os.environ.pop("TUNEBENCH_TOKENIZE_INLINE_CHARS", None)  # the server's default unless @thread
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                         result = burst(url, texts, count, new_tokens)
                         served.setdefault(profile, {}).setdefault(frontend, []).append(result)
                         log(f"{frontend} {profile}: {result}")
+        args.waiting_served_ratio = base_ratio
         offline = {} if args.skip_offline else offline_bursts(args, tokenizer, texts, PROFILES)
     finally:
         collect_profiles(work, out)
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         best = {f: r["output_tokens_per_s"] for f, r in by.items()}
         off = offline.get(profile, {})
         line = {"benchmark": "frontend_split", "profile": profile, "requests": count, "slots": args.slots,
-                "model": args.model, "device": args.device,
+                "waiting_served_ratio": args.waiting_served_ratio, "model": args.model, "device": args.device,
                 "served": {f: [r["output_tokens_per_s"] for r in runs] for f, runs in served[profile].items()},
                 "best_output_tokens_per_s": best,
                 "median_output_tokens_per_s": {f: statistics.median(r["output_tokens_per_s"] for r in runs)

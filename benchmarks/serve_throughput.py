@@ -100,6 +100,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         "processes sharing the engine (split only): N or auto (the server's default)")
     parser.add_argument("--max-prefill-tokens", type=int, default=None, help="tunebench serve --max-prefill-tokens, "
                         "and the same budget for --offline's engine (default: the server's)")
+    parser.add_argument("--waiting-served-ratio", type=float, default=None, help="tunebench serve "
+                        "--waiting-served-ratio, and the same for --offline's engine (default: the server's)")
     parser.add_argument("--fractions", default=None, help="--offline: open-loop rates as fractions of each "
                         "profile's served burst, e.g. '100in-64out=1.2,1.5;classify-100in-16out=1.5,2'")
     parser.add_argument("--served-only", action="store_true", help="--offline: only the served half")
@@ -204,7 +206,9 @@ def serve_args(args: argparse.Namespace, tokenizer: Path, engine: str, extra: li
             "--max-input-tokens", "128", "--max-new-tokens", "128", "--timeout", "60",
             "--frontend", getattr(args, "frontend", "auto"), "--frontends", str(getattr(args, "frontends", "auto")),
             *(["--max-prefill-tokens", str(args.max_prefill_tokens)] if getattr(args, "max_prefill_tokens", None)
-              else []), *(extra or [])]
+              else []),
+            *(["--waiting-served-ratio", str(args.waiting_served_ratio)]
+              if getattr(args, "waiting_served_ratio", None) is not None else []), *(extra or [])]
 
 
 def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, out: Path, args: argparse.Namespace,

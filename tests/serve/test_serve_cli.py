@@ -74,6 +74,8 @@ def test_serve_command_answers_then_drains_on_sigterm(tiny_llama_dir, lora_adapt
     (["--frontend", "threads"], "--frontend 'threads' is not a front-end mode"),
     (["--max-queue", "0"], "--max-queue must be > 0"),
     (["--max-prefill-tokens", "-5"], "--max-prefill-tokens must be > 0"),
+    (["--waiting-served-ratio", "-1"], "--waiting-served-ratio -1.0 is not a ratio"),
+    (["--waiting-served-ratio", "nan"], "--waiting-served-ratio nan is not a ratio"),
     (["--adapter", "a=/no/such/dir"], "adapter 'a': /no/such/dir is not a directory"),
     (["--merge"], "--merge merges exactly one adapter; 0 given"),
 ])

@@ -64,7 +64,8 @@ def test_triton_decode_kernel_gives_the_greedy_tokens_of_sdpa(tiny_neox_dir, loa
 
 @pytest.mark.parametrize(("variant", "dim"), [("lanes:32:2", 20), ("tiles:64:4", 20), ("lanes:16:1", 20),
                                             ("split:32:2", 20), ("split:16:1", 24), ("split:32:2", 28),
-                                            ("split:32:2", 16)])
+                                            ("split:32:2", 16), ("ahead:16:1", 20), ("ahead:4:1", 28),
+                                            ("ahead:8:1:3", 16), ("split:16:1:2", 24)])
 def test_triton_kernel_matches_sdpa_on_ragged_rows_and_strided_queries(variant, dim, monkeypatch):
     """Head sizes: 20 = 16 + 4 and 24 = 16 + 8 (split in two parts, as the 3B's 80 = 64 + 16), 28 (no such
     split: padded to 32), 16 (a power of two: one part)."""
@@ -101,16 +102,19 @@ def test_a_malformed_triton_variant_is_refused_when_the_engine_is_built(tiny_lla
     model, tok = load_tiny(tiny_llama_dir)
     monkeypatch.setenv("TUNEBENCH_DECODE_ATTENTION", "triton")
     monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", "fast:16:1")
-    with pytest.raises(SettingError, match="KERNEL one of tiles, lanes, split"):
+    with pytest.raises(SettingError, match="KERNEL one of tiles, lanes, split, ahead"):
         offline_engine(model, tok, longest=16, slots=1)
 
 
 def test_a_malformed_triton_variant_is_refused_with_the_allowed_form(monkeypatch):
     from tunebench.serve.triton_decode import variant
 
-    monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", "fast")
-    with pytest.raises(ValueError, match="KERNEL:TILE:WARPS"):
-        variant()
+    for raw in ("fast", "split:16", "split:12:1", "split:16:1:2:4", "split:16:0", "split:16:1:-1"):
+        monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", raw)
+        with pytest.raises(ValueError, match="KERNEL:TILE:WARPS"):
+            variant()
+    monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", "ahead:16:1:3")
+    assert variant() == ("ahead", 16, 1, 3)
 
 
 def test_without_triton_the_engine_falls_back_to_flex(tiny_llama_dir, load_tiny, monkeypatch):

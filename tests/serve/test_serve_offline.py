@@ -98,3 +98,40 @@ def test_prefill_launches_are_counted_in_the_metrics(tiny_llama_dir, load_tiny):
     spent = {phase: samples[f'tunebench_engine_seconds_total{{phase="{phase}"}}'] for phase in ENGINE_PHASES}
     assert spent["prefill"] > 0 and spent["launch"] > 0  # on the CPU, the passes themselves
     assert abs(sum(spent.values()) - engine.profile.iteration_s) < 1e-6  # the phases add up to the iterations
+
+
+def schedule(model, tok, ratio: float, slots: int = 8) -> tuple[list[list[int]], list[str]]:
+    """Greedy tokens of TEXTS and the engine's launches in order ("p3": a prefill of 3 prompts, "s5": a decode
+    step of 5 rows), prefills of 2 prompts at most."""
+    import dataclasses
+
+    longest = max(len(tok(t)["input_ids"]) for t in TEXTS)
+    engine = offline_engine(model, tok, longest=64, slots=slots, prefill_budget=2 * longest)
+    engine.limits = dataclasses.replace(engine.limits, waiting_served_ratio=ratio, prefill_delay=0.0)
+    launches: list[str] = []
+    prefill, step = engine._prefill, engine.step
+    engine._prefill = lambda seqs: (launches.append(f"p{len(seqs)}"), prefill(seqs))[1]
+    engine.step = lambda: (launches.append(f"s{len(engine.batch)}"), step())[1]
+    requests = [GenerationRequest(tok(t)["input_ids"], SamplingParams(max_new_tokens=5, ignore_eos=True))
+                for t in TEXTS]
+    return [[t.id for t in c.tokens] for c in run_offline(engine, requests)], launches
+
+
+def test_waiting_served_ratio_prefills_a_backlog_before_decoding_and_changes_no_token(tiny_llama_dir, load_tiny):
+    """TGI's waiting_served_ratio: after a prefill, more run before the next decode step while waiting >=
+    ratio x running. At 0 every free slot fills first, so the 8 prompts decode as one batch; at inf (the
+    served default) one prefill per iteration staggers them (each later group joins a step later and leaves
+    a step later); at 1, prefills run back to back until the running catch up with the waiting."""
+    model, tok = load_tiny(tiny_llama_dir)
+    staggered, one_each = schedule(model, tok, float("inf"))
+    first, filled = schedule(model, tok, 0.0)
+    half, balanced = schedule(model, tok, 1.0)
+    assert first == staggered == half
+    assert one_each[:8] == ["p2", "s2", "p2", "s4", "p2", "s6", "p2", "s8"]
+    assert filled[:4] == ["p2"] * 4 and set(filled[4:]) == {"s8"}  # (a step may launch before a finish is read)
+    steps = [len([x for x in launches if x.startswith("s")]) for launches in (one_each, balanced, filled)]
+    assert steps[0] > steps[1] > steps[2]
+    assert balanced[:4] == ["p2", "p2", "p2", "s6"]  # 6 waiting >= 2 running, 4 >= 4, then 2 < 6
+    # With fewer slots than prompts the ratio fills the free slots only.
+    _tokens, small = schedule(model, tok, 0.0, slots=4)
+    assert small[:3] == ["p2", "p2", "s4"]

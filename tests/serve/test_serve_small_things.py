@@ -72,6 +72,7 @@ def test_the_serve_section_and_the_server_options_share_their_defaults():
         if name != "frontends":  # "auto" in YAML, 0 in the options
             assert getattr(section, name) == getattr(options, name), name
     assert engine_limits(dataclasses.replace(options, max_prefill_tokens=777)).prefill_budget == 777
+    assert engine_limits(dataclasses.replace(options, waiting_served_ratio=0.5)).waiting_served_ratio == 0.5
 
 
 def test_short_prompts_are_tokenized_on_the_loop_and_long_ones_in_the_tokenizing_thread():

@@ -8,6 +8,7 @@ train → evaluate → serve → load test). Every section rejects unknown keys,
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -173,6 +174,10 @@ class ServeConfig(Section):
                                     "launch, one launch per scheduler iteration, at least one prompt and at most 64 "
                                     "on CUDA (as TGI's --max-batch-prefill-tokens); larger admits a burst in fewer, "
                                     "longer prefills, during which running streams wait")
+    waiting_served_ratio: float = Field(
+        math.inf, ge=0, description="batched engine: after a prefill, another runs before the next decode step "
+        "while waiting >= this x running requests (TGI's --waiting-served-ratio); .inf: one prefill per "
+        "iteration; 0: every free slot is filled before decoding resumes")
     frontend: Literal["auto", "split", "inline"] = Field(
         "auto", description="split: HTTP, tokenization and streaming in one process, the engine in another; inline: "
                             "both in one process (debugging); auto: split on CUDA, inline on the CPU (as measured)")

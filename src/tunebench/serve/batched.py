@@ -193,9 +193,21 @@ class BatchedEngine(Engine):
         return time.monotonic() - self._waiting[0].arrival >= self.limits.prefill_delay
 
     def _admit(self) -> None:
-        """Take waiting requests into free slots while the padded prefill fits the token budget (at least one)."""
+        """Prefill waiting requests into free slots: one group when a prefill is due, then more groups before the
+        running rows decode again while the waiting outnumber the running by `limits.waiting_served_ratio`
+        (TGI's knob of that name: the running streams pause for the extra prefills). A burst then decodes in
+        one batch that starts and ends together, instead of groups that each join a step later and leave a
+        step later, every such step paying the whole batch's fixed cost (weights, launches) for fewer rows."""
         if not self._prefill_due():
             return
+        ratio = self.limits.waiting_served_ratio
+        while self._admit_group() and self._waiting and len(self.batch) < self.slots:
+            if len(self._waiting) < ratio * len(self.batch):
+                break
+
+    def _admit_group(self) -> bool:
+        """Take waiting requests into free slots while the padded prefill fits the token budget (at least one)
+        and prefill them; whether a prefill ran."""
         chosen: list[Sequence] = []
         cap = self._group_size()
         now = time.monotonic()
@@ -212,13 +224,15 @@ class BatchedEngine(Engine):
             self._admitted(seq)
             chosen.append(seq)
         if not chosen:
-            return
+            return False
         try:
             self._prefill(chosen)
         except Exception as err:  # these requests fail; the running batch is untouched
             log.exception("prefill failed")
             for seq in chosen:
                 self._fail(seq, GenerationFailed("internal", f"generation failed: {type(err).__name__}: {err}"))
+            return False
+        return True
 
     def _group_size(self) -> int:
         """How many waiting prompts the next prefill takes: as many as free slots and the padded token budget

@@ -75,6 +75,10 @@ def register(app: typer.Typer) -> None:
         max_prefill_tokens: int | None = typer.Option(None, "--max-prefill-tokens", help="batched engine: padded "
                                                       "prompt tokens in one prefill launch (one per scheduler "
                                                       "iteration; at most 64 prompts on CUDA; default 4096)"),
+        waiting_served_ratio: float | None = typer.Option(None, "--waiting-served-ratio", help="batched engine: "
+                                                          "after a prefill, prefill again before decoding while "
+                                                          "waiting >= this x running requests (0: fill every free "
+                                                          "slot first; inf: one prefill per iteration, the default)"),
         random_weights: bool = typer.Option(False, "--random-weights", help="the architecture without weights"),
         tokenizer: str | None = typer.Option(None, "--tokenizer", help="a tokenizer directory to use instead"),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU), float32, bfloat16, float16"),
@@ -94,6 +98,7 @@ def register(app: typer.Typer) -> None:
             max_queue=max_queue or cfg.max_queue, max_input_tokens=max_input_tokens or cfg.max_input_tokens,
             max_new_tokens=max_new_tokens or cfg.max_new_tokens, request_timeout=timeout or cfg.request_timeout,
             max_prefill_tokens=max_prefill_tokens or cfg.max_prefill_tokens,
+            waiting_served_ratio=cfg.waiting_served_ratio if waiting_served_ratio is None else waiting_served_ratio,
             frontend=frontend or cfg.frontend,
             frontends=parse_frontends(str(cfg.frontends) if frontends is None else frontends))
         check_server_options(options, (max_concurrency, max_queue, max_input_tokens, max_new_tokens, timeout,
@@ -179,6 +184,10 @@ def check_server_options(options: Any, given: tuple) -> None:
     if options.frontends > 64:
         raise UserError(f"--frontends {options.frontends} is more front-end processes than this server supports",
                         "give 1..64 (about one per two CPU cores the engine does not need)")
+    ratio = options.waiting_served_ratio
+    if not ratio >= 0:  # NaN too
+        raise UserError(f"--waiting-served-ratio {ratio} is not a ratio",
+                        "give 0 or more (0: fill every free slot before decoding; inf: one prefill per iteration)")
     if not 0 <= options.port <= 65535:
         raise UserError(f"--port {options.port} is not a port", "give 0..65535 (0 picks a free port)")
 

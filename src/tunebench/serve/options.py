@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ class ServerOptions:
     max_new_tokens: int = 256
     request_timeout: float = 300.0
     max_prefill_tokens: int = 4096  # padded prompt tokens per prefill launch (batched)
+    waiting_served_ratio: float = math.inf  # prefills back to back while waiting >= ratio x running (batched)
     max_stop_sequences: int = 4
     frontend: str = "auto"  # split: the engine in a process of its own (tunebench.serve.client); inline: here
     frontends: int = 0  # front-end processes sharing the engine (split only; tunebench.serve.frontends); 0: auto
@@ -60,6 +62,7 @@ def engine_limits(options: ServerOptions) -> Any:
 
     return EngineLimits(max_batch=options.max_concurrency, max_queue=options.max_queue,
                         request_timeout=options.request_timeout, prefill_budget=options.max_prefill_tokens,
+                        waiting_served_ratio=options.waiting_served_ratio,
                         max_sequence_tokens=options.max_input_tokens + options.max_new_tokens)
 
 

@@ -4,6 +4,7 @@ its engine-side state (tokens, text, timers, finish), what streams back, and the
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ class EngineLimits:
     # While sequences decode, a waiting request is held back up to this long (or until PREFILL_GROUP wait) so
     # prompts are prefilled in groups: each eager prefill pass stalls every running sequence for its duration.
     prefill_delay: float = 0.05  # (0.03 before issue 20: larger groups, ~20 ms more TTFT under load)
+    # After a prefill, another one runs before the next decode step while waiting >= this x running requests
+    # (TGI's --waiting-served-ratio); inf: one prefill per iteration, 0: fill every free slot first.
+    waiting_served_ratio: float = math.inf
 
 
 class RequestHandle:

@@ -45,7 +45,7 @@ from typing import Any
 
 from tunebench.errors import SettingError
 
-KERNELS = ("tiles", "lanes", "split")
+KERNELS = ("tiles", "lanes", "split", "ahead")
 VARIANT = "split:16:1"  # kernel:tile:warps (TUNEBENCH_TRITON_DECODE): the fastest at 256 and 512 rows (H200)
 
 
@@ -160,7 +160,70 @@ def _kernel() -> Any:
             out2 = tl.sum(acc2 * merge[:, None], axis=0) / norm
             tl.store(Out + row * stride_ob + head * stride_oh + rest, out2.to(Out.dtype.element_ty))
 
-    return {"tiles": decode_kernel, "lanes": lanes_kernel, "split": lanes_kernel}
+    @triton.jit
+    def ahead_kernel(Q, K, V, Out, Lengths, scale_log2,
+                     stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                     stride_ob, stride_oh,
+                     GROUP: tl.constexpr, D: tl.constexpr, HEAD: tl.constexpr, REST: tl.constexpr,
+                     TILE: tl.constexpr):
+        # "split" with the next tile's keys and values loaded before this tile's arithmetic (double-buffered
+        # in registers), so a program has two tiles' loads in flight instead of waiting on each in turn.
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        kv_head = head // GROUP
+        length = tl.load(Lengths + row)
+        dims = tl.arange(0, HEAD)
+        in_dim = dims < D
+        q = tl.load(Q + row * stride_qb + head * stride_qh + dims, mask=in_dim, other=0.0).to(tl.float32)
+        q = q * scale_log2
+        keys = K + row * stride_kb + kv_head * stride_kh
+        values = V + row * stride_vb + kv_head * stride_vh
+        best = tl.full((TILE,), float("-inf"), tl.float32)
+        total = tl.zeros((TILE,), tl.float32)
+        acc = tl.zeros((TILE, HEAD), tl.float32)
+        cols = tl.arange(0, TILE)
+        in_row = cols < length
+        where = in_row[:, None] & in_dim[None, :]
+        k = tl.load(keys + cols[:, None] * stride_kn + dims[None, :], mask=where, other=0.0)
+        v = tl.load(values + cols[:, None] * stride_vn + dims[None, :], mask=where, other=0.0)
+        if REST > 0:
+            rest = HEAD + tl.arange(0, REST)
+            q2 = tl.load(Q + row * stride_qb + head * stride_qh + rest).to(tl.float32) * scale_log2
+            acc2 = tl.zeros((TILE, REST), tl.float32)
+            k2 = tl.load(keys + cols[:, None] * stride_kn + rest[None, :], mask=in_row[:, None], other=0.0)
+            v2 = tl.load(values + cols[:, None] * stride_vn + rest[None, :], mask=in_row[:, None], other=0.0)
+        for start in range(0, length, TILE):
+            nxt = start + TILE + tl.arange(0, TILE)
+            in_next = nxt < length
+            where_next = in_next[:, None] & in_dim[None, :]
+            k_next = tl.load(keys + nxt[:, None] * stride_kn + dims[None, :], mask=where_next, other=0.0)
+            v_next = tl.load(values + nxt[:, None] * stride_vn + dims[None, :], mask=where_next, other=0.0)
+            scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+            if REST > 0:
+                k2_next = tl.load(keys + nxt[:, None] * stride_kn + rest[None, :], mask=in_next[:, None], other=0.0)
+                v2_next = tl.load(values + nxt[:, None] * stride_vn + rest[None, :], mask=in_next[:, None],
+                                  other=0.0)
+                scores += tl.sum(k2.to(tl.float32) * q2[None, :], axis=1)
+            new_best = tl.where(in_row, tl.maximum(best, scores), best)
+            shrink = tl.where(in_row, tl.exp2(best - new_best), 1.0)
+            weights = tl.where(in_row, tl.exp2(scores - new_best), 0.0)
+            total = total * shrink + weights
+            acc = acc * shrink[:, None] + weights[:, None] * v.to(tl.float32)
+            if REST > 0:
+                acc2 = acc2 * shrink[:, None] + weights[:, None] * v2.to(tl.float32)
+                k2, v2 = k2_next, v2_next
+            best = new_best
+            k, v, in_row = k_next, v_next, in_next
+        top = tl.max(best, axis=0)
+        merge = tl.exp2(best - top)
+        norm = tl.sum(total * merge, axis=0)
+        out = tl.sum(acc * merge[:, None], axis=0) / norm
+        tl.store(Out + row * stride_ob + head * stride_oh + dims, out.to(Out.dtype.element_ty), mask=in_dim)
+        if REST > 0:
+            out2 = tl.sum(acc2 * merge[:, None], axis=0) / norm
+            tl.store(Out + row * stride_ob + head * stride_oh + rest, out2.to(Out.dtype.element_ty))
+
+    return {"tiles": decode_kernel, "lanes": lanes_kernel, "split": lanes_kernel, "ahead": ahead_kernel}
 
 
 def head_split(dim: int) -> tuple[int, int]:
@@ -173,17 +236,21 @@ def head_split(dim: int) -> tuple[int, int]:
     return head, rest
 
 
-def variant() -> tuple[str, int, int]:
-    """(kernel, tokens per tile, warps) from TUNEBENCH_TRITON_DECODE ("lanes:32:4"; default VARIANT)."""
+def variant() -> tuple[str, int, int, int]:
+    """(kernel, tokens per tile, warps, pipeline stages) from TUNEBENCH_TRITON_DECODE ("lanes:32:4", or with
+    Triton's num_stages as a fourth part, "split:16:1:3"; default VARIANT, whose stages are Triton's default)."""
     raw = os.environ.get("TUNEBENCH_TRITON_DECODE", VARIANT)
     try:
-        name, tile, warps = raw.split(":")
-        if name not in KERNELS:
+        name, tile, warps, *stages = raw.split(":")
+        if name not in KERNELS or len(stages) > 1:
             raise ValueError(name)
-        return name, int(tile), int(warps)
+        numbers = int(tile), int(warps), int(stages[0]) if stages else 0
+        if min(numbers[:2]) < 1 or numbers[2] < 0 or numbers[0] & (numbers[0] - 1):
+            raise ValueError(raw)
+        return name, *numbers
     except ValueError:
-        raise SettingError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS, KERNEL one of "
-                           f"{', '.join(KERNELS)} (e.g. lanes:32:4)") from None
+        raise SettingError(f"TUNEBENCH_TRITON_DECODE={raw!r}; expected KERNEL:TILE:WARPS[:STAGES], KERNEL one of "
+                           f"{', '.join(KERNELS)}, TILE a power of two (e.g. lanes:32:4, split:16:1:3)") from None
 
 
 def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: float) -> Any:
@@ -203,12 +270,15 @@ def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: floa
     out = torch.empty((rows, 1, heads, dim), dtype=query.dtype, device=query.device)
     if rows == 0:
         return out
-    name, tile, warps = variant()
+    shape: dict[str, int] = {}
+    name, tile, warps, stages = variant()
+    if stages:
+        shape["num_stages"] = stages
     if name == "tiles":
-        shape = {"BLOCK_D": triton.next_power_of_2(dim)}
+        shape["BLOCK_D"] = triton.next_power_of_2(dim)
     else:
-        head, rest = head_split(dim) if name == "split" else (triton.next_power_of_2(dim), 0)
-        shape = {"HEAD": head, "REST": rest}
+        head, rest = head_split(dim) if name in ("split", "ahead") else (triton.next_power_of_2(dim), 0)
+        shape.update(HEAD=head, REST=rest)
     _kernel()[name][(rows, heads)](
         query, key, value, out, lengths, float(scale) * math.log2(math.e),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
