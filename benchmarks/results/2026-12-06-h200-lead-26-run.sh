@@ -2,7 +2,8 @@
 # thread (lead-24 on the H100: the served engine idled 0.335 s of 1.891 s waiting for requests), and with
 # --waiting-served-ratio 0 (a burst's prefills before its decode steps); (2) the "ahead" decode kernel (next tile's
 # keys and values loaded before this tile's arithmetic) and Triton pipeline stages against split:16:1, alone;
-# (3) the offline burst (burst_timeline) at ratio inf and 0, and at 0 with the fastest kernel variant.
+# (3) the offline burst (burst_timeline) at ratio inf and 0, and at 0 with the fastest kernel variant; (4) evaluation's
+# 818 prompts through the offline engine, which now fills every free slot before decoding.
 # Run from the repository root with .whl carried.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
@@ -25,4 +26,6 @@ for run in "inf" "0" "0 $BEST"; do
     timeout 90 python3 benchmarks/burst_timeline.py --waiting-served-ratio $1 --repeats 3 --out $OUT/timeline.jsonl 2>&1 \
       | quiet | tail -1 | cut -c1-700 )
 done
+echo "[$(date +%T)] evaluation through the engine offline (now waiting_served_ratio 0, prefill_delay 0)"
+timeout 80 python3 benchmarks/generation_engines.py --prompts 818 --new-tokens 64 --engines batched 2>&1 | quiet | tail -1 | cut -c1-900
 echo "[$(date +%T)] done"

@@ -42,9 +42,11 @@ def offline_engine(model: Any, tokenizer: Any, *, longest: int, slots: int = OFF
 
     served = ServedModel(model=model, tokenizer=tokenizer, model_id="offline", context_length=longest,
                          dtype=str(getattr(model, "dtype", "")), device=str(model.device))
-    # No request arrives later, so none is held back for a larger prefill group (prefill_delay).
+    # No request arrives later, so none is held back for a larger prefill group (prefill_delay), and no
+    # stream waits on a prefill: every free slot is filled before decoding resumes (waiting_served_ratio 0),
+    # so prompts admitted together decode together instead of joining one step after another.
     limits = EngineLimits(max_batch=slots, max_queue=0, request_timeout=math.inf, prefill_budget=prefill_budget,
-                          max_sequence_tokens=longest, prefill_delay=0.0)
+                          max_sequence_tokens=longest, prefill_delay=0.0, waiting_served_ratio=0.0)
     engine = BatchedEngine(served, limits, ServeMetrics("batched"))
     engine.runner.offline = True  # coarse buckets, eager prefills
     engine.profile.every = math.inf  # one breakdown for the whole run, read by the caller
