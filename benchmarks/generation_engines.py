@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = build(args.model)
     lengths = samsum_lengths(args.prompts)
     prompts = prompts_for(lengths, model.config.vocab_size)
+    free, total = torch.cuda.mem_get_info()
+    memory = {"free_gib": round(free / 2**30, 1), "total_gib": round(total / 2**30, 1),
+              "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 1),
+              "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 1)}  # before any engine: what sizes slots
     spy = EngineSpy()
     results: dict[str, Any] = {}
     skipped = []
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"benchmark": "generation_engines", "model": args.model, "device": torch.cuda.get_device_name(0),
                       "prompts": args.prompts, "prompt_tokens": {"mean": round(sum(lengths) / len(lengths), 1),
                                                                  "max": max(lengths)},
-                      "new_tokens": args.new_tokens, "padded_batch_size": args.batch_size, **results,
+                      "new_tokens": args.new_tokens, "padded_batch_size": args.batch_size, "device_memory": memory,
+                      **results,
                       "skipped": skipped, "wall_s": round(time.monotonic() - started, 1)}))
     return 0
 

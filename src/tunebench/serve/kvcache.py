@@ -267,5 +267,7 @@ def slots_that_fit(wanted: int, per_slot: int, device: Any, reserve_bytes: int, 
         budget = float(os.environ.get("TUNEBENCH_CPU_KV_GIB", CPU_KV_BUDGET_GIB)) * 2**30
         return max(1, min(wanted, int(budget // max(per_slot, 1))))
     free, _total = torch.cuda.mem_get_info(device)
+    # Blocks torch's caching allocator holds but no tensor uses are free to this process, though not to the driver.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     room = int(free * fraction) - reserve_bytes
     return max(1, min(wanted, room // per_slot))

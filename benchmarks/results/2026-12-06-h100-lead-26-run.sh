@@ -1,3 +1,4 @@
+# Ran 2026-12-06 20:28 on an H100 (no H200 came); 311 s.
 # One call (~8 min): (1) the served burst with short prompts tokenized on the event loop against the tokenizing
 # thread (lead-24 on the H100: the served engine idled 0.335 s of 1.891 s waiting for requests), and with
 # --waiting-served-ratio 0 (a burst's prefills before its decode steps); (2) the "ahead" decode kernel (next tile's
