@@ -1,3 +1,4 @@
+# NOT YET RUN (every start attempt after lead-26 was refused on 2026-12-06).
 # One call (~4 min), after lead-26 (H100): the "ahead" kernel at every row count against split:16:1 (is ahead:8:1,
 # fastest at 256 and 512 rows there, also no slower for a lone stream?), the served burst with it, and evaluation's
 # 818 prompts again with the device memory recorded before the engine sizes its slots (lead-26: only 14 fit).
