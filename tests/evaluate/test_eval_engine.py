@@ -80,6 +80,31 @@ def test_offline_run_returns_results_in_request_order(tiny_llama_dir, load_tiny)
     assert run_offline(engine, []) == []
 
 
+def test_engine_cache_is_gone_when_generate_returns(tiny_llama_dir, load_tiny, monkeypatch):
+    """Each `generate` call sizes its KV slots in the memory left free: an engine (and its cache) kept past the
+    call would shrink the next one's (the benchmark's spy once kept a warm-up engine: 14 slots fit instead of
+    hundreds)."""
+    import gc
+    import weakref
+
+    import tunebench.serve.offline as offline
+
+    caches: list[weakref.ref] = []
+    build = offline.offline_engine
+
+    def watched(*args, **kwargs):
+        engine = build(*args, **kwargs)
+        caches.append(weakref.ref(engine.cache.all_keys))
+        return engine
+
+    monkeypatch.setattr(offline, "offline_engine", watched)
+    model, tok = load_tiny(tiny_llama_dir)
+    generate(model, tok, PROMPTS[:2], max_new_tokens=3, engine="batched")
+    generate(model, tok, PROMPTS, max_new_tokens=3, engine="batched")
+    gc.collect()
+    assert len(caches) == 2 and all(ref() is None for ref in caches)
+
+
 def test_eval_cli_through_the_engine_predicts_as_padded(cli, tmp_path, tiny_llama_dir):
     """`tunebench eval --set eval.engine=batched` end to end: the same predictions as padded generation."""
     import json
