@@ -3,8 +3,9 @@
 Two kinds of check. Exact: the engine over an FP8 cache gives the tokens and log-probabilities of the fp32
 engine whose keys and values are rounded through FP8 as they are written (an emulation: same values, fp32
 storage), with every attention choice and through a shared prefix, so every write and every reader
-(prefill, SDPA and FlexAttention decode, the Triton kernel, compaction) sees the values the quantization gives
-and nothing else. Close: against the unquantized cache, logits stay within a few percent (FP8 at scale 1 keeps
+(prefill after a shared prefix, SDPA and FlexAttention decode, the Triton kernel, compaction) sees the values
+the quantization gives and nothing else; a prefill from column 0 attends over its own keys before rounding.
+Close: against the unquantized cache, logits stay within a few percent (FP8 at scale 1 keeps
 3 mantissa bits; a cache whose values read as zeros moves these logits by ~50x more than FP8 does). The Triton
 kernel runs in Triton's interpreter (TRITON_INTERPRET=1, tests/conftest.py), which emulates float8e4nv loads
 and conversions; whether the GPU's compiled kernel agrees is benchmarks/decode_kernels.py --kv-dtype's job.
@@ -37,13 +38,18 @@ def llama(tiny_llama_dir):
 
 
 def rounded_through_fp8(monkeypatch) -> None:
-    """The emulation: an unquantized cache is handed keys and values already rounded through FP8."""
+    """The emulation: an unquantized cache is handed keys and values already rounded through FP8, except what a
+    prefill from column 0 attends over: its own keys, unrounded (the slots get them rounded)."""
     update, write_prefix = SlotCache._update, SlotCache.write_prefix
 
     def fake(states):
         return quantize(states).to(states.dtype)
 
-    monkeypatch.setattr(SlotCache, "_update", lambda self, k, v, i: update(self, fake(k), fake(v), i))
+    def rounded(self, k, v, i):
+        out = update(self, fake(k), fake(v), i)
+        return (k, v) if self._fresh else out
+
+    monkeypatch.setattr(SlotCache, "_update", rounded)
     monkeypatch.setattr(SlotCache, "write_prefix", lambda self, s, k, v: write_prefix(self, s, fake(k), fake(v)))
 
 

@@ -316,6 +316,13 @@ def test_a_prefill_from_column_zero_attends_over_its_own_keys():
     real = cols != cache.scratch
     torch.testing.assert_close(fresh.transpose(1, 2)[real], through_slots.transpose(1, 2)[real])
     assert mask[1, 0, 0].tolist() == [True, False, False, False, False]  # padding: itself only
+    # Over an FP8 cache the pass attends over its own unquantized keys; the slots hold them quantized.
+    from tunebench.serve.kvcache import quantize
+
     fp8 = SlotCache(1, 3, 9, 2, 4, torch.float32, torch.device("cpu"), torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match="dequantized"):
-        fp8.bind(slots[:, None], cols, 0, 2, width, gather=slots, fresh=True)
+    fp8.bind(slots[:, None], cols, 0, 2, width, gather=slots, fresh=True)
+    k, v = fp8.update(keys, values, 0)
+    assert k is keys and v is values
+    stored = fp8.keys[0][slots[:, None], :, cols]  # (rows, width, heads, dim), the scratch column included
+    expected = quantize(keys.transpose(1, 2))
+    assert torch.equal(stored[real].view(torch.uint8), expected[real].view(torch.uint8))

@@ -104,12 +104,12 @@ class SlotCache(Cache):
         row i goes to column `cols[i, t]`; attention sees columns 0..width-1. With `gather` (a 1-D tensor of
         row indices) attention reads those rows instead of the slice lo..hi: a prefill captured in a CUDA graph
         cannot bake in where its rows start, so it copies them out (a few hundred MB per prefill, ~0.1 ms).
-        With `fresh` (a prefill from column 0, unquantized cache) attention gets the pass's own keys and values
-        instead, in token order, which is everything such a prefill can see: the mask is then `fresh_mask`.
+        With `fresh` (a prefill from column 0) attention gets the pass's own keys and values instead, in token
+        order, which is everything such a prefill can see: the mask is then `fresh_mask`. Over an FP8 cache they
+        are the model-dtype keys before quantization (as vLLM's prefill attends over its unquantized keys); the
+        slots still get them quantized, and every later pass reads those.
         With `whole`, attention gets every slot and column of the layer (views, no copy): decode attention
         with a block mask (`tunebench.serve.decode_attention`) reads only each row's own blocks."""
-        if fresh and self.quantized:
-            raise ValueError("an FP8 cache hands attention its dequantized rows, not the fresh keys")
         self._rows, self._cols, self._lo, self._hi, self._width = rows, cols, lo, hi, width
         self._gather, self._whole, self._fresh = gather, whole, fresh
 
@@ -142,7 +142,8 @@ class SlotCache(Cache):
     def _update_fp8(self, key_states: Any, value_states: Any, layer_idx: int) -> tuple[Any, Any]:
         """`_update` for an FP8 cache: the new keys and values are quantized on the way in; attention gets the
         FP8 tensors themselves with `whole` (the row-length decode kernels: Triton reads FP8, FlexAttention
-        dequantizes), else the rows and columns it reads dequantized to the model's dtype (SDPA, eager)."""
+        dequantizes), the pass's own keys with `fresh`, else the rows and columns it reads dequantized to the
+        model's dtype (SDPA, eager; a prefill after a shared prefix)."""
         import torch
 
         keys, values = self.keys[layer_idx], self.values[layer_idx]
@@ -150,6 +151,8 @@ class SlotCache(Cache):
             cache.view(torch.uint8)[self._rows, :, self._cols] = quantize(states.transpose(1, 2)).view(torch.uint8)
         if self._whole:
             return keys, values
+        if self._fresh:
+            return key_states, value_states
         dtype = key_states.dtype
         if self._gather is not None:
             return tuple(_rows_of(cache[:, :, :self._width], self._gather).to(dtype) for cache in (keys, values))
