@@ -1,3 +1,4 @@
+# Ran 2026-12-06 23:05 on the H200 (272 s).
 # One call (~8 min), after lead-26 (H100). (1) The decode kernels alone at every row count over bf16 and FP8
 # caches, and a 512-request burst over each (is ahead:8:1, fastest at 256 and 512 rows on the H100, the fastest
 # here too?); (2) the offline 512-request burst (burst_timeline) at waiting-served ratio 0 with the default kernel

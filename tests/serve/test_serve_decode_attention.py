@@ -87,6 +87,37 @@ def test_triton_kernel_matches_sdpa_on_ragged_rows_and_strided_queries(variant, 
         torch.testing.assert_close(out[row:row + 1], expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
+def test_the_default_variant_follows_the_rows_and_the_setting_overrides_it(monkeypatch):
+    """Without TUNEBENCH_TRITON_DECODE a lone sequence gets "split" at 16-token tiles and a batch of 64 rows or
+    more "ahead" at 8 (what measured fastest for each on the H200); the setting applies to every row count."""
+    from tunebench.serve.triton_decode import variant
+
+    monkeypatch.delenv("TUNEBENCH_TRITON_DECODE", raising=False)
+    assert variant(1) == variant(63) == ("split", 16, 1, 0)
+    assert variant(64) == variant(512) == ("ahead", 8, 2, 0)
+    monkeypatch.setenv("TUNEBENCH_TRITON_DECODE", "lanes:32:2")
+    assert variant(1) == variant(512) == ("lanes", 32, 2, 0)
+
+
+def test_the_default_kernel_of_a_large_step_matches_sdpa(monkeypatch):
+    """A 64-row step with no setting runs the default large-batch variant ("ahead" at 8-token tiles, 2 warps)
+    over the 3B's head split (80 = 64 + 16, scaled down: 20 = 16 + 4), on ragged rows crossing tiles."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TUNEBENCH_TRITON_DECODE", raising=False)
+    from tunebench.serve.triton_decode import decode_attention
+
+    torch.manual_seed(0)
+    rows, heads, dim, columns = 64, 2, 20, 19
+    keys, values = torch.randn(2, rows, heads, columns, dim).unbind(0)
+    query = torch.randn(rows, 1, heads, dim).transpose(1, 2)
+    lengths = torch.randint(1, columns + 1, (rows,), dtype=torch.int32)
+    out = decode_attention(query, keys, values, lengths, dim ** -0.5)
+    for row, length in enumerate(lengths.tolist()):
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            query[row:row + 1], keys[row:row + 1, :, :length], values[row:row + 1, :, :length])
+        torch.testing.assert_close(out[row:row + 1], expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
 def test_head_sizes_split_into_two_powers_of_two_or_pad():
     from tunebench.serve.triton_decode import head_split
 

@@ -25,6 +25,10 @@ size and no second part). Same layer (lead-16, lead-18): at
 bound by the padded lanes' arithmetic), but it made smaller tiles pay: 16-token tiles and 1 warp took 0.113 ms at
 256 rows and 0.206 at 512 (3.3 TB/s), and the 512-row compiled decode step went 12.6 -> 11.5 ms (lead-19).
 
+A fourth ("ahead") is "split" with the next tile's keys and values loaded before this tile's arithmetic, so a
+program has two tiles' loads in flight. With 8-token tiles and 2 warps it is the default from 64 rows up
+(VARIANTS_BY_ROWS: 3.5-4.0 TB/s on the H200 at 128-512 rows, lead-27); a lone sequence keeps "split" at 16.
+
 No split over the keys: at the batch sizes this engine serves, rows x heads programs (8,192 at 256 rows of a
 32-head model) already fill the GPU; a lone long sequence would want the split (it is left out, not needed for
 the measured shapes). Off CUDA it runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the CPU
@@ -46,7 +50,13 @@ from typing import Any
 from tunebench.errors import SettingError
 
 KERNELS = ("tiles", "lanes", "split", "ahead")
-VARIANT = "split:16:1"  # kernel:tile:warps (TUNEBENCH_TRITON_DECODE): the fastest at 256 and 512 rows (H200)
+# The default variant (kernel:tile:warps) by rows in the step, the first whose least row count the step reaches;
+# TUNEBENCH_TRITON_DECODE sets one for every row count. On the H200 (lead-27, one layer of the 3B at ragged
+# lengths 100..164): ahead:8:2 took 0.048 / 0.089 / 0.172 ms at 128 / 256 / 512 rows against split:16:1's 0.061 /
+# 0.110 / 0.206 (3.5-4.0 against 2.8-3.3 TB/s), the two tied at 32 rows (0.035 ms), and at 1 row, where a
+# program's chain of dependent tile loads is the whole time, split:16:1's 9 tiles took 0.038 ms against 0.064
+# for ahead:8:2's 17. The switch sits between the measured tie and the first measured gain.
+VARIANTS_BY_ROWS = ((64, "ahead:8:2"), (0, "split:16:1"))
 
 
 def available() -> str | None:
@@ -236,10 +246,11 @@ def head_split(dim: int) -> tuple[int, int]:
     return head, rest
 
 
-def variant() -> tuple[str, int, int, int]:
-    """(kernel, tokens per tile, warps, pipeline stages) from TUNEBENCH_TRITON_DECODE ("lanes:32:4", or with
-    Triton's num_stages as a fourth part, "split:16:1:3"; default VARIANT, whose stages are Triton's default)."""
-    raw = os.environ.get("TUNEBENCH_TRITON_DECODE", VARIANT)
+def variant(rows: int = 1) -> tuple[str, int, int, int]:
+    """(kernel, tokens per tile, warps, pipeline stages) for a step of `rows` rows: from TUNEBENCH_TRITON_DECODE
+    ("lanes:32:4", or with Triton's num_stages as a fourth part, "split:16:1:3") for every row count, else
+    VARIANTS_BY_ROWS's (stages: Triton's default)."""
+    raw = os.environ.get("TUNEBENCH_TRITON_DECODE") or next(v for least, v in VARIANTS_BY_ROWS if rows >= least)
     try:
         name, tile, warps, *stages = raw.split(":")
         if name not in KERNELS or len(stages) > 1:
@@ -271,7 +282,7 @@ def decode_attention(query: Any, key: Any, value: Any, lengths: Any, scale: floa
     if rows == 0:
         return out
     shape: dict[str, int] = {}
-    name, tile, warps, stages = variant()
+    name, tile, warps, stages = variant(rows)
     if stages:
         shape["num_stages"] = stages
     if name == "tiles":
