@@ -1,3 +1,4 @@
+# Ran 2026-12-06 23:29 on the H200 (168 s).
 # One call (~6 min), after lead-27 (H200): the serving benchmark in one run as lead-23 (served bursts with their
 # schedule, open-loop rates, single stream, served vs offline, LoRA unmerged vs merged offline, transformers'
 # continuous batching on the same prompts) with this session's defaults (the decode kernel variant by rows:
