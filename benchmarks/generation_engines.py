@@ -170,13 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             results[engine] = timed(engine, model, tok, prompts, args.new_tokens, args.batch_size, spy)
         except Exception as err:  # a failing engine is a result too (continuous failed on every request once)
             results[engine] = {"error": f"{type(err).__name__}: {err}"[:500]}
-        if spy.engines:  # read the engine's profile, then let its KV cache go before the next engine runs
+        if spy.engines:  # the engine's profile, read before its KV cache goes
             results[engine]["profile"] = spy.breakdown()
-            spy.release()
         print(f"[{time.strftime('%H:%M:%S')}] {engine}: "
               f"{ {k: v for k, v in results[engine].items() if k != 'texts'} }", file=sys.stderr, flush=True)
-        gc.collect()
-        torch.cuda.empty_cache()
+        spy.release()  # whatever this engine left on the device goes before the next one runs
     reference = results.get("padded", {}).get("texts")
     for engine, result in results.items():
         texts = result.pop("texts", None)

@@ -5,10 +5,10 @@ engine whose keys and values are rounded through FP8 as they are written (an emu
 storage), with every attention choice and through a shared prefix, so every write and every reader
 (prefill after a shared prefix, SDPA and FlexAttention decode, the Triton kernel, compaction) sees the values
 the quantization gives and nothing else; a prefill from column 0 attends over its own keys before rounding.
-Close: against the unquantized cache, logits stay within a few percent (FP8 at scale 1 keeps
-3 mantissa bits; a cache whose values read as zeros moves these logits by ~50x more than FP8 does). The Triton
-kernel runs in Triton's interpreter (TRITON_INTERPRET=1, tests/conftest.py), which emulates float8e4nv loads
-and conversions; whether the GPU's compiled kernel agrees is benchmarks/decode_kernels.py --kv-dtype's job.
+Close: against the unquantized cache, logits stay within a few percent (FP8 at scale 1 keeps 3 mantissa bits;
+a cache whose values read as zeros moves these logits by ~50x more than FP8 does). The Triton kernel runs in
+Triton's interpreter (TRITON_INTERPRET=1, tests/conftest.py), which emulates float8e4nv loads and conversions;
+whether the GPU's compiled kernel agrees is benchmarks/decode_kernels.py --kv-dtype's job.
 """
 
 from __future__ import annotations
