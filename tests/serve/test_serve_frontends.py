@@ -112,20 +112,35 @@ def test_front_ends_share_the_engine_and_the_metrics(two):
             os.kill(pid, 0)
 
 
-def open_streams(url: str, count: int, new_tokens: int, running: int) -> tuple[list, list[threading.Thread]]:
-    """`count` long streams on connections of their own, started once `running` sequences decode; each one's
-    outcome (the stream's text, or the HTTP error) lands in the returned list."""
+def client_of(url: str, frontend: int | None) -> httpx.Client:
+    """A client on a connection of its own; with `frontend`, one that front end accepted (fresh connections until
+    /info says so: the kernel spreads them over the front ends, so a handful of streams may all land on one)."""
+    for _ in range(400):
+        client = httpx.Client(headers=KEY, timeout=60)
+        if frontend is None or client.get(f"{url}/info").json()["frontend_index"] == frontend:
+            return client  # keep-alive: its next request goes over the same connection, to the same front end
+        client.close()
+    raise AssertionError(f"no connection reached front end {frontend}")
+
+
+def open_streams(url: str, count: int, new_tokens: int, running: int,
+                 frontends: int = 0) -> tuple[list, list[threading.Thread]]:
+    """`count` long streams on connections of their own, returned once `running` sequences decode; each one's
+    outcome (the stream's text, or the HTTP error) lands in the returned list. With `frontends`, stream i goes to
+    front end i % frontends."""
     outcomes: list = []
 
-    def long_stream():
+    def long_stream(i: int):
         body = {"inputs": "The engine", "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True}}
+        client = client_of(url, i % frontends if frontends else None)
         try:
-            with httpx.Client(headers=KEY, timeout=60) as client:
-                outcomes.append(client.post(f"{url}/generate_stream", json=body).text)
+            outcomes.append(client.post(f"{url}/generate_stream", json=body).text)
         except httpx.HTTPError as err:
             outcomes.append(err)
+        finally:
+            client.close()
 
-    threads = [threading.Thread(target=long_stream) for _ in range(count)]
+    threads = [threading.Thread(target=long_stream, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
@@ -155,7 +170,7 @@ def test_a_dead_front_end_leaves_the_others_serving(two):
     end go on; the streams it held end, the others finish."""
     process, url, log = two
     assert answering(url, 2) == {0, 1}
-    outcomes, threads = open_streams(url, 8, 200, running=4)
+    outcomes, threads = open_streams(url, 8, 200, running=4, frontends=2)  # 4 on each
     pid = front_end_pids(log.read_text())[1]
     os.kill(pid, signal.SIGKILL)
     for thread in threads:
