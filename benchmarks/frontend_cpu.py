@@ -24,7 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_throughput import CORPUS, children, cpu_seconds, prompt_texts
+from cpu_busy import children, cpu_seconds
+from serve_throughput import CORPUS, prompt_texts
 
 
 def tiny_model(out: Path) -> Path:
@@ -50,7 +51,7 @@ def thread_cpu(pid: int) -> float:
 
 
 def request_for(api: str, prompt: str, new_tokens: int) -> tuple[str, dict[str, Any]]:
-    if api == "tgi-unary":  # what the serving benchmark's bursts send (serve_throughput._burst)
+    if api == "tgi-unary":  # what the serving benchmark's bursts send (burst_client.fire)
         return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True,
                                                               "details": True}}
     if api == "tgi":

@@ -54,9 +54,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from burst_client import engine_counters, fire, schedule
+from cpu_busy import CpuSampler
 from engine_checks import graph_matches_eager, make_adapter, offline_bursts
-
-from tunebench.serve.metrics import ENGINE_PHASES
 
 CORPUS = [
     "The engine makes a rattling noise when the car idles at a red light.",
@@ -112,8 +112,13 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-single", action="store_true", help="--offline: no single-stream measurement")
     parser.add_argument("--burst", type=int, default=None, help="requests per closed-loop burst (default: twice "
                         "--slots, which keeps every slot busy; the issue's burst is 512)")
+    parser.add_argument("--burst-repeats", type=int, default=3, help="warm-connection bursts per saturation "
+                        "figure (the median is reported, with every repeat and one cold-connection burst)")
     parser.add_argument("--out", type=Path, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.burst_repeats < 1:
+        parser.error(f"--burst-repeats must be at least 1, got {args.burst_repeats}")
+    return args
 
 
 def burst_size(args: argparse.Namespace) -> int:
@@ -181,7 +186,9 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
     if args.offline:
         short = args.warmup + OFFLINE_RATE_S + 2
         rates = sum(len(f) for p, f in OFFLINE_FRACTIONS.items() if p in chosen_profiles(args))
-        return [("batched server", SERVER_START_S), ("bursts + rates + single stream", 25 + rates * short + 16),
+        bursts = 2.5 * (args.burst_repeats + 1) * len(chosen_profiles(args))  # warm repeats + the cold one
+        return [("batched server", SERVER_START_S),
+                ("bursts + rates + single stream", 10 + bursts + rates * short + 16),
                 ("offline engine: load, bursts", 40), ("continuous-batching peer", 30),
                 ("offline LoRA unmerged vs merged", 60)]
     adapters = [(f"LoRA {mode}: server, burst, {len(ADAPTER_FRACTIONS)} rates", adapter_seconds(args))
@@ -190,7 +197,8 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
         return adapters
     plan = [("batched server", SERVER_START_S)]
     chosen = chosen_profiles(args)
-    plan += [(f"batched {p}: burst + {len(f)} rates", 6 + len(f) * rate_s) for p, f in BATCHED_FRACTIONS.items()
+    plan += [(f"batched {p}: bursts + {len(f)} rates", 2.5 * (args.burst_repeats + 1) + 2 + len(f) * rate_s)
+             for p, f in BATCHED_FRACTIONS.items()
              if p in chosen]
     plan += [("batched single stream", 16), ("naive server + single stream", SERVER_START_S + 10)]
     plan += [(f"naive {p}: {len(f)} rates", len(f) * rate_s) for p, f in NAIVE_FRACTIONS.items() if p in chosen]
@@ -233,75 +241,32 @@ def loadtest(url: str, texts: list[str], rates: list[float], new_tokens: int, ou
     return summary
 
 
-async def _burst(url: str, texts: list[str], count: int, new_tokens: int,
-                 adapter: str | None) -> tuple[float, int, int]:
-    import aiohttp
-
-    parameters: dict[str, Any] = {"max_new_tokens": new_tokens, "ignore_eos": True, "details": True}
-    if adapter:
-        parameters["adapter_id"] = adapter
-
-    async def one(session: aiohttp.ClientSession, i: int) -> int:
-        body = {"inputs": texts[i % len(texts)], "parameters": parameters}
-        async with session.post(f"{url}/generate", json=body) as response:
-            if response.status != 200:
-                return -1
-            return (await response.json())["details"]["generated_tokens"]
-
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
-        start = time.monotonic()
-        tokens = await asyncio.gather(*(one(session, i) for i in range(count)))
-        wall = time.monotonic() - start
-    return wall, sum(t for t in tokens if t > 0), sum(t > 0 for t in tokens)
-
-
-SCHEDULE_SERIES = {"steps": "tunebench_batch_size_count", "rows": "tunebench_batch_size_sum",
-                   "prefills": "tunebench_prefill_size_count", "prefilled": "tunebench_prefill_size_sum",
-                   "queued": "tunebench_queue_duration_seconds_count",
-                   "queue_s": "tunebench_queue_duration_seconds_sum",
-                   **{f"engine_{phase}": f'tunebench_engine_seconds_total{{phase="{phase}"}}'
-                      for phase in ENGINE_PHASES}}
-
-
-def engine_counters(url: str) -> dict[str, float] | None:
-    """The engine's step and prefill counters from /metrics (None from a server without them)."""
-    import httpx
-
-    from tunebench.serve.metrics import parse_metrics
-
-    try:
-        samples = parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
-        return {key: samples[name] for key, name in SCHEDULE_SERIES.items()}
-    except (httpx.HTTPError, KeyError):
-        return None
-
-
-def schedule(before: dict[str, float] | None, after: dict[str, float] | None, wall: float) -> dict[str, Any] | None:
-    """What the engine did between two scrapes, in the terms of the offline engine's profile (steps, rows per
-    step, prefills), so that a served burst and the same burst offline can be compared step for step; and the
-    engine thread's seconds by phase, against the burst's wall: what is left ("idle") the engine spent with no
-    work, waiting for requests to reach it."""
-    if before is None or after is None:
-        return None
-    d = {key: after[key] - before[key] for key in SCHEDULE_SERIES}
-    engine = {key.removeprefix("engine_"): round(v, 3) for key, v in d.items() if key.startswith("engine_")}
-    return {"steps": int(d["steps"]), "rows_per_step": round(d["rows"] / max(d["steps"], 1), 2),
-            "prefills": int(d["prefills"]), "prompts_per_prefill": round(d["prefilled"] / max(d["prefills"], 1), 2),
-            "queue_mean_s": round(d["queue_s"] / max(d["queued"], 1), 4),
-            "engine_s": {**engine, "idle": round(max(0.0, wall - sum(engine.values())), 3)}}
-
-
-def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None) -> dict[str, Any]:
+def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str | None = None,
+          connections: str = "warm") -> dict[str, Any]:
     """Closed loop: `count` requests at once (twice the slots keeps every slot busy); saturation throughput.
-    With the engine's schedule over the burst, from /metrics (steps, rows per step, prefills)."""
+    With the engine's schedule over the burst, from /metrics (steps, rows per step, prefills). `connections`:
+    see `burst_client`."""
     counters = engine_counters(url)
     started = time.monotonic()
-    wall, tokens, ok = asyncio.run(_burst(url, texts, count, new_tokens, adapter))
+    wall, tokens, ok, _ = asyncio.run(fire(url, texts, count, new_tokens, adapter, connections))
     busy = CPU.between(started, time.monotonic())
-    return {"requests": count, "ok": ok, "wall_s": round(wall, 3), "requests_per_s": round(ok / wall, 2),
-            "output_tokens_per_s": round(tokens / wall, 1), "cpu_cores_busy": busy,
-            "schedule": schedule(counters, engine_counters(url), wall)}
+    return {"requests": count, "ok": ok, "connections": connections, "wall_s": round(wall, 3),
+            "requests_per_s": round(ok / wall, 2), "output_tokens_per_s": round(tokens / wall, 1),
+            "cpu_cores_busy": busy, "schedule": schedule(counters, engine_counters(url), wall)}
+
+
+def saturation_bursts(url: str, texts: list[str], args: argparse.Namespace, new_tokens: int,
+               adapter: str | None = None) -> dict[str, Any]:
+    """The saturation figure: `--burst-repeats` bursts over warm connections, the median one's line with every
+    repeat's tokens/s; then one burst whose requests open their connections inside the timed window
+    (`cold_connections`), the figure for as many new clients at once."""
+    runs = [burst(url, texts, burst_size(args), new_tokens, adapter) for _ in range(args.burst_repeats)]
+    runs.sort(key=lambda r: r["output_tokens_per_s"])
+    line = {**runs[len(runs) // 2], "repeats_output_tokens_per_s": [r["output_tokens_per_s"] for r in runs]}
+    cold = burst(url, texts, burst_size(args), new_tokens, adapter, connections="cold")
+    line["cold_connections"] = {k: cold[k] for k in ("wall_s", "requests_per_s", "output_tokens_per_s")}
+    line["cold_connections"]["idle_s"] = (cold["schedule"] or {}).get("engine_s", {}).get("idle")
+    return line
 
 
 def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespace, counter: Any,
@@ -367,76 +332,12 @@ class Session:
         started = time.monotonic()
         self.server.__enter__()
         log(f"{self.name}: healthy after {time.monotonic() - started:.0f} s")
-        CPU.watch(self.name, self.server.process.pid)
+        log(f"{self.name}: sampling CPU of {CPU.watch(self.server.process.pid)}")
         return self.server.url
 
     def __exit__(self, *exc: object) -> None:
         CPU.unwatch()
         self.server.stop()
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of a live process (Linux /proc; None elsewhere or once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-class CpuSampler:
-    """Cores busy per second of the server's processes (the front end, its engine process and any other
-    child) and of this process (the load tester), sampled every `every` s in a thread: a process pinned at
-    1.0 is what caps the served rate. Each loadtest is logged with the peak and mean of its samples."""
-
-    def __init__(self, every: float = 1.0) -> None:
-        import threading
-
-        self.every, self.pids, self.samples = every, {}, []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def watch(self, name: str, pid: int) -> None:
-        with self.lock:
-            self.pids = {"frontend": pid, "loadtest": os.getpid()}
-            for i, child in enumerate(children(pid)):
-                self.pids["engine" if i == 0 else f"child{i}"] = child
-        log(f"{name}: sampling CPU of {self.pids}")
-
-    def unwatch(self) -> None:
-        with self.lock:
-            self.pids = {}
-
-    def _run(self) -> None:
-        last: dict[str, tuple[float, float]] = {}
-        while True:
-            time.sleep(self.every)
-            now = time.monotonic()
-            with self.lock:
-                pids = dict(self.pids)
-            sample: dict[str, float] = {}
-            for name, pid in pids.items():
-                cpu = cpu_seconds(pid)
-                if cpu is None:
-                    continue
-                if name in last and last[name][0] == pid:
-                    sample[name] = round((cpu - last[name][1]) / self.every, 2)
-                last[name] = (pid, cpu)
-            if sample:
-                self.samples.append((now, sample))
-
-    def between(self, start: float, end: float) -> dict[str, dict[str, float]]:
-        window = [s for t, s in self.samples if start <= t <= end]
-        names = sorted({n for s in window for n in s})
-        return {n: {"peak": max(s.get(n, 0.0) for s in window),
-                    "mean": round(sum(s.get(n, 0.0) for s in window) / len(window), 2)} for n in names}
 
 
 CPU = CpuSampler()
@@ -458,7 +359,7 @@ def run_batched(args, work, tokenizer, texts, counter, clock, results, summaries
             fractions = BATCHED_FRACTIONS[profile]
             if not clock.allows(f"batched {profile}", 6 + len(fractions) * (args.warmup + args.duration + 2)):
                 continue
-            saturation = burst(url, texts, burst_size(args), new_tokens)
+            saturation = saturation_bursts(url, texts, args, new_tokens)
             log(f"batched {profile} saturation: {saturation}")
             rates = capacity_rates(saturation["requests_per_s"], fractions)
             summary = loadtest(url, texts, rates, new_tokens, work / f"batched-{profile}", args, counter,
@@ -473,8 +374,6 @@ def run_batched(args, work, tokenizer, texts, counter, clock, results, summaries
 def run_single_stream_only(args, work, tokenizer, texts, counter, results) -> None:
     """The batched server's single stream alone, with its start-up time (compiling, if any, happens in the
     warm-up requests: they run the buckets the stream runs, one row at 100 to 164 tokens)."""
-    import os
-
     started = time.monotonic()
     with Session(args, work, tokenizer, "batched", "batched") as url:
         healthy_s = time.monotonic() - started
@@ -524,7 +423,7 @@ def run_adapters(args, work, tokenizer, texts, counter, clock, results) -> None:
             continue
         with Session(args, work, tokenizer, "batched", f"batched-lora-{mode}", extra) as url:
             burst(url, texts, burst_size(args), 4, adapter=model)  # warm-up: every batch bucket's graph
-            saturation = burst(url, texts, burst_size(args), new_tokens, adapter=model)
+            saturation = saturation_bursts(url, texts, args, new_tokens, adapter=model)
             log(f"LoRA {mode} saturation: {saturation}")
             rates = capacity_rates(saturation["requests_per_s"], ADAPTER_FRACTIONS)
             summary = loadtest(url, texts, rates, new_tokens, work / f"lora-{mode}", args, counter,
@@ -580,7 +479,7 @@ def run_quick(args, work, tokenizer, texts, counter, clock, results) -> None:
     short = argparse.Namespace(**{**vars(args), "duration": 10.0})
     with Session(args, work, tokenizer, "batched", "batched") as url:
         burst(url, texts, 32, 8)
-        saturation = burst(url, texts, burst_size(args), 64)
+        saturation = saturation_bursts(url, texts, args, 64)
         log(f"batched saturation: {saturation}")
         rates = capacity_rates(saturation["requests_per_s"], (0.5, 0.9))
         summary = loadtest(url, texts, rates, 64, work / "quick-batched", short, counter, title="quick batched")
@@ -622,7 +521,7 @@ def run_served_for_offline(args, work, tokenizer, texts, counter, clock, results
     with Session(args, work, tokenizer, "batched", "batched") as url:
         burst(url, texts, burst_size(args), 8)  # every batch bucket's graph, before anything is measured
         for profile, new_tokens in chosen_profiles(args).items():
-            served[profile] = burst(url, texts, burst_size(args), new_tokens)
+            served[profile] = saturation_bursts(url, texts, args, new_tokens)
             log(f"served {profile} burst: {served[profile]}")
         for profile in served:
             fractions = offline_fractions(args).get(profile, OFFLINE_FRACTIONS[profile])

@@ -1,12 +1,14 @@
 """When a served burst's requests reach the engine (issue 20): `tunebench serve --frontend split` with the engine
-process writing a line per batch of requests it reads (TUNEBENCH_ENGINE_ARRIVALS), driven by serve_throughput's
-closed-loop burst (every request at once, `ignore_eos`). For each tokenization mode, one server and `--repeat`
-measured bursts after a warm-up one: the wall, output tokens/s, the engine's idle time (the burst's wall minus its
-seconds by phase, from /metrics), and, counted from when the client began sending, when the first request, the
-half-way one and the last one reached the engine process, and in how many reads. Modes are values of
-TUNEBENCH_TOKENIZE_INLINE_CHARS: 0 tokenizes every prompt in the front end's tokenizing thread, 8192 (the default)
-short prompts on its event loop. Bursts alternate between servers only across runs of the script; within one, a
-server's bursts run back to back. One JSON line with every burst and the medians per mode:
+process writing a line per batch of requests it reads (TUNEBENCH_ENGINE_ARRIVALS), driven by the serving
+benchmarks' closed-loop burst (every request at once, `ignore_eos`, `burst_client.fire`). For each tokenization
+mode, one server and `--repeat` rounds of measured bursts after a warm-up one, each round one burst per
+`--connections` kind (warm: opened before the clock starts; cold: inside it): the wall, output tokens/s, the
+engine's idle time (the burst's wall minus its seconds by phase, from /metrics), and, counted from the first send,
+when the first request, the half-way one and the last one reached the engine process, and in how many reads.
+Modes are values of TUNEBENCH_TOKENIZE_INLINE_CHARS: 0 tokenizes every prompt in the front end's tokenizing
+thread, 8192 (the default) short prompts on its event loop. Bursts alternate between servers only across runs of
+the script; within one, a server's bursts run back to back. One JSON line with every burst and the medians per
+mode and connection kind:
 
     python3 benchmarks/served_arrivals.py --slots 512 --burst 512 --frontends 4 --out $OUT        # the GPU host
     python benchmarks/served_arrivals.py --model DIR --tokenizer DIR --device cpu --frontends 1   # a laptop
@@ -29,7 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_throughput import Session, _burst, build_tokenizer, engine_counters, log, prompt_texts, schedule
+from burst_client import CONNECTIONS, engine_counters, fire, schedule
+from serve_throughput import Session, build_tokenizer, log, prompt_texts
 
 
 def arrivals(trace: Path, start: float, end: float) -> dict[str, Any]:
@@ -48,11 +51,11 @@ def arrivals(trace: Path, start: float, end: float) -> dict[str, Any]:
             "requests": total}
 
 
-def measured_burst(url: str, texts: list[str], count: int, new_tokens: int, trace: Path) -> dict[str, Any]:
+def measured_burst(url: str, texts: list[str], count: int, new_tokens: int, trace: Path,
+                   connections: str) -> dict[str, Any]:
     before = engine_counters(url)
-    start = time.time()
-    wall, tokens, ok = asyncio.run(_burst(url, texts, count, new_tokens, None))
-    end = time.time()
+    wall, tokens, ok, start = asyncio.run(fire(url, texts, count, new_tokens, None, connections))
+    end = time.time()  # the trace's clock: from the first send (after any connecting) to now
     plan = schedule(before, engine_counters(url), wall)
     return {"ok": ok, "wall_s": round(wall, 3), "output_tokens_per_s": round(tokens / wall, 1),
             "idle_s": plan["engine_s"]["idle"] if plan else None, **arrivals(trace, start, end)}
@@ -69,8 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frontends", default="4", help="front-end processes (--frontends of tunebench serve)")
     parser.add_argument("--modes", default="0,8192", help="TUNEBENCH_TOKENIZE_INLINE_CHARS values to compare")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--connections", default="warm,cold", help="bursts over connections opened before the "
+                        "clock starts (warm) and/or inside it (cold), alternating; see burst_client")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if unknown := set(args.connections.split(",")) - set(CONNECTIONS):
+        parser.error(f"--connections: unknown {', '.join(sorted(unknown))}; choose from {', '.join(CONNECTIONS)}")
     args.frontend, args.warmup, args.duration = "split", 0.0, 0.0  # what serve_throughput's Session reads
     work = Path(tempfile.mkdtemp(prefix="served-arrivals-"))
     tokenizer = Path(args.tokenizer) if args.tokenizer else build_tokenizer(work / "tokenizer")
@@ -81,11 +88,12 @@ def main(argv: list[str] | None = None) -> None:
             trace = work / f"arrivals-{mode}.jsonl"
             os.environ["TUNEBENCH_TOKENIZE_INLINE_CHARS"], os.environ["TUNEBENCH_ENGINE_ARRIVALS"] = mode, str(trace)
             with Session(args, work, tokenizer, "batched", f"batched-inline-chars-{mode}") as url:
-                asyncio.run(_burst(url, texts, args.burst, args.new_tokens, None))  # warm-up: every graph captured
+                asyncio.run(fire(url, texts, args.burst, args.new_tokens))  # warm-up: every graph captured
                 for _ in range(args.repeat):
-                    result = measured_burst(url, texts, args.burst, args.new_tokens, trace)
-                    runs.setdefault(mode, []).append(result)
-                    log(f"inline chars {mode}: {result}")
+                    for connections in args.connections.split(","):
+                        result = measured_burst(url, texts, args.burst, args.new_tokens, trace, connections)
+                        runs.setdefault(f"{mode} {connections}", []).append(result)
+                        log(f"inline chars {mode}, {connections} connections: {result}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     keys = ("wall_s", "output_tokens_per_s", "idle_s", "first_ms", "half_ms", "last_ms", "reads")
