@@ -6,11 +6,7 @@
 # reach the engine, warm against cold connections (served_arrivals).
 # Run from the repository root with .whl carried.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
-python3 -c "import tunebench.serve.core, fastapi, pydantic, aiohttp" || exit
-quiet() { grep -v "Warning\|warn(\|^ *$\|_warn_once\|^INFO\|captured a\|server-batched" ; }
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+source benchmarks/device_env.sh || exit
 echo "[$(date +%T)] served burst over warm connections: 4 and 8 front ends, ratio inf and 0; offline"
 timeout -s INT 300 python3 benchmarks/frontend_split.py --slots 512 --burst 512 --repeat 3 \
   --frontends split:4,split:4~0,split:8~0 --out $OUT/split 2>&1 | quiet | tail -3 | cut -c1-1800
