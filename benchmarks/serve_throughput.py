@@ -176,6 +176,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def saturation_seconds(args: argparse.Namespace) -> float:
+    """One saturation figure's bursts (`saturation_bursts`): the warm repeats and the cold one, ~2.5 s each."""
+    return 2.5 * (args.burst_repeats + 1)
+
+
 def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
     rate_s = args.warmup + args.duration + 2
     if args.quick:
@@ -186,7 +191,7 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
     if args.offline:
         short = args.warmup + OFFLINE_RATE_S + 2
         rates = sum(len(f) for p, f in OFFLINE_FRACTIONS.items() if p in chosen_profiles(args))
-        bursts = 2.5 * (args.burst_repeats + 1) * len(chosen_profiles(args))  # warm repeats + the cold one
+        bursts = saturation_seconds(args) * len(chosen_profiles(args))
         return [("batched server", SERVER_START_S),
                 ("bursts + rates + single stream", 10 + bursts + rates * short + 16),
                 ("offline engine: load, bursts", 40), ("continuous-batching peer", 30),
@@ -197,7 +202,7 @@ def time_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
         return adapters
     plan = [("batched server", SERVER_START_S)]
     chosen = chosen_profiles(args)
-    plan += [(f"batched {p}: bursts + {len(f)} rates", 2.5 * (args.burst_repeats + 1) + 2 + len(f) * rate_s)
+    plan += [(f"batched {p}: bursts + {len(f)} rates", saturation_seconds(args) + 2 + len(f) * rate_s)
              for p, f in BATCHED_FRACTIONS.items()
              if p in chosen]
     plan += [("batched single stream", 16), ("naive server + single stream", SERVER_START_S + 10)]
@@ -256,7 +261,7 @@ def burst(url: str, texts: list[str], count: int, new_tokens: int, adapter: str 
 
 
 def saturation_bursts(url: str, texts: list[str], args: argparse.Namespace, new_tokens: int,
-               adapter: str | None = None) -> dict[str, Any]:
+                      adapter: str | None = None) -> dict[str, Any]:
     """The saturation figure: `--burst-repeats` bursts over warm connections, the median one's line with every
     repeat's tokens/s; then one burst whose requests open their connections inside the timed window
     (`cold_connections`), the figure for as many new clients at once."""
