@@ -1,3 +1,4 @@
+# Ran on an H100 (2026-12-07; asked for nvidia-h200, the H100 came): results in 2026-12-07-h100-lead-29-*.
 # One call (~6 min), after lead-28. The serving benchmarks' burst client now opens its connections before the
 # clock starts (burst_client, connections "warm"); lead-27/28 timed 512 new connections inside the window.
 # (1) the served 512-request burst through 4 and 8 front ends at waiting-served ratio inf (default) and 0, over
