@@ -127,12 +127,13 @@ def open_streams(url: str, count: int, new_tokens: int, running: int,
                  frontends: int = 0) -> tuple[list, list[threading.Thread]]:
     """`count` long streams on connections of their own, returned once `running` sequences decode; each one's
     outcome (the stream's text, or the HTTP error) lands in the returned list. With `frontends`, stream i goes to
-    front end i % frontends."""
+    front end i % frontends. Every connection is made (and, with `frontends`, pinned) before any stream starts, so
+    that a test killing a process after this returns never catches a stream still looking for its front end."""
     outcomes: list = []
+    clients = [client_of(url, i % frontends if frontends else None) for i in range(count)]
 
-    def long_stream(i: int):
+    def long_stream(client: httpx.Client):
         body = {"inputs": "The engine", "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True}}
-        client = client_of(url, i % frontends if frontends else None)
         try:
             outcomes.append(client.post(f"{url}/generate_stream", json=body).text)
         except httpx.HTTPError as err:
@@ -140,7 +141,7 @@ def open_streams(url: str, count: int, new_tokens: int, running: int,
         finally:
             client.close()
 
-    threads = [threading.Thread(target=long_stream, args=(i,)) for i in range(count)]
+    threads = [threading.Thread(target=long_stream, args=(client,)) for client in clients]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
@@ -170,13 +171,13 @@ def test_a_dead_front_end_leaves_the_others_serving(two):
     end go on; the streams it held end, the others finish."""
     process, url, log = two
     assert answering(url, 2) == {0, 1}
-    outcomes, threads = open_streams(url, 8, 200, running=4, frontends=2)  # 4 on each
+    outcomes, threads = open_streams(url, 8, 400, running=8, frontends=2)  # 4 on each, all decoding
     pid = front_end_pids(log.read_text())[1]
     os.kill(pid, signal.SIGKILL)
     for thread in threads:
         thread.join(90)
-    finished = [o for o in outcomes if isinstance(o, str) and o.count("data:") == 200]
-    assert len(outcomes) == 8 and finished, outcomes  # front end 0's streams finished
+    finished = [o for o in outcomes if isinstance(o, str) and o.count("data:") == 400]
+    assert len(outcomes) == 8 and len(finished) == 4, outcomes  # front end 0's 4 streams finished, 1's ended
     deadline = time.monotonic() + 30
     while f"front end 1 (pid {pid}) exited with code -9; 1 of 2 still serve" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()
