@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine_checks import offline_bursts
-from serve_throughput import PROFILES, Session, build_tokenizer, burst, collect_profiles, log, prompt_texts
+from serve_report import collect_profiles, log
+from serve_throughput import PROFILES, Session, build_tokenizer, burst, prompt_texts
 
 
 def main(argv: list[str] | None = None) -> None:
