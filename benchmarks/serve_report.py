@@ -1,7 +1,7 @@
 """What `serve_throughput.py` reports: its JSON lines (one per engine and profile, each appended to results.jsonl
 as it is printed), the inference-cost tables through `tunebench bench serve`'s comparison writer, and the batched
-engine's step-time lines gathered from the server logs. The run itself (servers, load, the time plan) stays in
-serve_throughput.py; the other serving benchmarks import from there."""
+engine's step-time lines gathered from the server logs; `log` too, which every serving benchmark uses. The run
+itself (servers, load, the time plan) stays in serve_throughput.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _r(value: float | None, digits: int = 4) -> float | None:
+def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
@@ -29,16 +29,16 @@ def result_line(engine: str, profile: str, summary: dict[str, Any], saturation: 
     return {
         "benchmark": "serve_throughput", "engine": engine, "profile": profile, **extra,
         "max_sustainable_rps": best["offered_rps"],
-        "achieved_rps": _r(best.get("achieved_rps"), 3), "throughput_rps": _r(best.get("throughput_rps"), 3),
-        "output_tokens_per_s_at_max": _r(at.get("output_tokens_per_s"), 1),
-        "latency_p90_s": _r(best.get("latency_p90_s")),
-        "ttft_p50_s": _r(at.get("ttft_p50_s")), "ttft_p90_s": _r(at.get("ttft_p90_s")),
-        "itl_p50_s": _r(at.get("itl_p50_s")), "itl_p90_s": _r(at.get("itl_p90_s")),
-        "tpot_p50_s": _r(at.get("tpot_p50_s")), "tpot_p90_s": _r(at.get("tpot_p90_s")),
+        "achieved_rps": rounded(best.get("achieved_rps"), 3), "throughput_rps": rounded(best.get("throughput_rps"), 3),
+        "output_tokens_per_s_at_max": rounded(at.get("output_tokens_per_s"), 1),
+        "latency_p90_s": rounded(best.get("latency_p90_s")),
+        "ttft_p50_s": rounded(at.get("ttft_p50_s")), "ttft_p90_s": rounded(at.get("ttft_p90_s")),
+        "itl_p50_s": rounded(at.get("itl_p50_s")), "itl_p90_s": rounded(at.get("itl_p90_s")),
+        "tpot_p50_s": rounded(at.get("tpot_p50_s")), "tpot_p90_s": rounded(at.get("tpot_p90_s")),
         "saturation": saturation,
-        "rates": [{"rps": e["offered_rps"], "passed": e["passed"], "p90_s": _r(e["mean"].get("latency_p90_s")),
-                   "achieved_rps": _r(e["achieved_rps"], 3),
-                   "engine_busy": _r(e["mean"].get("server_engine_busy"), 3)} for e in summary["rates"]],
+        "rates": [{"rps": e["offered_rps"], "passed": e["passed"], "p90_s": rounded(e["mean"].get("latency_p90_s")),
+                   "achieved_rps": rounded(e["achieved_rps"], 3),
+                   "engine_busy": rounded(e["mean"].get("server_engine_busy"), 3)} for e in summary["rates"]],
         "first_failing_reasons": best.get("failure_reasons"),
         # Every rate tried passed: the capacity is at least the top one, not that rate.
         "max_is_lower_bound": all(e["passed"] for e in summary["rates"]),

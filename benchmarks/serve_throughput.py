@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from burst_client import engine_counters, fire, schedule
 from cpu_busy import CpuSampler
 from engine_checks import graph_matches_eager, make_adapter, offline_bursts
-from serve_report import _r, collect_profiles, emit, log, result_line, write_cost_tables
+from serve_report import collect_profiles, emit, log, result_line, rounded, write_cost_tables
 
 CORPUS = [
     "The engine makes a rattling noise when the car idles at a red light.",
@@ -277,7 +277,7 @@ def single_stream(url: str, texts: list[str], out: Path, args: argparse.Namespac
     summary = loadtest(url, texts, [rate], new_tokens, out, argparse.Namespace(**{**vars(args), "warmup": 2.0}),
                        counter, duration=requests / rate, title="single stream")
     mean = summary["rates"][0]["mean"]
-    return {key: _r(mean.get(f"{key}_s")) for key in ("tpot_p50", "itl_p50", "itl_p90", "ttft_p50", "latency_p50")}
+    return {key: rounded(mean.get(f"{key}_s")) for key in ("tpot_p50", "itl_p50", "itl_p90", "ttft_p50", "latency_p50")}
 
 
 class Session:

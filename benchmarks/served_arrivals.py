@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from burst_client import CONNECTIONS, engine_counters, fire, schedule
-from serve_throughput import Session, build_tokenizer, log, prompt_texts
+from serve_report import log
+from serve_throughput import Session, build_tokenizer, prompt_texts
 
 
 def arrivals(trace: Path, start: float, end: float) -> dict[str, Any]:
