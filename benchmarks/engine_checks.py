@@ -11,11 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def log(message: str) -> None:
-    import sys
-
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+from serve_report import log
 
 
 def make_adapter(model: str, out: Path) -> Path:
