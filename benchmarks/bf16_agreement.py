@@ -6,6 +6,7 @@ decode attention of the device: FlexAttention on CUDA, or as TUNEBENCH_DECODE_AT
 
 Random weights (the GPU benchmarks' 3B) give near-uniform next-token distributions, where bf16 rounding flips
 many argmaxes whatever the engine; a trained model's margins are what the ">= 99% identical" rule is about.
+With a run spelled `batched+fp8w` the engine runs FP8 weights (`tunebench.serve.weights`) on a copy of the model.
 Prints one JSON line: outputs identical to the first run's, ROUGE (x100) per run and the differences, and for
 the outputs that differ, where they part: the first differing token's index, and the logit margin there between
 the reference's token and the other run's, recomputed on one row (no batch) in fp32 and in bf16. A near-tie (a
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="padded engine's batch size")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", default="padded:16,batched", help="engine[:batch size], comma-separated; the "
-                        "first is the reference (padded at another batch size shows what batching alone changes)")
+    parser.add_argument("--runs", default="padded:16,batched", help="engine[:batch size][+fp8w], comma-separated; "
+                        "the first is the reference (padded at another batch size shows what batching alone "
+                        "changes); +fp8w runs the batched engine with TUNEBENCH_WEIGHT_DTYPE=fp8 on a copy")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON line to this file")
     args = parser.parse_args(argv)
     import torch
@@ -93,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     timings, texts, outputs = {}, {}, {}
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     for run in runs:
-        engine, _, size = run.partition(":")
+        spec, fp8_weights = run.removesuffix("+fp8w"), run.endswith("+fp8w")
+        engine, _, size = spec.partition(":")
         t0 = time.monotonic()
-        out = generate(model, tok, prompts, max_new_tokens=args.new_tokens,
+        # FP8 weights replace the engine's model's linear layers in place: that run gets a copy.
+        weights = copy.deepcopy(model) if fp8_weights else model
+        os.environ["TUNEBENCH_WEIGHT_DTYPE"] = "fp8" if fp8_weights else "auto"
+        out = generate(weights, tok, prompts, max_new_tokens=args.new_tokens,
                        batch_size=int(size or args.batch_size), engine=engine)
+        del weights
         timings[run] = round(time.monotonic() - t0, 1)
         texts[run] = [g.text.strip() for g in out]
         outputs[run] = [g.ids for g in out]

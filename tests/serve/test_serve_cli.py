@@ -87,7 +87,7 @@ def test_serve_refuses_bad_options(cli, tiny_llama_dir, extra, message):
 
 @pytest.mark.parametrize(("setting", "frontend"), [
     ("TUNEBENCH_PREFILL_COMPILE=yes", "inline"), ("TUNEBENCH_DECODE_ATTENTION=bogus", "split"),
-    ("TUNEBENCH_TRITON_KV_WRITE=on", "inline")])
+    ("TUNEBENCH_TRITON_KV_WRITE=on", "inline"), ("TUNEBENCH_WEIGHT_DTYPE=int8", "split")])
 def test_a_bad_engine_setting_is_a_user_error(cli, tiny_llama_dir, setting, frontend):
     """A mistyped TUNEBENCH_* value exits 2 with the problem and a fix, from the engine process too."""
     name, value = setting.split("=")

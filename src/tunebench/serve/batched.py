@@ -53,8 +53,11 @@ class BatchedEngine(Engine):
         from tunebench.evaluate.generation import cache_argument
         from tunebench.serve.graphs import DecodeRunner
         from tunebench.serve.kvcache import SlotCache, bytes_per_slot, kv_cache_dtype, kv_geometry, slots_that_fit
+        from tunebench.serve.weights import apply_setting
 
         super().__init__(served, limits, metrics)
+        # TUNEBENCH_WEIGHT_DTYPE=fp8: FP8 projections, before the cache is sized so the freed bytes become slots.
+        self.weight_dtype = apply_setting(self.model, self.device)
         self.cache_arg = cache_argument(served.model)
         layers, heads, head_dim, dtype = kv_geometry(self.check_cache())
         storage = kv_cache_dtype(dtype)  # TUNEBENCH_KV_CACHE_DTYPE: the model's dtype, or FP8 (half the bytes)
