@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_helpers import API_KEY, make_adapter, start
+from serve_helpers import API_KEY, load, make_adapter, start
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +71,15 @@ def sum_run(tiny_llama_dir, tmp_path_factory) -> Path:
     run.write_config(cell)
     make_adapter(tiny_llama_dir, run.adapter, 4, ["q_proj", "v_proj"])
     return run.path
+
+
+@pytest.fixture(scope="module")
+def neox(tiny_neox_dir):
+    """The tiny GPT-NeoX (multi-head attention) served, loaded once per test module."""
+    return load(tiny_neox_dir)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    """The tiny Llama (grouped-query attention) served, loaded once per test module."""
+    return load(tiny_llama_dir)

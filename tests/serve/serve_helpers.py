@@ -89,3 +89,11 @@ def sse_events(lines: Any) -> list[Any]:
             payload = line[len("data:"):].strip()
             events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+def load(model_dir):
+    """The served model (`tunebench.serve.loading.load_served`) of a tiny model directory."""
+    from tunebench.serve.loading import load_served
+    from tunebench.serve.options import ModelOptions
+
+    return load_served(ModelOptions(model=str(model_dir)))

@@ -12,12 +12,8 @@ import asyncio
 import dataclasses
 
 import pytest
-from test_serve_kvcache import PROMPTS, assert_same_tokens, engine_for, load, request, run_schedule
-
-
-@pytest.fixture(scope="module")
-def neox(tiny_neox_dir):
-    return load(tiny_neox_dir)
+from serve_helpers import load
+from test_serve_kvcache import PROMPTS, assert_same_tokens, engine_for, request, run_schedule
 
 
 def schedule_tokens(served, monkeypatch, mode: str, attention: str = "sdpa") -> tuple[list, object]:

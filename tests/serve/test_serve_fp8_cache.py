@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_serve_kvcache import PROMPTS, load
+from test_serve_kvcache import PROMPTS
 
 from tunebench.serve import kvcache
 from tunebench.serve.kvcache import FP8, SlotCache, kv_cache_dtype, quantize
@@ -25,16 +25,6 @@ from tunebench.serve.sampling import SamplingParams
 
 TEXTS = ["The engine makes a rattling noise", "Plant the tomato seedlings", "Anna: are we still on for lunch?",
          "Solder the resistor to the board", "The rocket reached orbit", "Simmer the onions in butter"]
-
-
-@pytest.fixture(scope="module")
-def neox(tiny_neox_dir):
-    return load(tiny_neox_dir)
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    return load(tiny_llama_dir)
 
 
 def rounded_through_fp8(monkeypatch) -> None:

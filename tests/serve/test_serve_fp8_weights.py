@@ -10,7 +10,6 @@ import copy
 
 import pytest
 import torch
-from test_serve_kvcache import load
 
 from tunebench.errors import SettingError, UserError
 from tunebench.serve import weights
@@ -21,16 +20,6 @@ from tunebench.serve.weights import FP8, Fp8Linear, quantize_linears, quantized
 
 TEXTS = ["The engine makes a rattling noise", "Plant the tomato seedlings", "Anna: are we still on for lunch?",
          "Solder the resistor to the board", "The rocket reached orbit", "Simmer the onions in butter"]
-
-
-@pytest.fixture(scope="module")
-def neox(tiny_neox_dir):
-    return load(tiny_neox_dir)
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    return load(tiny_llama_dir)
 
 
 def test_the_layer_is_its_arithmetic_written_out_and_close_to_the_original():

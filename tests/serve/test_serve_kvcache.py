@@ -10,13 +10,6 @@ PROMPTS = ["Simmer the onions", "The rocket reached orbit and deployed the satel
            "Anna: lunch?", "Solder the resistor to the board and check the voltage before powering it on"]
 
 
-def load(model_dir):
-    from tunebench.serve.loading import load_served
-    from tunebench.serve.options import ModelOptions
-
-    return load_served(ModelOptions(model=str(model_dir)))
-
-
 def engine_for(served, max_batch=4):
     from tunebench.serve.engine import EngineLimits, create_engine
     from tunebench.serve.metrics import ServeMetrics
@@ -65,16 +58,6 @@ def assert_same_tokens(got, expected):
     log-probabilities are what shows a wrong cache)."""
     assert [i for i, _ in got] == [i for i, _ in expected]
     assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-4)
-
-
-@pytest.fixture(scope="module")
-def neox(tiny_neox_dir):
-    return load(tiny_neox_dir)
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    return load(tiny_llama_dir)
 
 
 def test_rows_of_different_lengths_match_the_model_alone(neox):
