@@ -31,6 +31,18 @@ class SettingError(UserError, ValueError):
         super().__init__(problem, f"unset {name} or give it one of the values named")
 
 
+def setting_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The environment setting `name` as one of `choices` (case and spaces ignored; unset or empty: the first),
+    or a SettingError naming the allowed values."""
+    import os
+
+    raw = os.environ.get(name, choices[0])
+    choice = raw.strip().lower() or choices[0]
+    if choice not in choices:
+        raise SettingError(f"{name}={raw!r}; allowed: {', '.join(choices)}")
+    return choice
+
+
 # Names users bring from other tools (peft, the transformers Trainer) that spelling alone cannot match.
 ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
            "epoch": "epochs", "num_train_epochs": "epochs", "bs": "batch_size", "steps": "max_steps",

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
-from tunebench.errors import SettingError
+from tunebench.errors import setting_choice
 from tunebench.serve import triton_write
 
 KV_DTYPE_ENV = "TUNEBENCH_KV_CACHE_DTYPE"
@@ -41,13 +41,7 @@ FP8_MAX = 448.0  # float8_e4m3fn's largest finite value; writes are clamped to +
 
 def kv_cache_dtype(model_dtype: Any) -> Any:
     """The dtype the slot cache stores keys and values in, from TUNEBENCH_KV_CACHE_DTYPE (default auto)."""
-    import os
-
-    raw = os.environ.get(KV_DTYPE_ENV, "auto")
-    choice = raw.strip().lower() or "auto"
-    if choice not in KV_DTYPES:
-        raise SettingError(f"{KV_DTYPE_ENV}={raw!r}; allowed: {', '.join(KV_DTYPES)}")
-    return FP8 if choice == "fp8" else model_dtype
+    return FP8 if setting_choice(KV_DTYPE_ENV, KV_DTYPES) == "fp8" else model_dtype
 
 
 def quantize(states: Any) -> Any:

@@ -25,29 +25,23 @@ compute capability 8.9 the setting is refused; on the CPU torch emulates the FP8
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from tunebench.errors import SettingError, UserError
+from tunebench.errors import UserError, setting_choice
+from tunebench.serve.kvcache import FP8, FP8_MAX
 
 log = logging.getLogger("tunebench.serve")
 ENV = "TUNEBENCH_WEIGHT_DTYPE"
 CHOICES = ("auto", "fp8")  # auto: the model's own dtype; fp8: Fp8Linear projections
-FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0
 MIN_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores
 
 
 def weight_dtype() -> str:
     """TUNEBENCH_WEIGHT_DTYPE (default auto), validated."""
-    raw = os.environ.get(ENV, "auto")
-    choice = raw.strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise SettingError(f"{ENV}={raw!r}; allowed: {', '.join(CHOICES)}")
-    return choice
+    return setting_choice(ENV, CHOICES)
 
 
 def check_device(device: Any) -> None:
@@ -122,11 +116,12 @@ def apply_setting(model: Any, device: Any) -> str:
     choice = weight_dtype()
     if choice == "fp8":
         check_device(device)
-        before = torch.cuda.memory_allocated(device) if getattr(device, "type", "") == "cuda" else 0
+        on_cuda = getattr(device, "type", "") == "cuda"
+        before = torch.cuda.memory_allocated(device) if on_cuda else 0
         counts = quantize_linears(model)
-        if getattr(device, "type", "") == "cuda":
-            torch.cuda.empty_cache()
-        freed = (before - torch.cuda.memory_allocated(device)) / 2**30 if before else 0.0
+        if on_cuda:
+            torch.cuda.empty_cache()  # the bf16 weights' blocks go back before the KV cache measures free memory
+        freed = (before - torch.cuda.memory_allocated(device)) / 2**30 if on_cuda else 0.0
         log.info("FP8 weights: %d linear layers quantized (%d kept in the model's dtype), %.1f GiB freed",
                  counts["fp8"], counts["kept"], freed)
     return choice
